@@ -1,0 +1,1 @@
+//! The test driver (filled in by the driver issue).

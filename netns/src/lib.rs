@@ -1,0 +1,1 @@
+//! Virtual LANs over netlink (filled in by the netns issue).
