@@ -1,1 +1,4 @@
-//! The test driver (filled in by the driver issue).
+//! hutch's test driver: test files (`plan`), the in-node agent (`agent`), the NixOS-compatible
+//! Machine API (`machine`), the Python script bridge (`bridge`) and a test run (`session`).
+
+pub mod plan;
