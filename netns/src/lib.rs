@@ -1,1 +1,26 @@
-//! Virtual LANs over netlink (filled in by the netns issue).
+//! Virtual LANs for hutch over netlink.
+//!
+//! A [`Topology`] says which node sits on which VLANs and fixes every address the NixOS test
+//! framework would give it. A [`Hub`] builds the network: a private network namespace holding a
+//! bridge per VLAN, and per node and VLAN a veth whose far end is created directly inside the
+//! node's namespace as `eth1`, `eth2`, ... Links can be cut ([`Hub::block`]) and shaped
+//! ([`Hub::shape`]) at run time. Nothing touches the caller's own network namespace, and all of
+//! it works inside a user namespace the caller owns.
+//!
+//! This crate knows namespace fds, not containers.
+
+mod addressing;
+mod error;
+mod hub;
+mod messages;
+mod ns;
+mod shape;
+mod topology;
+mod worker;
+
+pub use addressing::{Addressing, Interface, MacAddr, Vlan};
+pub use error::{HubError, TopologyError};
+pub use hub::Hub;
+pub use ns::{bare_namespaces, netns_id};
+pub use shape::Shape;
+pub use topology::{Node, NodeSpec, Topology};

@@ -1,0 +1,247 @@
+//! The typed, validated description of a test's network: which node sits on which VLANs, and
+//! the addresses that follow from it.
+
+use std::collections::{BTreeMap, HashMap};
+
+use crate::addressing::{Addressing, Interface, Vlan};
+use crate::error::TopologyError;
+
+/// A node as the caller describes it, before validation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeSpec {
+    /// The node's name; it becomes the host name.
+    pub name: String,
+    /// VLAN numbers in order: the first becomes `eth1`, the second `eth2`, ... (NixOS's default
+    /// list is `[1]`).
+    pub vlans: Vec<u32>,
+}
+
+impl NodeSpec {
+    /// Describes a node with its ordered VLAN list.
+    pub fn new(name: impl Into<String>, vlans: impl IntoIterator<Item = u32>) -> NodeSpec {
+        NodeSpec {
+            name: name.into(),
+            vlans: vlans.into_iter().collect(),
+        }
+    }
+}
+
+/// A validated node: its number and its interfaces.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Node {
+    /// The node's name (and host name).
+    pub name: String,
+    /// 1-based index of the name in the sorted list of all node names.
+    pub number: u32,
+    /// One interface per VLAN, in the node's list order.
+    pub interfaces: Vec<Interface>,
+}
+
+impl Node {
+    /// A node outside any topology, for a single node run on its own (`hutch run --vlan N
+    /// --node-number N`): validates the name, the VLANs and the number the same way
+    /// [`Topology::new`] does.
+    pub fn standalone(
+        name: &str,
+        number: u32,
+        vlans: &[u32],
+        addressing: Addressing,
+    ) -> Result<Node, TopologyError> {
+        let spec = NodeSpec::new(name, vlans.iter().copied());
+        check_name(0, &spec.name)?;
+        let vlans = check_vlans(&spec)?;
+        let max = addressing.max_node_number();
+        if number == 0 || (number > max && !vlans.is_empty()) {
+            return Err(TopologyError::NodeNumberTooHigh {
+                node: spec.name,
+                number,
+                max,
+                hint: "",
+            });
+        }
+        Ok(build_node(spec.name, number, &vlans, addressing))
+    }
+
+    /// The interface on `vlan`, if the node is on it.
+    pub fn interface(&self, vlan: Vlan) -> Option<&Interface> {
+        self.interfaces.iter().find(|i| i.vlan == vlan)
+    }
+}
+
+/// The whole network of a test run. Exists so that every check happens before the hub creates
+/// anything, and so the driver and the hub agree on every address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Topology {
+    nodes: Vec<Node>,
+    addressing: Addressing,
+}
+
+impl Topology {
+    /// Validates nodes with the NixOS address plan.
+    pub fn new(nodes: impl IntoIterator<Item = NodeSpec>) -> Result<Topology, TopologyError> {
+        Topology::with_addressing(nodes, Addressing::NixOs)
+    }
+
+    /// Validates nodes with the given address plan.
+    pub fn with_addressing(
+        nodes: impl IntoIterator<Item = NodeSpec>,
+        addressing: Addressing,
+    ) -> Result<Topology, TopologyError> {
+        let mut specs: Vec<NodeSpec> = nodes.into_iter().collect();
+        let mut seen: HashMap<String, String> = HashMap::new();
+        for (index, spec) in specs.iter().enumerate() {
+            check_name(index, &spec.name)?;
+            if let Some(first) = seen.insert(spec.name.to_ascii_lowercase(), spec.name.clone()) {
+                return Err(TopologyError::NameCollision {
+                    first,
+                    second: spec.name.clone(),
+                });
+            }
+        }
+        // Node numbers follow the byte order of names, as Nix's attrNames sorts them.
+        specs.sort_by(|a, b| a.name.cmp(&b.name));
+        let mut checked = Vec::with_capacity(specs.len());
+        let mut per_vlan: BTreeMap<u8, usize> = BTreeMap::new();
+        for spec in &specs {
+            let vlans = check_vlans(spec)?;
+            for v in &vlans {
+                *per_vlan.entry(v.get()).or_default() += 1;
+            }
+            checked.push(vlans);
+        }
+        let max = addressing.max_node_number();
+        let hint = match addressing {
+            Addressing::NixOs => " or build the topology with Addressing::Large",
+            Addressing::Large => "",
+        };
+        for (&vlan, &count) in &per_vlan {
+            if count > max as usize {
+                return Err(TopologyError::TooManyNodesOnVlan {
+                    vlan,
+                    count,
+                    max,
+                    hint,
+                });
+            }
+        }
+        let mut out = Vec::with_capacity(specs.len());
+        for (i, (spec, vlans)) in specs.into_iter().zip(checked).enumerate() {
+            let number = i as u32 + 1;
+            if number > max && !vlans.is_empty() {
+                return Err(TopologyError::NodeNumberTooHigh {
+                    node: spec.name,
+                    number,
+                    max,
+                    hint,
+                });
+            }
+            out.push(build_node(spec.name, number, &vlans, addressing));
+        }
+        Ok(Topology {
+            nodes: out,
+            addressing,
+        })
+    }
+
+    /// All nodes, sorted by name (so `nodes()[n - 1]` is node number n).
+    pub fn nodes(&self) -> &[Node] {
+        &self.nodes
+    }
+
+    /// The node with this name.
+    pub fn node(&self, name: &str) -> Option<&Node> {
+        self.nodes
+            .binary_search_by(|n| n.name.as_str().cmp(name))
+            .ok()
+            .map(|i| &self.nodes[i])
+    }
+
+    /// The address plan in use.
+    pub fn addressing(&self) -> Addressing {
+        self.addressing
+    }
+
+    /// Every VLAN some node is on, ascending.
+    pub fn vlans(&self) -> Vec<Vlan> {
+        let mut v: Vec<Vlan> = self
+            .nodes
+            .iter()
+            .flat_map(|n| n.interfaces.iter().map(|i| i.vlan))
+            .collect();
+        v.sort();
+        v.dedup();
+        v
+    }
+
+    /// The `/etc/hosts` text for every node: localhost lines, then each node's first IPv4 and
+    /// IPv6 address with its name, as NixOS's `networking.extraHosts` for tests writes them.
+    pub fn hosts_file(&self) -> String {
+        let mut s = String::from("127.0.0.1 localhost\n::1 localhost\n");
+        for node in &self.nodes {
+            if let Some(first) = node.interfaces.first() {
+                s.push_str(&format!("{} {}\n", first.ipv4, node.name));
+                s.push_str(&format!("{} {}\n", first.ipv6, node.name));
+            }
+        }
+        s
+    }
+}
+
+fn build_node(name: String, number: u32, vlans: &[Vlan], addressing: Addressing) -> Node {
+    let interfaces = vlans
+        .iter()
+        .enumerate()
+        .map(|(k, &v)| addressing.interface(v, number, k + 1))
+        .collect();
+    Node {
+        name,
+        number,
+        interfaces,
+    }
+}
+
+/// Host name rules as NixOS's `networking.hostName` states them: 1..=63 characters, letters,
+/// digits, `-` and `_`, starting and ending with a letter or digit.
+fn check_name(index: usize, name: &str) -> Result<(), TopologyError> {
+    let bad = |reason: &str| TopologyError::InvalidName {
+        name: name.to_string(),
+        reason: reason.to_string(),
+    };
+    if name.is_empty() {
+        return Err(TopologyError::EmptyName { index });
+    }
+    if name.len() > 63 {
+        return Err(bad("longer than 63 characters; use a shorter name"));
+    }
+    if let Some(c) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || *c == '-' || *c == '_'))
+    {
+        return Err(bad(&format!(
+            "character {c:?} is not allowed; use only ASCII letters, digits, '-' and '_'"
+        )));
+    }
+    let edge_ok = |c: Option<char>| c.is_some_and(|c| c.is_ascii_alphanumeric());
+    if !edge_ok(name.chars().next()) || !edge_ok(name.chars().last()) {
+        return Err(bad("it must start and end with a letter or digit"));
+    }
+    Ok(())
+}
+
+fn check_vlans(spec: &NodeSpec) -> Result<Vec<Vlan>, TopologyError> {
+    let mut out: Vec<Vlan> = Vec::with_capacity(spec.vlans.len());
+    for &v in &spec.vlans {
+        let vlan = Vlan::new(v).ok_or_else(|| TopologyError::VlanOutOfRange {
+            node: spec.name.clone(),
+            vlan: v,
+        })?;
+        if out.contains(&vlan) {
+            return Err(TopologyError::DuplicateVlan {
+                node: spec.name.clone(),
+                vlan: vlan.get(),
+            });
+        }
+        out.push(vlan);
+    }
+    Ok(out)
+}

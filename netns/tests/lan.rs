@@ -1,0 +1,130 @@
+//! What a LAN must do: nodes on one VLAN reach each other over IPv4 and IPv6, VLANs stay apart,
+//! a router joins them, and nothing survives the hub.
+
+mod common;
+
+use common::*;
+use hutch_netns::{bare_namespaces, Hub, NodeSpec, Topology};
+use std::os::fd::AsFd;
+
+#[test]
+fn ping_both_ways_ipv4_and_ipv6() {
+    if !can_run("ping_both_ways_ipv4_and_ipv6") {
+        return;
+    }
+    let topo = Topology::new([NodeSpec::new("client", [1]), NodeSpec::new("server", [1])]).unwrap();
+    let ns = bare_namespaces(2).unwrap();
+    let hub = Hub::new(&topo).unwrap();
+    hub.attach("client", ns[0].as_fd()).unwrap();
+    hub.attach("server", ns[1].as_fd()).unwrap();
+    // client = node 1, server = node 2 (sorted names).
+    assert_ping(&ns[0], "192.168.1.2");
+    assert_ping(&ns[1], "192.168.1.1");
+    assert_ping(&ns[0], "2001:db8:1::2");
+    assert_ping(&ns[1], "2001:db8:1::1");
+    // The node sees eth1 with the NixOS MAC and no default route.
+    let link =
+        String::from_utf8_lossy(&run_in(&ns[1], &["ip", "-o", "link", "show", "eth1"]).stdout)
+            .to_string();
+    assert!(link.contains("52:54:00:12:01:02"), "{link}");
+    let routes = String::from_utf8_lossy(&run_in(&ns[1], &["ip", "route"]).stdout).to_string();
+    assert!(!routes.contains("default"), "{routes}");
+    let lo = String::from_utf8_lossy(&run_in(&ns[1], &["ip", "-o", "link", "show", "lo"]).stdout)
+        .to_string();
+    assert!(lo.contains("UP"), "{lo}");
+}
+
+#[test]
+fn vlans_are_separate() {
+    if !can_run("vlans_are_separate") {
+        return;
+    }
+    let topo = Topology::new([NodeSpec::new("a", [1]), NodeSpec::new("b", [2])]).unwrap();
+    let ns = bare_namespaces(2).unwrap();
+    let hub = Hub::new(&topo).unwrap();
+    hub.attach_many(&[("a", ns[0].as_fd()), ("b", ns[1].as_fd())])
+        .unwrap();
+    // Make the other VLAN's subnet on-link, so only the bridges could carry the packets.
+    sh_in(&ns[0], "ip route add 192.168.2.0/24 dev eth1");
+    sh_in(&ns[1], "ip route add 192.168.1.0/24 dev eth1");
+    let (ok, text) = ping(&ns[0], "192.168.2.2", &["-c", "2", "-i", "0.2", "-W", "1"]);
+    assert!(!ok, "a reached b across VLANs:\n{text}");
+    let (ok, text) = ping(&ns[1], "192.168.1.1", &["-c", "2", "-i", "0.2", "-W", "1"]);
+    assert!(!ok, "b reached a across VLANs:\n{text}");
+}
+
+#[test]
+fn router_forwards_between_vlans() {
+    if !can_run("router_forwards_between_vlans") {
+        return;
+    }
+    // Sorted: left = 1, right = 2, router = 3.
+    let topo = Topology::new([
+        NodeSpec::new("left", [1]),
+        NodeSpec::new("right", [2]),
+        NodeSpec::new("router", [1, 2]),
+    ])
+    .unwrap();
+    let ns = bare_namespaces(3).unwrap();
+    let hub = Hub::new(&topo).unwrap();
+    hub.attach("left", ns[0].as_fd()).unwrap();
+    hub.attach("right", ns[1].as_fd()).unwrap();
+    hub.attach("router", ns[2].as_fd()).unwrap();
+    let router_links =
+        String::from_utf8_lossy(&run_in(&ns[2], &["ip", "-o", "addr"]).stdout).to_string();
+    assert!(router_links.contains("eth1") && router_links.contains("192.168.1.3/24"));
+    assert!(router_links.contains("eth2") && router_links.contains("192.168.2.3/24"));
+    sh_in(&ns[0], "ip route add 192.168.2.0/24 via 192.168.1.3; ip -6 route add 2001:db8:2::/64 via 2001:db8:1::3");
+    sh_in(&ns[1], "ip route add 192.168.1.0/24 via 192.168.2.3; ip -6 route add 2001:db8:1::/64 via 2001:db8:2::3");
+    // Forwarding off (the default): no way through.
+    let (ok, _) = ping(&ns[0], "192.168.2.2", &["-c", "1", "-W", "1"]);
+    assert!(!ok, "router forwarded before forwarding was enabled");
+    sh_in(
+        &ns[2],
+        "echo 1 > /proc/sys/net/ipv4/ip_forward; echo 1 > /proc/sys/net/ipv6/conf/all/forwarding",
+    );
+    assert_ping(&ns[0], "192.168.2.2");
+    assert_ping(&ns[1], "192.168.1.1");
+    assert_ping(&ns[0], "2001:db8:2::2");
+}
+
+#[test]
+fn nothing_left_after_drop() {
+    if !can_run("nothing_left_after_drop") {
+        return;
+    }
+    assert!(our_links_in_host().is_empty(), "{:?}", our_links_in_host());
+    let topo = Topology::new([NodeSpec::new("x", [1, 3]), NodeSpec::new("y", [3])]).unwrap();
+    let ns = bare_namespaces(2).unwrap();
+    let hub = Hub::new(&topo).unwrap();
+    let hub_id = hutch_netns::netns_id(hub.netns()).unwrap();
+    hub.attach("x", ns[0].as_fd()).unwrap();
+    hub.attach("y", ns[1].as_fd()).unwrap();
+    assert_ping(&ns[1], "192.168.3.1");
+    // Nothing in the host's own namespace, while running either.
+    assert!(our_links_in_host().is_empty(), "{:?}", our_links_in_host());
+    drop(hub);
+    // The node ends go when the kernel dismantles the hub namespace.
+    let gone = wait_for(5.0, || {
+        let out = run_in(&ns[0], &["ip", "-o", "link"]);
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        !text.contains("eth1") && !text.contains("eth2")
+    });
+    assert!(gone, "node links survived the hub");
+    // No thread or fd of this process refers to the hub namespace any more.
+    for entry in std::fs::read_dir("/proc/self/task").unwrap() {
+        let p = entry.unwrap().path().join("ns/net");
+        if let Ok(f) = std::fs::File::open(&p) {
+            assert_ne!(hutch_netns::netns_id(f.as_fd()).unwrap(), hub_id, "{p:?}");
+        }
+    }
+    for entry in std::fs::read_dir("/proc/self/fd").unwrap() {
+        let p = entry.unwrap().path();
+        if std::fs::read_link(&p).is_ok_and(|t| t.to_string_lossy().starts_with("net:")) {
+            if let Ok(f) = std::fs::File::open(&p) {
+                assert_ne!(hutch_netns::netns_id(f.as_fd()).unwrap(), hub_id, "{p:?}");
+            }
+        }
+    }
+    assert!(our_links_in_host().is_empty(), "{:?}", our_links_in_host());
+}
