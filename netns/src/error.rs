@@ -118,6 +118,9 @@ pub enum HubError {
         /// What is wrong and the accepted range.
         reason: String,
     },
+    /// Netem was asked for but the kernel has no netem qdisc.
+    #[error("this kernel has no netem qdisc (CONFIG_NET_SCH_NETEM, module sch_netem): load the module, or use ShapingBackend::Auto or UserSpace")]
+    NoNetem,
     /// The hub's netlink thread is gone (it panicked or failed to start).
     #[error("the hub's netlink thread has stopped: create a new Hub")]
     WorkerGone,

@@ -9,9 +9,10 @@ use std::thread::JoinHandle;
 
 use tokio::sync::mpsc::{unbounded_channel, UnboundedSender};
 
+use crate::addressing::Vlan;
 use crate::error::HubError;
 use crate::ns;
-use crate::shape::Shape;
+use crate::shape::{Shape, ShapingBackend};
 use crate::topology::{Node, Topology};
 use crate::worker::{hub_link_name, AttachNode, Job, Request, Worker};
 
@@ -31,9 +32,21 @@ pub struct Hub {
     attached: Mutex<HashMap<String, Node>>,
 }
 
+/// Choices for a hub beyond its topology.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct HubOptions {
+    /// How [`Hub::shape`] shapes links.
+    pub shaping: ShapingBackend,
+}
+
 impl Hub {
     /// Creates the hub namespace and a bridge for every VLAN of `topology`.
     pub fn new(topology: &Topology) -> Result<Hub, HubError> {
+        Hub::with_options(topology, HubOptions::default())
+    }
+
+    /// [`Hub::new`] with options.
+    pub fn with_options(topology: &Topology, options: HubOptions) -> Result<Hub, HubError> {
         let (tx, rx) = unbounded_channel::<Request>();
         let (ready_tx, ready_rx) = sync_channel::<Result<OwnedFd, HubError>>(1);
         let thread = std::thread::Builder::new()
@@ -67,7 +80,8 @@ impl Hub {
                         hint: "",
                         source: e,
                     });
-                    let worker = dup.and_then(|dup| Worker::new(fd).map(|w| (w, dup)));
+                    let worker =
+                        dup.and_then(|dup| Worker::new(fd, options.shaping).map(|w| (w, dup)));
                     match worker {
                         Ok((worker, dup)) => {
                             let _ = ready_tx.send(Ok(dup));
@@ -189,8 +203,9 @@ impl Hub {
         self.call(Job::SetUp { links, up: true })
     }
 
-    /// Shapes what the node receives on `vlan` (delay, jitter, loss, rate) with a netem qdisc
-    /// on the hub end of its link. Call again to change it; see [`Hub::unshape`] to remove it.
+    /// Shapes what the node receives on `vlan` (delay, jitter, loss, rate) on the hub end of its
+    /// link, with netem or the user-space relay ([`HubOptions::shaping`]). Call again to change
+    /// it at any time; see [`Hub::unshape`] to remove it.
     pub fn shape(&self, node: &str, vlan: u8, shape: Shape) -> Result<(), HubError> {
         shape.check().map_err(|reason| HubError::InvalidShape {
             node: node.to_string(),
@@ -199,6 +214,10 @@ impl Hub {
         let link = self.links(node, Some(vlan))?.remove(0);
         self.call(Job::Shape {
             link,
+            vlan: Vlan::new(u32::from(vlan)).ok_or(HubError::NotOnVlan {
+                node: node.to_string(),
+                vlan,
+            })?,
             shape: Some(shape),
         })
     }
@@ -206,7 +225,14 @@ impl Hub {
     /// Removes the shaping of the node's link on `vlan` (no-op when there is none).
     pub fn unshape(&self, node: &str, vlan: u8) -> Result<(), HubError> {
         let link = self.links(node, Some(vlan))?.remove(0);
-        self.call(Job::Shape { link, shape: None })
+        self.call(Job::Shape {
+            link,
+            vlan: Vlan::new(u32::from(vlan)).ok_or(HubError::NotOnVlan {
+                node: node.to_string(),
+                vlan,
+            })?,
+            shape: None,
+        })
     }
 
     /// Hub-side link names of an attached node, all or the one on `vlan`.

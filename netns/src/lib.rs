@@ -7,6 +7,11 @@
 //! ([`Hub::shape`]) at run time. Nothing touches the caller's own network namespace, and all of
 //! it works inside a user namespace the caller owns.
 //!
+//! Shaping uses a netem qdisc on the hub end of the node's link. Kernels built without netem
+//! (this project's CI kernel is one) get a user-space relay instead: the link leaves its bridge,
+//! a spare veth pair takes its place, and the hub thread carries frames between them with packet
+//! sockets, delaying, dropping and pacing those bound for the node. See [`ShapingBackend`].
+//!
 //! This crate knows namespace fds, not containers.
 
 mod addressing;
@@ -14,13 +19,15 @@ mod error;
 mod hub;
 mod messages;
 mod ns;
+mod relay;
 mod shape;
+mod shaping;
 mod topology;
 mod worker;
 
 pub use addressing::{Addressing, Interface, MacAddr, Vlan};
 pub use error::{HubError, TopologyError};
-pub use hub::Hub;
+pub use hub::{Hub, HubOptions};
 pub use ns::{bare_namespaces, netns_id};
-pub use shape::Shape;
+pub use shape::{Shape, ShapingBackend};
 pub use topology::{Node, NodeSpec, Topology};

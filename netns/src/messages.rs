@@ -74,23 +74,9 @@ pub(crate) fn new_bridge(name: &str, mac: [u8; 6]) -> RouteNetlinkMessage {
     RouteNetlinkMessage::NewLink(m)
 }
 
-/// A veth pair in one request: `hub_name` here, up, enslaved to `bridge`; its peer created
-/// directly in the node's namespace (`node_netns`) as `iface.name` with the interface's MAC
-/// (still down).
-pub(crate) fn new_veth(
-    hub_name: &str,
-    bridge: u32,
-    iface: &Interface,
-    node_netns: RawFd,
-) -> RouteNetlinkMessage {
-    // The peer cannot be created up: the kernel opens it before the pair is joined, and an
-    // unjoined veth refuses to open (ENOTCONN). The node side sets it up afterwards.
-    let mut peer = LinkMessage::default();
-    peer.attributes = vec![
-        LinkAttribute::IfName(iface.name.clone()),
-        LinkAttribute::Address(iface.mac.0.to_vec()),
-        LinkAttribute::NetNsFd(node_netns),
-    ];
+/// A veth pair in one request: `hub_name` here, up, enslaved to `bridge`, with `peer` as its
+/// other end (see [`peer_in_node`] and [`peer_here`]).
+pub(crate) fn new_veth(hub_name: &str, bridge: u32, peer: LinkMessage) -> RouteNetlinkMessage {
     let mut m = LinkMessage::default();
     m.header.flags = LinkFlags::Up;
     m.header.change_mask = LinkFlags::Up;
@@ -103,6 +89,34 @@ pub(crate) fn new_veth(
         ]),
     ];
     RouteNetlinkMessage::NewLink(m)
+}
+
+/// A veth peer created directly in the node's namespace (`node_netns`) as `iface.name` with the
+/// interface's MAC. It starts down: the kernel opens a peer before the pair is joined, and an
+/// unjoined veth refuses to open (ENOTCONN), so the node side sets it up afterwards.
+pub(crate) fn peer_in_node(iface: &Interface, node_netns: RawFd) -> LinkMessage {
+    let mut peer = LinkMessage::default();
+    peer.attributes = vec![
+        LinkAttribute::IfName(iface.name.clone()),
+        LinkAttribute::Address(iface.mac.0.to_vec()),
+        LinkAttribute::NetNsFd(node_netns),
+    ];
+    peer
+}
+
+/// A veth peer in the hub namespace itself (down, see [`peer_in_node`]).
+pub(crate) fn peer_here(name: &str) -> LinkMessage {
+    let mut peer = LinkMessage::default();
+    peer.attributes = vec![LinkAttribute::IfName(name.to_string())];
+    peer
+}
+
+/// Enslaves link `index` to `bridge`, or frees it with 0.
+pub(crate) fn set_controller(index: u32, bridge: u32) -> RouteNetlinkMessage {
+    let mut m = LinkMessage::default();
+    m.header.index = index;
+    m.attributes = vec![LinkAttribute::Controller(bridge)];
+    RouteNetlinkMessage::SetLink(m)
 }
 
 /// Looks a link up by name.

@@ -19,6 +19,19 @@ pub struct Shape {
     pub rate_bits_per_sec: Option<u64>,
 }
 
+/// Which mechanism shapes links.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ShapingBackend {
+    /// netem where the kernel has it, user space otherwise (decided at the first shape).
+    #[default]
+    Auto,
+    /// Only a netem qdisc; shaping fails with a clear error on kernels without `sch_netem`.
+    Netem,
+    /// Only the user-space relay (see the crate docs): works on any kernel with veth and packet
+    /// sockets, costs a copy per frame through the hub thread.
+    UserSpace,
+}
+
 /// Packets netem holds at most (tc's default).
 const NETEM_LIMIT: u32 = 1000;
 const TCA_NETEM_RATE: u16 = 6;

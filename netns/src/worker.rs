@@ -11,9 +11,10 @@ use tokio::sync::mpsc::UnboundedReceiver;
 
 use crate::addressing::Vlan;
 use crate::error::HubError;
-use crate::messages::{self as msg, request, ACK, CREATE, REPLACE};
+use crate::messages::{self as msg, request, ACK, CREATE};
 use crate::ns;
-use crate::shape::Shape;
+use crate::shape::{Shape, ShapingBackend};
+use crate::shaping::Relay;
 use crate::topology::Node;
 
 /// How many requests the thread keeps in flight on one connection. The kernel handles each
@@ -39,8 +40,12 @@ pub(crate) enum Job {
     Delete(Vec<String>),
     /// Set hub-side links up or down.
     SetUp { links: Vec<String>, up: bool },
-    /// Set (or with `None` remove) the netem qdisc on a hub-side link.
-    Shape { link: String, shape: Option<Shape> },
+    /// Shape (or with `None` stop shaping) a hub-side link on `vlan`.
+    Shape {
+        link: String,
+        vlan: Vlan,
+        shape: Option<Shape>,
+    },
 }
 
 /// A job and where its result goes.
@@ -58,27 +63,35 @@ fn bridge_name(vlan: Vlan) -> String {
     format!("br{vlan}")
 }
 
-fn nl(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> HubError {
+pub(crate) fn nl(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> HubError {
     let what = what.into();
     move |source| HubError::Netlink { what, source }
 }
 
 /// The thread's state.
 pub(crate) struct Worker {
-    handle: Handle,
+    pub(crate) handle: Handle,
     home: OwnedFd,
-    bridges: HashMap<Vlan, u32>,
+    pub(crate) bridges: HashMap<Vlan, u32>,
+    /// What the caller asked for, and once known whether the kernel has netem.
+    pub(crate) backend: ShapingBackend,
+    pub(crate) netem_works: Option<bool>,
+    /// User-space shaping relays by hub-side link name.
+    pub(crate) relays: HashMap<String, Relay>,
 }
 
 impl Worker {
     /// Opens the hub connection; call on the hub thread inside the runtime.
-    pub(crate) fn new(home: OwnedFd) -> Result<Worker, HubError> {
+    pub(crate) fn new(home: OwnedFd, backend: ShapingBackend) -> Result<Worker, HubError> {
         let (conn, handle, _) = rtnetlink::new_connection().map_err(nl("opening a socket"))?;
         tokio::spawn(conn);
         Ok(Worker {
             handle,
             home,
             bridges: HashMap::new(),
+            backend,
+            netem_works: None,
+            relays: HashMap::new(),
         })
     }
 
@@ -90,7 +103,7 @@ impl Worker {
                 Job::Attach(nodes) => self.attach(nodes).await,
                 Job::Delete(links) => self.delete(links).await,
                 Job::SetUp { links, up } => self.set_up(links, up).await,
-                Job::Shape { link, shape } => self.shape(&link, shape).await,
+                Job::Shape { link, vlan, shape } => self.shape(&link, vlan, shape).await,
             };
             // The caller may have given up waiting; nothing to do then.
             let _ = req.reply.send(result);
@@ -156,7 +169,7 @@ impl Worker {
                 let bridge = self.bridges[&iface.vlan];
                 request(
                     &self.handle,
-                    msg::new_veth(&hub_name, bridge, iface, n.netns),
+                    msg::new_veth(&hub_name, bridge, msg::peer_in_node(iface, n.netns)),
                     CREATE,
                 )
                 .await
@@ -197,7 +210,20 @@ impl Worker {
             .await
     }
 
-    async fn delete(&self, links: Vec<String>) -> Result<(), HubError> {
+    async fn delete(&mut self, links: Vec<String>) -> Result<(), HubError> {
+        let mut all = Vec::with_capacity(links.len());
+        for link in links {
+            if let Some(relay) = self.relays.remove(&link) {
+                relay.task.abort();
+                all.push(relay.bridge_port);
+            }
+            all.push(link);
+        }
+        self.delete_links(all).await
+    }
+
+    /// Deletes links by name; missing ones are fine.
+    pub(crate) async fn delete_links(&self, links: Vec<String>) -> Result<(), HubError> {
         stream::iter(links)
             .map(|name| async move {
                 match request(&self.handle, msg::del_link(&name), ACK).await {
@@ -209,6 +235,17 @@ impl Worker {
             .buffer_unordered(WINDOW)
             .try_collect::<()>()
             .await
+    }
+
+    /// The index of a hub-side link.
+    pub(crate) async fn link_index(&self, name: &str) -> Result<u32, HubError> {
+        let replies = request(&self.handle, msg::get_link(name), 0)
+            .await
+            .map_err(nl(format!("looking up {name}")))?;
+        msg::link_index(&replies).ok_or_else(|| HubError::Netlink {
+            what: format!("looking up {name}"),
+            source: std::io::Error::other("no link in the reply"),
+        })
     }
 
     async fn set_up(&self, links: Vec<String>, up: bool) -> Result<(), HubError> {
@@ -223,32 +260,6 @@ impl Worker {
             .buffer_unordered(WINDOW)
             .try_collect::<()>()
             .await
-    }
-
-    async fn shape(&self, link: &str, shape: Option<Shape>) -> Result<(), HubError> {
-        let replies = request(&self.handle, msg::get_link(link), 0)
-            .await
-            .map_err(nl(format!("looking up {link}")))?;
-        let index = msg::link_index(&replies).ok_or_else(|| HubError::Netlink {
-            what: format!("looking up {link}"),
-            source: std::io::Error::other("no link in the reply"),
-        })?;
-        match shape {
-            Some(s) => request(
-                &self.handle,
-                msg::netem_qdisc(index, s.netem_options()),
-                REPLACE,
-            )
-            .await
-            .map(drop)
-            .map_err(nl(format!("setting netem on {link}"))),
-            None => match request(&self.handle, msg::del_root_qdisc(index), ACK).await {
-                Ok(_) => Ok(()),
-                // No qdisc of ours there: nothing to remove.
-                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(()),
-                Err(e) => Err(nl(format!("removing netem from {link}"))(e)),
-            },
-        }
     }
 }
 

@@ -116,3 +116,15 @@ pub fn wait_for(secs: f64, mut cond: impl FnMut() -> bool) -> bool {
     }
     cond()
 }
+
+/// Runs `f` on a new thread that has entered the network namespace `ns`.
+pub fn spawn_in<T: Send + 'static>(
+    ns: &OwnedFd,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> std::thread::JoinHandle<T> {
+    let fd = ns.try_clone().expect("dup netns fd");
+    std::thread::spawn(move || {
+        nix::sched::setns(&fd, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+        f()
+    })
+}

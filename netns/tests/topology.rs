@@ -1,0 +1,126 @@
+//! A topology is checked before anything is created, and its addresses are the NixOS test
+//! framework's.
+
+use hutch_netns::{Addressing, Node, NodeSpec, Topology, TopologyError};
+
+#[test]
+fn numbers_follow_sorted_names_and_addresses_follow_nixos() {
+    let t = Topology::new([
+        NodeSpec::new("server", [1, 2]),
+        NodeSpec::new("client", [2]),
+        NodeSpec::new("router", [1, 2, 3]),
+    ])
+    .unwrap();
+    let names: Vec<_> = t
+        .nodes()
+        .iter()
+        .map(|n| (n.name.as_str(), n.number))
+        .collect();
+    assert_eq!(names, [("client", 1), ("router", 2), ("server", 3)]);
+    let server = t.node("server").unwrap();
+    assert_eq!(server.interfaces[0].name, "eth1");
+    assert_eq!(server.interfaces[0].ipv4.to_string(), "192.168.1.3");
+    assert_eq!(server.interfaces[1].name, "eth2");
+    assert_eq!(server.interfaces[1].ipv6.to_string(), "2001:db8:2::3");
+    assert_eq!(server.interfaces[1].mac.to_string(), "52:54:00:12:02:03");
+    assert_eq!(
+        t.vlans().iter().map(|v| v.get()).collect::<Vec<_>>(),
+        [1, 2, 3]
+    );
+    assert_eq!(
+        t.hosts_file(),
+        "127.0.0.1 localhost\n::1 localhost\n\
+         192.168.2.1 client\n2001:db8:2::1 client\n\
+         192.168.1.2 router\n2001:db8:1::2 router\n\
+         192.168.1.3 server\n2001:db8:1::3 server\n"
+    );
+}
+
+#[test]
+fn bad_vlans_are_refused_with_the_node_named() {
+    for bad in [0, 256, 4094] {
+        let err = Topology::new([NodeSpec::new("web", [1, bad])]).unwrap_err();
+        assert_eq!(
+            err,
+            TopologyError::VlanOutOfRange {
+                node: "web".into(),
+                vlan: bad
+            }
+        );
+        let text = err.to_string();
+        assert!(
+            text.contains("\"web\"") && text.contains("1 to 255"),
+            "{text}"
+        );
+    }
+    let err = Topology::new([NodeSpec::new("web", [3, 3])]).unwrap_err();
+    assert!(err.to_string().contains("VLAN 3 twice"), "{err}");
+}
+
+#[test]
+fn names_that_collide_as_host_names_are_refused() {
+    let err =
+        Topology::new([NodeSpec::new("Server", [1]), NodeSpec::new("server", [1])]).unwrap_err();
+    assert!(matches!(err, TopologyError::NameCollision { .. }), "{err}");
+    assert!(err.to_string().contains("rename one"), "{err}");
+    let err = Topology::new([NodeSpec::new("a", [1]), NodeSpec::new("a", [2])]).unwrap_err();
+    assert!(matches!(err, TopologyError::NameCollision { .. }), "{err}");
+    for bad in [
+        "web server",
+        "web.example",
+        "-web",
+        "web-",
+        "wéb",
+        &"x".repeat(64),
+    ] {
+        let err = Topology::new([NodeSpec::new(bad, [1])]).unwrap_err();
+        assert!(
+            matches!(err, TopologyError::InvalidName { .. }),
+            "{bad}: {err}"
+        );
+        assert!(err.to_string().contains(&format!("{bad:?}")), "{err}");
+    }
+    let err = Topology::new([NodeSpec::new("ok", [1]), NodeSpec::new("", [1])]).unwrap_err();
+    assert_eq!(err, TopologyError::EmptyName { index: 1 });
+    // Underscores and digits are fine, as NixOS allows them.
+    Topology::new([NodeSpec::new("node_1", [1]), NodeSpec::new("2nd-node", [1])]).unwrap();
+}
+
+#[test]
+fn more_than_254_nodes_on_a_vlan_is_refused_unless_large_addressing() {
+    let nodes = |n: usize| (0..n).map(|i| NodeSpec::new(format!("n{i:04}"), [1]));
+    assert!(Topology::new(nodes(254)).is_ok());
+    let err = Topology::new(nodes(255)).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            TopologyError::TooManyNodesOnVlan {
+                vlan: 1,
+                count: 255,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(err.to_string().contains("Addressing::Large"), "{err}");
+    // 300 nodes over two VLANs still run out of NixOS node numbers.
+    let split = (0..300).map(|i| NodeSpec::new(format!("n{i:04}"), [1 + (i % 2) as u32]));
+    let err = Topology::new(split).unwrap_err();
+    assert!(
+        matches!(err, TopologyError::NodeNumberTooHigh { number: 255, .. }),
+        "{err}"
+    );
+    let big = Topology::with_addressing(nodes(1000), Addressing::Large).unwrap();
+    let last = &big.nodes()[999];
+    assert_eq!(last.interfaces[0].ipv4.to_string(), "10.1.3.232");
+}
+
+#[test]
+fn a_standalone_node_gets_the_same_addresses() {
+    let n = Node::standalone("solo", 7, &[5, 6], Addressing::NixOs).unwrap();
+    assert_eq!(n.interfaces[1].ipv4.to_string(), "192.168.6.7");
+    assert_eq!(n.interfaces[1].mac.to_string(), "52:54:00:12:06:07");
+    assert!(Node::standalone("solo", 0, &[1], Addressing::NixOs).is_err());
+    assert!(Node::standalone("solo", 255, &[1], Addressing::NixOs).is_err());
+    assert!(Node::standalone("solo", 3, &[300], Addressing::NixOs).is_err());
+}
