@@ -38,11 +38,7 @@ pub struct MacAddr(pub [u8; 6]);
 impl fmt::Display for MacAddr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let b = self.0;
-        write!(
-            f,
-            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
-            b[0], b[1], b[2], b[3], b[4], b[5]
-        )
+        write!(f, "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}", b[0], b[1], b[2], b[3], b[4], b[5])
     }
 }
 
@@ -78,9 +74,7 @@ impl Addressing {
                 let n = number as u8;
                 // NixOS builds the text "2001:db8:${vlan}::${n}" from decimal numbers, so
                 // VLAN 12 becomes the hex group 0x12: parse the same text to match it exactly.
-                let ipv6 = format!("2001:db8:{v}::{n}")
-                    .parse()
-                    .unwrap_or(Ipv6Addr::UNSPECIFIED);
+                let ipv6 = format!("2001:db8:{v}::{n}").parse().unwrap_or(Ipv6Addr::UNSPECIFIED);
                 Interface {
                     name,
                     vlan,

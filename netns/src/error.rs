@@ -130,9 +130,7 @@ impl HubError {
     /// Shorthand for a namespace syscall failure from an errno.
     pub(crate) fn ns(what: &'static str, errno: nix::errno::Errno) -> HubError {
         let hint = match errno {
-            nix::errno::Errno::EPERM => {
-                ": run as root, or inside a user namespace you own (e.g. `unshare --user --map-root-user --net`)"
-            }
+            nix::errno::Errno::EPERM => ": run as root, or inside a user namespace you own (e.g. `unshare --user --map-root-user --net`)",
             nix::errno::Errno::EMFILE | nix::errno::Errno::ENFILE => {
                 ": too many open files; raise the limit (ulimit -n) for large topologies"
             }

@@ -80,8 +80,7 @@ impl Hub {
                         hint: "",
                         source: e,
                     });
-                    let worker =
-                        dup.and_then(|dup| Worker::new(fd, options.shaping).map(|w| (w, dup)));
+                    let worker = dup.and_then(|dup| Worker::new(fd, options.shaping).map(|w| (w, dup)));
                     match worker {
                         Ok((worker, dup)) => {
                             let _ = ready_tx.send(Ok(dup));
@@ -136,10 +135,7 @@ impl Hub {
     pub fn attach_many(&self, nodes: &[(&str, BorrowedFd<'_>)]) -> Result<(), HubError> {
         let mut batch = Vec::with_capacity(nodes.len());
         for (name, fd) in nodes {
-            let node = self
-                .topology
-                .node(name)
-                .ok_or_else(|| HubError::UnknownNode(name.to_string()))?;
+            let node = self.topology.node(name).ok_or_else(|| HubError::UnknownNode(name.to_string()))?;
             batch.push((node.clone(), *fd));
         }
         self.attach_nodes(batch)
@@ -178,15 +174,8 @@ impl Hub {
     /// Unplugs a node: deletes its veths (both ends). Use it before attaching a node again, for
     /// example after it restarted with a new namespace. Links already gone are fine.
     pub fn detach(&self, node: &str) -> Result<(), HubError> {
-        let n = self
-            .lock()
-            .remove(node)
-            .ok_or_else(|| HubError::NotAttached(node.to_string()))?;
-        let links = n
-            .interfaces
-            .iter()
-            .map(|i| hub_link_name(n.number, i.vlan))
-            .collect();
+        let n = self.lock().remove(node).ok_or_else(|| HubError::NotAttached(node.to_string()))?;
+        let links = n.interfaces.iter().map(|i| hub_link_name(n.number, i.vlan)).collect();
         self.call(Job::Delete(links))
     }
 
@@ -262,17 +251,14 @@ impl Hub {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Node>> {
         // A panic while holding this lock leaves a plain map behind: still usable.
-        self.attached
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.attached.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Sends a job to the netlink thread and waits for its result.
     fn call(&self, job: Job) -> Result<(), HubError> {
         let (reply, rx) = sync_channel(1);
         let tx = self.tx.as_ref().ok_or(HubError::WorkerGone)?;
-        tx.send(Request { job, reply })
-            .map_err(|_| HubError::WorkerGone)?;
+        tx.send(Request { job, reply }).map_err(|_| HubError::WorkerGone)?;
         rx.recv().map_err(|_| HubError::WorkerGone)?
     }
 }

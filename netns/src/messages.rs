@@ -5,16 +5,9 @@ use std::net::IpAddr;
 use std::os::fd::RawFd;
 
 use futures::StreamExt;
-use rtnetlink::packet_core::{
-    NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REPLACE,
-    NLM_F_REQUEST,
-};
-use rtnetlink::packet_route::address::{
-    AddressAttribute, AddressFlags, AddressHeaderFlags, AddressMessage,
-};
-use rtnetlink::packet_route::link::{
-    InfoBridge, InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
-};
+use rtnetlink::packet_core::{NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REPLACE, NLM_F_REQUEST};
+use rtnetlink::packet_route::address::{AddressAttribute, AddressFlags, AddressHeaderFlags, AddressMessage};
+use rtnetlink::packet_route::link::{InfoBridge, InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage};
 use rtnetlink::packet_route::tc::{TcAttribute, TcHandle, TcMessage};
 use rtnetlink::packet_route::{AddressFamily, RouteNetlinkMessage};
 use rtnetlink::packet_utils::nla::DefaultNla;
@@ -24,11 +17,7 @@ use crate::addressing::Interface;
 
 /// Sends one request and waits for its answer. Returns the kernel's replies (for GET requests)
 /// or the kernel's error as an `io::Error`.
-pub(crate) async fn request(
-    handle: &Handle,
-    msg: RouteNetlinkMessage,
-    flags: u16,
-) -> Result<Vec<RouteNetlinkMessage>, std::io::Error> {
+pub(crate) async fn request(handle: &Handle, msg: RouteNetlinkMessage, flags: u16) -> Result<Vec<RouteNetlinkMessage>, std::io::Error> {
     let mut req = NetlinkMessage::from(msg);
     req.header.flags = NLM_F_REQUEST | flags;
     let mut handle = handle.clone();
@@ -167,8 +156,7 @@ pub(crate) fn new_address(index: u32, addr: IpAddr, prefix: u8) -> RouteNetlinkM
         IpAddr::V6(_) => {
             m.header.family = AddressFamily::Inet6;
             m.header.flags = AddressHeaderFlags::Nodad;
-            m.attributes
-                .push(AddressAttribute::Flags(AddressFlags::Nodad));
+            m.attributes.push(AddressAttribute::Flags(AddressFlags::Nodad));
         }
     }
     m.attributes.push(AddressAttribute::Local(addr));

@@ -27,13 +27,8 @@ pub(crate) fn unshare_thread_netns() -> Result<(), HubError> {
 
 /// Runs `f` with the calling thread inside `target`, then returns it to `home`. A netlink
 /// socket opened inside `f` keeps acting in `target` for its whole life.
-pub(crate) fn with_netns<T>(
-    target: BorrowedFd<'_>,
-    home: BorrowedFd<'_>,
-    f: impl FnOnce() -> T,
-) -> Result<T, HubError> {
-    setns(target, CloneFlags::CLONE_NEWNET)
-        .map_err(|e| HubError::ns("setns into the node's network namespace", e))?;
+pub(crate) fn with_netns<T>(target: BorrowedFd<'_>, home: BorrowedFd<'_>, f: impl FnOnce() -> T) -> Result<T, HubError> {
+    setns(target, CloneFlags::CLONE_NEWNET).map_err(|e| HubError::ns("setns into the node's network namespace", e))?;
     let out = f();
     if let Err(e) = setns(home, CloneFlags::CLONE_NEWNET) {
         // The thread would keep acting in the node's namespace: nothing may continue on it.

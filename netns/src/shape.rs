@@ -53,10 +53,7 @@ impl Shape {
             return Err("delay or jitter exceeds 292 years: give a realistic duration".into());
         }
         if self.rate_bits_per_sec == Some(0) {
-            return Err(
-                "rate_bits_per_sec is 0, which would stop all traffic: use block() to cut a link, or None for no limit"
-                    .into(),
-            );
+            return Err("rate_bits_per_sec is 0, which would stop all traffic: use block() to cut a link, or None for no limit".into());
         }
         Ok(())
     }

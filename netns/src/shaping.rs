@@ -30,19 +30,12 @@ fn relay_names(link: &str) -> (String, String) {
 
 impl Worker {
     /// Applies, changes or (with `None`) removes the shaping of `link`.
-    pub(crate) async fn shape(
-        &mut self,
-        link: &str,
-        vlan: Vlan,
-        shape: Option<Shape>,
-    ) -> Result<(), HubError> {
+    pub(crate) async fn shape(&mut self, link: &str, vlan: Vlan, shape: Option<Shape>) -> Result<(), HubError> {
         let Some(shape) = shape else {
             return self.unshape(link).await;
         };
         if let Some(r) = self.relays.get(link) {
-            *r.shape
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner) = shape;
+            *r.shape.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = shape;
             return Ok(());
         }
         let use_netem = match self.backend {
@@ -99,13 +92,9 @@ impl Worker {
         let (port, inner) = relay_names(link);
         let bridge = self.bridges[&vlan];
         let node_index = self.link_index(link).await?;
-        request(
-            &self.handle,
-            msg::new_veth(&port, bridge, msg::peer_here(&inner)),
-            CREATE,
-        )
-        .await
-        .map_err(nl(format!("creating relay pair {port} <-> {inner}")))?;
+        request(&self.handle, msg::new_veth(&port, bridge, msg::peer_here(&inner)), CREATE)
+            .await
+            .map_err(nl(format!("creating relay pair {port} <-> {inner}")))?;
         let started = self.wire_relay(link, node_index, &inner, shape).await;
         match started {
             Ok(task) => {
@@ -138,10 +127,8 @@ impl Worker {
         request(&self.handle, msg::set_link_up(inner_index, None, true), ACK)
             .await
             .map_err(nl(format!("setting {inner} up")))?;
-        let node_sock = relay::packet_socket(node_index)
-            .map_err(nl(format!("opening a packet socket on {link}")))?;
-        let bridge_sock = relay::packet_socket(inner_index)
-            .map_err(nl(format!("opening a packet socket on {inner}")))?;
+        let node_sock = relay::packet_socket(node_index).map_err(nl(format!("opening a packet socket on {link}")))?;
+        let bridge_sock = relay::packet_socket(inner_index).map_err(nl(format!("opening a packet socket on {inner}")))?;
         let shape = Arc::new(Mutex::new(shape));
         let task = tokio::spawn(relay::run(node_sock, bridge_sock, shape.clone()));
         // Off the bridge last: from now on the relay carries the node's frames.

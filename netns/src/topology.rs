@@ -41,12 +41,7 @@ impl Node {
     /// A node outside any topology, for a single node run on its own (`hutch run --vlan N
     /// --node-number N`): validates the name, the VLANs and the number the same way
     /// [`Topology::new`] does.
-    pub fn standalone(
-        name: &str,
-        number: u32,
-        vlans: &[u32],
-        addressing: Addressing,
-    ) -> Result<Node, TopologyError> {
+    pub fn standalone(name: &str, number: u32, vlans: &[u32], addressing: Addressing) -> Result<Node, TopologyError> {
         let spec = NodeSpec::new(name, vlans.iter().copied());
         check_name(0, &spec.name)?;
         let vlans = check_vlans(&spec)?;
@@ -83,10 +78,7 @@ impl Topology {
     }
 
     /// Validates nodes with the given address plan.
-    pub fn with_addressing(
-        nodes: impl IntoIterator<Item = NodeSpec>,
-        addressing: Addressing,
-    ) -> Result<Topology, TopologyError> {
+    pub fn with_addressing(nodes: impl IntoIterator<Item = NodeSpec>, addressing: Addressing) -> Result<Topology, TopologyError> {
         let mut specs: Vec<NodeSpec> = nodes.into_iter().collect();
         let mut seen: HashMap<String, String> = HashMap::new();
         for (index, spec) in specs.iter().enumerate() {
@@ -116,12 +108,7 @@ impl Topology {
         };
         for (&vlan, &count) in &per_vlan {
             if count > max as usize {
-                return Err(TopologyError::TooManyNodesOnVlan {
-                    vlan,
-                    count,
-                    max,
-                    hint,
-                });
+                return Err(TopologyError::TooManyNodesOnVlan { vlan, count, max, hint });
             }
         }
         let mut out = Vec::with_capacity(specs.len());
@@ -137,10 +124,7 @@ impl Topology {
             }
             out.push(build_node(spec.name, number, &vlans, addressing));
         }
-        Ok(Topology {
-            nodes: out,
-            addressing,
-        })
+        Ok(Topology { nodes: out, addressing })
     }
 
     /// All nodes, sorted by name (so `nodes()[n - 1]` is node number n).
@@ -163,11 +147,7 @@ impl Topology {
 
     /// Every VLAN some node is on, ascending.
     pub fn vlans(&self) -> Vec<Vlan> {
-        let mut v: Vec<Vlan> = self
-            .nodes
-            .iter()
-            .flat_map(|n| n.interfaces.iter().map(|i| i.vlan))
-            .collect();
+        let mut v: Vec<Vlan> = self.nodes.iter().flat_map(|n| n.interfaces.iter().map(|i| i.vlan)).collect();
         v.sort();
         v.dedup();
         v
@@ -193,11 +173,7 @@ fn build_node(name: String, number: u32, vlans: &[Vlan], addressing: Addressing)
         .enumerate()
         .map(|(k, &v)| addressing.interface(v, number, k + 1))
         .collect();
-    Node {
-        name,
-        number,
-        interfaces,
-    }
+    Node { name, number, interfaces }
 }
 
 /// Host name rules as NixOS's `networking.hostName` states them: 1..=63 characters, letters,
@@ -213,10 +189,7 @@ fn check_name(index: usize, name: &str) -> Result<(), TopologyError> {
     if name.len() > 63 {
         return Err(bad("longer than 63 characters; use a shorter name"));
     }
-    if let Some(c) = name
-        .chars()
-        .find(|c| !(c.is_ascii_alphanumeric() || *c == '-' || *c == '_'))
-    {
+    if let Some(c) = name.chars().find(|c| !(c.is_ascii_alphanumeric() || *c == '-' || *c == '_')) {
         return Err(bad(&format!(
             "character {c:?} is not allowed; use only ASCII letters, digits, '-' and '_'"
         )));

@@ -41,11 +41,7 @@ pub(crate) enum Job {
     /// Set hub-side links up or down.
     SetUp { links: Vec<String>, up: bool },
     /// Shape (or with `None` stop shaping) a hub-side link on `vlan`.
-    Shape {
-        link: String,
-        vlan: Vlan,
-        shape: Option<Shape>,
-    },
+    Shape { link: String, vlan: Vlan, shape: Option<Shape> },
 }
 
 /// A job and where its result goes.
@@ -133,10 +129,7 @@ impl Worker {
     }
 
     async fn attach(&mut self, nodes: Vec<AttachNode>) -> Result<(), HubError> {
-        let mut vlans: Vec<Vlan> = nodes
-            .iter()
-            .flat_map(|n| n.node.interfaces.iter().map(|i| i.vlan))
-            .collect();
+        let mut vlans: Vec<Vlan> = nodes.iter().flat_map(|n| n.node.interfaces.iter().map(|i| i.vlan)).collect();
         vlans.sort();
         vlans.dedup();
         self.bridges(&vlans).await?;
@@ -147,10 +140,7 @@ impl Worker {
                 .iter()
                 .flat_map(|n| {
                     let number = n.node.number;
-                    n.node
-                        .interfaces
-                        .iter()
-                        .map(move |i| hub_link_name(number, i.vlan))
+                    n.node.interfaces.iter().map(move |i| hub_link_name(number, i.vlan))
                 })
                 .collect();
             let _ = self.delete(links).await;
@@ -160,9 +150,7 @@ impl Worker {
 
     async fn wire(&self, nodes: &[AttachNode]) -> Result<(), HubError> {
         // 1. Veths from the hub side, node ends created inside the nodes.
-        let veths = nodes
-            .iter()
-            .flat_map(|n| n.node.interfaces.iter().map(move |i| (n, i)));
+        let veths = nodes.iter().flat_map(|n| n.node.interfaces.iter().map(move |i| (n, i)));
         stream::iter(veths)
             .map(|(n, iface)| async move {
                 let hub_name = hub_link_name(n.node.number, iface.vlan);
@@ -193,8 +181,7 @@ impl Worker {
                 let fd = unsafe { BorrowedFd::borrow_raw(n.netns) };
                 let opened = ns::with_netns(fd, home, rtnetlink::new_connection);
                 async move {
-                    let (conn, handle, _) =
-                        opened?.map_err(nl(format!("opening a socket in node {}", n.node.name)))?;
+                    let (conn, handle, _) = opened?.map_err(nl(format!("opening a socket in node {}", n.node.name)))?;
                     let work = Box::pin(configure_node(handle, &n.node));
                     match futures::future::select(work, Box::pin(conn)).await {
                         futures::future::Either::Left((result, _conn)) => result,
@@ -277,35 +264,19 @@ async fn configure_node(handle: Handle, node: &Node) -> Result<(), HubError> {
     let ifaces = node.interfaces.iter().map(|iface| async move {
         let replies = request(h, msg::get_link(&iface.name), 0)
             .await
-            .map_err(nl(format!(
-                "looking up {} in node {}",
-                iface.name, node.name
-            )))?;
+            .map_err(nl(format!("looking up {} in node {}", iface.name, node.name)))?;
         let index = msg::link_index(&replies).ok_or_else(|| HubError::Netlink {
             what: format!("looking up {} in node {}", iface.name, node.name),
             source: std::io::Error::other("no link in the reply"),
         })?;
-        let what = |a: &dyn std::fmt::Display| {
-            format!("adding {a} to {} in node {}", iface.name, node.name)
-        };
-        let v4 = request(
-            h,
-            msg::new_address(index, iface.ipv4.into(), iface.ipv4_prefix),
-            CREATE,
-        );
-        let v6 = request(
-            h,
-            msg::new_address(index, iface.ipv6.into(), iface.ipv6_prefix),
-            CREATE,
-        );
+        let what = |a: &dyn std::fmt::Display| format!("adding {a} to {} in node {}", iface.name, node.name);
+        let v4 = request(h, msg::new_address(index, iface.ipv4.into(), iface.ipv4_prefix), CREATE);
+        let v6 = request(h, msg::new_address(index, iface.ipv6.into(), iface.ipv6_prefix), CREATE);
         let up = request(h, msg::set_link_up(index, None, true), ACK);
         let (r4, r6, up) = futures::join!(v4, v6, up);
         r4.map_err(nl(what(&iface.ipv4)))?;
         r6.map_err(nl(what(&iface.ipv6)))?;
-        up.map_err(nl(format!(
-            "setting {} up in node {}",
-            iface.name, node.name
-        )))?;
+        up.map_err(nl(format!("setting {} up in node {}", iface.name, node.name)))?;
         Ok::<(), HubError>(())
     });
     let (lo, ifaces) = futures::join!(lo, futures::future::try_join_all(ifaces));

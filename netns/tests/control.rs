@@ -13,8 +13,7 @@ fn pair() -> (Hub, Vec<OwnedFd>) {
     let topo = Topology::new([NodeSpec::new("a", [1]), NodeSpec::new("b", [1])]).unwrap();
     let ns = bare_namespaces(2).unwrap();
     let hub = Hub::new(&topo).unwrap();
-    hub.attach_many(&[("a", ns[0].as_fd()), ("b", ns[1].as_fd())])
-        .unwrap();
+    hub.attach_many(&[("a", ns[0].as_fd()), ("b", ns[1].as_fd())]).unwrap();
     (hub, ns)
 }
 
@@ -36,17 +35,11 @@ fn block_cuts_and_unblock_restores() {
     let t = Instant::now();
     let (ok, text) = ping(&ns[0], "192.168.1.2", &["-c", "1", "-W", "1"]);
     assert!(!ok, "ping went through a blocked link:\n{text}");
-    assert!(
-        t.elapsed() < Duration::from_millis(1500),
-        "{:?}",
-        t.elapsed()
-    );
+    assert!(t.elapsed() < Duration::from_millis(1500), "{:?}", t.elapsed());
     let (ok, _) = ping(&ns[1], "192.168.1.1", &["-c", "1", "-W", "1"]);
     assert!(!ok, "the blocked node still reached out");
     hub.unblock("b", Some(1)).unwrap();
-    let back = wait_for(3.0, || {
-        ping(&ns[0], "192.168.1.2", &["-c", "1", "-W", "1"]).0
-    });
+    let back = wait_for(3.0, || ping(&ns[0], "192.168.1.2", &["-c", "1", "-W", "1"]).0);
     assert!(back, "unblock did not restore the link");
     assert!(!eth1_state(&ns[1]).contains("NO-CARRIER"));
     // Per VLAN: a VLAN the node is not on is an error that names it.
@@ -78,10 +71,7 @@ fn delay_shows_in_rtt_changes_and_goes() {
     hub.shape("b", 1, shorter).unwrap();
     let (_, text) = ping(&ns[0], "192.168.1.2", &["-c", "3", "-i", "0.2", "-W", "2"]);
     let r = rtts(&text);
-    assert!(
-        r.iter().all(|&t| (30.0..100.0).contains(&t)),
-        "RTTs {r:?} after change to 30 ms"
-    );
+    assert!(r.iter().all(|&t| (30.0..100.0).contains(&t)), "RTTs {r:?} after change to 30 ms");
     hub.unshape("b", 1).unwrap();
     hub.unshape("b", 1).unwrap(); // removing twice is fine
     let (_, text) = ping(&ns[0], "192.168.1.2", &["-c", "3", "-i", "0.2", "-W", "2"]);
@@ -100,20 +90,12 @@ fn loss_is_roughly_as_asked() {
         ..Shape::default()
     };
     hub.shape("b", 1, lossy).unwrap();
-    let (_, text) = ping(
-        &ns[0],
-        "192.168.1.2",
-        &["-c", "100", "-i", "0.01", "-W", "1"],
-    );
+    let (_, text) = ping(&ns[0], "192.168.1.2", &["-c", "100", "-i", "0.01", "-W", "1"]);
     let loss = loss_percent(&text);
     println!("20% loss -> {loss}% ping loss over 100 pings");
     assert!((5.0..=40.0).contains(&loss), "loss {loss}%:\n{text}");
     hub.unshape("b", 1).unwrap();
-    let (_, text) = ping(
-        &ns[0],
-        "192.168.1.2",
-        &["-c", "50", "-i", "0.01", "-W", "1"],
-    );
+    let (_, text) = ping(&ns[0], "192.168.1.2", &["-c", "50", "-i", "0.01", "-W", "1"]);
     assert_eq!(loss_percent(&text), 0.0, "{text}");
 }
 
@@ -129,11 +111,7 @@ fn rate_and_jitter() {
         ..Shape::default()
     };
     hub.shape("b", 1, slow).unwrap();
-    let (ok, text) = ping(
-        &ns[0],
-        "192.168.1.2",
-        &["-c", "2", "-i", "0.3", "-s", "1200", "-W", "2"],
-    );
+    let (ok, text) = ping(&ns[0], "192.168.1.2", &["-c", "2", "-i", "0.3", "-s", "1200", "-W", "2"]);
     assert!(ok, "{text}");
     let r = rtts(&text);
     assert!(r.iter().all(|&t| t >= 80.0), "RTTs {r:?} at 100 kbit/s");
@@ -143,18 +121,11 @@ fn rate_and_jitter() {
         ..Shape::default()
     };
     hub.shape("b", 1, jittery).unwrap();
-    let (_, text) = ping(
-        &ns[0],
-        "192.168.1.2",
-        &["-c", "20", "-i", "0.05", "-W", "2"],
-    );
+    let (_, text) = ping(&ns[0], "192.168.1.2", &["-c", "20", "-i", "0.05", "-W", "2"]);
     let r = rtts(&text);
     let min = r.iter().cloned().fold(f64::MAX, f64::min);
     let max = r.iter().cloned().fold(0.0, f64::max);
-    assert!(
-        r.len() >= 18 && min >= 10.0 && max <= 100.0 && max - min > 10.0,
-        "RTTs {r:?}"
-    );
+    assert!(r.len() >= 18 && min >= 10.0 && max <= 100.0 && max - min > 10.0, "RTTs {r:?}");
 }
 
 #[test]
@@ -219,10 +190,7 @@ fn shaped_link_carries_tcp_at_the_given_rate() {
     let (got, took) = server.join().unwrap();
     println!("1 MB over an 8 Mbit/s shaped link: {took:?}");
     assert!(got == data, "data changed on the way ({} bytes)", got.len());
-    assert!(
-        took >= Duration::from_millis(800) && took < Duration::from_secs(5),
-        "{took:?}"
-    );
+    assert!(took >= Duration::from_millis(800) && took < Duration::from_secs(5), "{took:?}");
 }
 
 #[test]
@@ -236,8 +204,7 @@ fn netem_backend_works_or_names_the_missing_kernel_option() {
         shaping: hutch_netns::ShapingBackend::Netem,
     };
     let hub = Hub::with_options(&topo, options).unwrap();
-    hub.attach_many(&[("a", ns[0].as_fd()), ("b", ns[1].as_fd())])
-        .unwrap();
+    hub.attach_many(&[("a", ns[0].as_fd()), ("b", ns[1].as_fd())]).unwrap();
     let delay = Shape {
         delay: Duration::from_millis(100),
         ..Shape::default()

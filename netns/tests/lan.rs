@@ -23,14 +23,11 @@ fn ping_both_ways_ipv4_and_ipv6() {
     assert_ping(&ns[0], "2001:db8:1::2");
     assert_ping(&ns[1], "2001:db8:1::1");
     // The node sees eth1 with the NixOS MAC and no default route.
-    let link =
-        String::from_utf8_lossy(&run_in(&ns[1], &["ip", "-o", "link", "show", "eth1"]).stdout)
-            .to_string();
+    let link = String::from_utf8_lossy(&run_in(&ns[1], &["ip", "-o", "link", "show", "eth1"]).stdout).to_string();
     assert!(link.contains("52:54:00:12:01:02"), "{link}");
     let routes = String::from_utf8_lossy(&run_in(&ns[1], &["ip", "route"]).stdout).to_string();
     assert!(!routes.contains("default"), "{routes}");
-    let lo = String::from_utf8_lossy(&run_in(&ns[1], &["ip", "-o", "link", "show", "lo"]).stdout)
-        .to_string();
+    let lo = String::from_utf8_lossy(&run_in(&ns[1], &["ip", "-o", "link", "show", "lo"]).stdout).to_string();
     assert!(lo.contains("UP"), "{lo}");
 }
 
@@ -42,8 +39,7 @@ fn vlans_are_separate() {
     let topo = Topology::new([NodeSpec::new("a", [1]), NodeSpec::new("b", [2])]).unwrap();
     let ns = bare_namespaces(2).unwrap();
     let hub = Hub::new(&topo).unwrap();
-    hub.attach_many(&[("a", ns[0].as_fd()), ("b", ns[1].as_fd())])
-        .unwrap();
+    hub.attach_many(&[("a", ns[0].as_fd()), ("b", ns[1].as_fd())]).unwrap();
     // Make the other VLAN's subnet on-link, so only the bridges could carry the packets.
     sh_in(&ns[0], "ip route add 192.168.2.0/24 dev eth1");
     sh_in(&ns[1], "ip route add 192.168.1.0/24 dev eth1");
@@ -70,12 +66,17 @@ fn router_forwards_between_vlans() {
     hub.attach("left", ns[0].as_fd()).unwrap();
     hub.attach("right", ns[1].as_fd()).unwrap();
     hub.attach("router", ns[2].as_fd()).unwrap();
-    let router_links =
-        String::from_utf8_lossy(&run_in(&ns[2], &["ip", "-o", "addr"]).stdout).to_string();
+    let router_links = String::from_utf8_lossy(&run_in(&ns[2], &["ip", "-o", "addr"]).stdout).to_string();
     assert!(router_links.contains("eth1") && router_links.contains("192.168.1.3/24"));
     assert!(router_links.contains("eth2") && router_links.contains("192.168.2.3/24"));
-    sh_in(&ns[0], "ip route add 192.168.2.0/24 via 192.168.1.3; ip -6 route add 2001:db8:2::/64 via 2001:db8:1::3");
-    sh_in(&ns[1], "ip route add 192.168.1.0/24 via 192.168.2.3; ip -6 route add 2001:db8:1::/64 via 2001:db8:2::3");
+    sh_in(
+        &ns[0],
+        "ip route add 192.168.2.0/24 via 192.168.1.3; ip -6 route add 2001:db8:2::/64 via 2001:db8:1::3",
+    );
+    sh_in(
+        &ns[1],
+        "ip route add 192.168.1.0/24 via 192.168.2.3; ip -6 route add 2001:db8:1::/64 via 2001:db8:2::3",
+    );
     // Forwarding off (the default): no way through.
     let (ok, _) = ping(&ns[0], "192.168.2.2", &["-c", "1", "-W", "1"]);
     assert!(!ok, "router forwarded before forwarding was enabled");

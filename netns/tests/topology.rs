@@ -11,11 +11,7 @@ fn numbers_follow_sorted_names_and_addresses_follow_nixos() {
         NodeSpec::new("router", [1, 2, 3]),
     ])
     .unwrap();
-    let names: Vec<_> = t
-        .nodes()
-        .iter()
-        .map(|n| (n.name.as_str(), n.number))
-        .collect();
+    let names: Vec<_> = t.nodes().iter().map(|n| (n.name.as_str(), n.number)).collect();
     assert_eq!(names, [("client", 1), ("router", 2), ("server", 3)]);
     let server = t.node("server").unwrap();
     assert_eq!(server.interfaces[0].name, "eth1");
@@ -23,10 +19,7 @@ fn numbers_follow_sorted_names_and_addresses_follow_nixos() {
     assert_eq!(server.interfaces[1].name, "eth2");
     assert_eq!(server.interfaces[1].ipv6.to_string(), "2001:db8:2::3");
     assert_eq!(server.interfaces[1].mac.to_string(), "52:54:00:12:02:03");
-    assert_eq!(
-        t.vlans().iter().map(|v| v.get()).collect::<Vec<_>>(),
-        [1, 2, 3]
-    );
+    assert_eq!(t.vlans().iter().map(|v| v.get()).collect::<Vec<_>>(), [1, 2, 3]);
     assert_eq!(
         t.hosts_file(),
         "127.0.0.1 localhost\n::1 localhost\n\
@@ -48,10 +41,7 @@ fn bad_vlans_are_refused_with_the_node_named() {
             }
         );
         let text = err.to_string();
-        assert!(
-            text.contains("\"web\"") && text.contains("1 to 255"),
-            "{text}"
-        );
+        assert!(text.contains("\"web\"") && text.contains("1 to 255"), "{text}");
     }
     let err = Topology::new([NodeSpec::new("web", [3, 3])]).unwrap_err();
     assert!(err.to_string().contains("VLAN 3 twice"), "{err}");
@@ -59,25 +49,14 @@ fn bad_vlans_are_refused_with_the_node_named() {
 
 #[test]
 fn names_that_collide_as_host_names_are_refused() {
-    let err =
-        Topology::new([NodeSpec::new("Server", [1]), NodeSpec::new("server", [1])]).unwrap_err();
+    let err = Topology::new([NodeSpec::new("Server", [1]), NodeSpec::new("server", [1])]).unwrap_err();
     assert!(matches!(err, TopologyError::NameCollision { .. }), "{err}");
     assert!(err.to_string().contains("rename one"), "{err}");
     let err = Topology::new([NodeSpec::new("a", [1]), NodeSpec::new("a", [2])]).unwrap_err();
     assert!(matches!(err, TopologyError::NameCollision { .. }), "{err}");
-    for bad in [
-        "web server",
-        "web.example",
-        "-web",
-        "web-",
-        "wéb",
-        &"x".repeat(64),
-    ] {
+    for bad in ["web server", "web.example", "-web", "web-", "wéb", &"x".repeat(64)] {
         let err = Topology::new([NodeSpec::new(bad, [1])]).unwrap_err();
-        assert!(
-            matches!(err, TopologyError::InvalidName { .. }),
-            "{bad}: {err}"
-        );
+        assert!(matches!(err, TopologyError::InvalidName { .. }), "{bad}: {err}");
         assert!(err.to_string().contains(&format!("{bad:?}")), "{err}");
     }
     let err = Topology::new([NodeSpec::new("ok", [1]), NodeSpec::new("", [1])]).unwrap_err();
@@ -92,24 +71,14 @@ fn more_than_254_nodes_on_a_vlan_is_refused_unless_large_addressing() {
     assert!(Topology::new(nodes(254)).is_ok());
     let err = Topology::new(nodes(255)).unwrap_err();
     assert!(
-        matches!(
-            err,
-            TopologyError::TooManyNodesOnVlan {
-                vlan: 1,
-                count: 255,
-                ..
-            }
-        ),
+        matches!(err, TopologyError::TooManyNodesOnVlan { vlan: 1, count: 255, .. }),
         "{err}"
     );
     assert!(err.to_string().contains("Addressing::Large"), "{err}");
     // 300 nodes over two VLANs still run out of NixOS node numbers.
     let split = (0..300).map(|i| NodeSpec::new(format!("n{i:04}"), [1 + (i % 2) as u32]));
     let err = Topology::new(split).unwrap_err();
-    assert!(
-        matches!(err, TopologyError::NodeNumberTooHigh { number: 255, .. }),
-        "{err}"
-    );
+    assert!(matches!(err, TopologyError::NodeNumberTooHigh { number: 255, .. }), "{err}");
     let big = Topology::with_addressing(nodes(1000), Addressing::Large).unwrap();
     let last = &big.nodes()[999];
     assert_eq!(last.interfaces[0].ipv4.to_string(), "10.1.3.232");

@@ -30,18 +30,13 @@ pub fn run_in(ns: &OwnedFd, argv: &[&str]) -> Output {
             Ok(())
         });
     }
-    cmd.output()
-        .unwrap_or_else(|e| panic!("running {argv:?}: {e}"))
+    cmd.output().unwrap_or_else(|e| panic!("running {argv:?}: {e}"))
 }
 
 /// Runs a shell command inside `ns` and asserts it succeeds.
 pub fn sh_in(ns: &OwnedFd, script: &str) {
     let out = run_in(ns, &["sh", "-c", script]);
-    assert!(
-        out.status.success(),
-        "{script}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{script}: {}", String::from_utf8_lossy(&out.stderr));
 }
 
 /// Pings `addr` from `ns`; returns success and the output text.
@@ -50,8 +45,7 @@ pub fn ping(ns: &OwnedFd, addr: &str, extra: &[&str]) -> (bool, String) {
     argv.extend_from_slice(extra);
     argv.push(addr);
     let out = run_in(ns, &argv);
-    let text =
-        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
     (out.status.success(), text)
 }
 
@@ -85,19 +79,16 @@ pub fn loss_percent(text: &str) -> f64 {
 /// Links in the caller's own namespace that look like ours (bridge `brN`, hub ends `nXvY`,
 /// node MACs 52:54:0x:..). Must always be empty: the hub never creates anything here.
 pub fn our_links_in_host() -> Vec<String> {
-    let out = Command::new("ip")
-        .args(["-o", "link"])
-        .output()
-        .expect("ip -o link");
+    let out = Command::new("ip").args(["-o", "link"]).output().expect("ip -o link");
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter(|l| {
             let name = l.split(": ").nth(1).unwrap_or("");
             let name = name.split('@').next().unwrap_or("");
             let hub_end = name.starts_with('n')
-                && name[1..].split_once('v').is_some_and(|(a, b)| {
-                    a.chars().all(|c| c.is_ascii_digit()) && b.chars().all(|c| c.is_ascii_digit())
-                });
+                && name[1..]
+                    .split_once('v')
+                    .is_some_and(|(a, b)| a.chars().all(|c| c.is_ascii_digit()) && b.chars().all(|c| c.is_ascii_digit()));
             let bridge = name.starts_with("br") && name[2..].chars().all(|c| c.is_ascii_digit());
             hub_end || bridge || l.contains("52:54:00:12:") || l.contains("52:54:01:")
         })
@@ -118,10 +109,7 @@ pub fn wait_for(secs: f64, mut cond: impl FnMut() -> bool) -> bool {
 }
 
 /// Runs `f` on a new thread that has entered the network namespace `ns`.
-pub fn spawn_in<T: Send + 'static>(
-    ns: &OwnedFd,
-    f: impl FnOnce() -> T + Send + 'static,
-) -> std::thread::JoinHandle<T> {
+pub fn spawn_in<T: Send + 'static>(ns: &OwnedFd, f: impl FnOnce() -> T + Send + 'static) -> std::thread::JoinHandle<T> {
     let fd = ns.try_clone().expect("dup netns fd");
     std::thread::spawn(move || {
         nix::sched::setns(&fd, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
