@@ -15,23 +15,13 @@ impl Fixture {
     fn new(tag: &str) -> Fixture {
         let dir = std::env::temp_dir().join(format!("hutch-plan-{tag}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
-        for d in [
-            "img/etc",
-            "site",
-            "cache/images/debian",
-            "system",
-            "notsystem",
-        ] {
+        for d in ["img/etc", "site", "cache/images/debian", "system", "notsystem"] {
             std::fs::create_dir_all(dir.join(d)).unwrap();
         }
         std::fs::write(dir.join("test.py"), "machine.succeed('true')\n").unwrap();
         std::fs::write(dir.join("site/post.html"), "Hello").unwrap();
         std::fs::write(dir.join("system/init"), "#!/bin/sh\n").unwrap();
-        std::fs::set_permissions(
-            dir.join("system/init"),
-            std::fs::Permissions::from_mode(0o755),
-        )
-        .unwrap();
+        std::fs::set_permissions(dir.join("system/init"), std::fs::Permissions::from_mode(0o755)).unwrap();
         std::fs::write(dir.join("notsystem/init"), "not executable").unwrap();
         Fixture { dir }
     }
@@ -84,10 +74,7 @@ boot = false
     assert_eq!(plan.name, "nginx");
     assert_eq!(plan.timeout.as_secs(), 600);
     assert_eq!(plan.vlans, vec![1, 2]);
-    assert_eq!(
-        plan.script.path.as_deref(),
-        Some(f.dir.join("test.py").as_path())
-    );
+    assert_eq!(plan.script.path.as_deref(), Some(f.dir.join("test.py").as_path()));
     assert!(plan.script.source.contains("succeed"));
     let server = plan.node("server").unwrap();
     assert_eq!(server.number, 1);
@@ -108,12 +95,7 @@ boot = false
     assert_eq!(client.vlans, vec![2, 1]);
     assert!(!client.boot);
     assert_eq!(client.env.get("FOO").map(String::as_str), Some("bar"));
-    assert_eq!(
-        client.root,
-        NodeRoot::Image {
-            dir: f.dir.join("img")
-        }
-    );
+    assert_eq!(client.root, NodeRoot::Image { dir: f.dir.join("img") });
 }
 
 #[test]
@@ -139,26 +121,13 @@ fn json_inline_script_and_toplevel() {
 
 #[test]
 fn cache_dir_follows_the_environment() {
-    let env = |pairs: &'static [(&'static str, &'static str)]| {
-        move |k: &str| {
-            pairs
-                .iter()
-                .find(|(n, _)| *n == k)
-                .map(|(_, v)| (*v).into())
-        }
-    };
-    assert_eq!(
-        cache_dir_from(env(&[("HUTCH_CACHE", "/c"), ("HOME", "/h")])),
-        Path::new("/c")
-    );
+    let env = |pairs: &'static [(&'static str, &'static str)]| move |k: &str| pairs.iter().find(|(n, _)| *n == k).map(|(_, v)| (*v).into());
+    assert_eq!(cache_dir_from(env(&[("HUTCH_CACHE", "/c"), ("HOME", "/h")])), Path::new("/c"));
     assert_eq!(
         cache_dir_from(env(&[("XDG_CACHE_HOME", "/x"), ("HOME", "/h")])),
         Path::new("/x/hutch")
     );
-    assert_eq!(
-        cache_dir_from(env(&[("HOME", "/h")])),
-        Path::new("/h/.cache/hutch")
-    );
+    assert_eq!(cache_dir_from(env(&[("HOME", "/h")])), Path::new("/h/.cache/hutch"));
 }
 
 /// One malformed file: its name, its text, and a piece of the expected message.
@@ -175,45 +144,165 @@ fn bad_cases() -> Vec<Bad> {
         many.push_str(&format!("[nodes.n{i}]\n"));
     }
     vec![
-        Bad("t.toml", node("image = \"img\"\nmemroy = \"1G\""), "nodes.a.memroy: unknown field `memroy`"),
-        Bad("t.toml", node("image = \"img\"\nvlans = \"1\""), "nodes.a.vlans: invalid type: string \"1\""),
-        Bad("nginx.toml", node("image = \"img\"\nmemory = \"12Q\""), "nginx.toml: nodes.a.memory: \"12Q\" is not a size; write it like \"512M\" or \"2G\""),
-        Bad("t.toml", node("image = \"img\"\nmemory = 0"), "nodes.a.memory: 0 is not more than zero"),
-        Bad("t.toml", node("image = \"img\"\nmemory = \"-512M\""), "nodes.a.memory: \"-512M\" is negative"),
+        Bad(
+            "t.toml",
+            node("image = \"img\"\nmemroy = \"1G\""),
+            "nodes.a.memroy: unknown field `memroy`",
+        ),
+        Bad(
+            "t.toml",
+            node("image = \"img\"\nvlans = \"1\""),
+            "nodes.a.vlans: invalid type: string \"1\"",
+        ),
+        Bad(
+            "nginx.toml",
+            node("image = \"img\"\nmemory = \"12Q\""),
+            "nginx.toml: nodes.a.memory: \"12Q\" is not a size; write it like \"512M\" or \"2G\"",
+        ),
+        Bad(
+            "t.toml",
+            node("image = \"img\"\nmemory = 0"),
+            "nodes.a.memory: 0 is not more than zero",
+        ),
+        Bad(
+            "t.toml",
+            node("image = \"img\"\nmemory = \"-512M\""),
+            "nodes.a.memory: \"-512M\" is negative",
+        ),
         Bad("t.toml", node("image = \"img\"\nmemory = \"0M\""), "nodes.a.memory: zero bytes"),
-        Bad("t.toml", node("image = \"img\"\nmemory = true"), "nodes.a.memory: invalid type: boolean `true`, expected a size"),
+        Bad(
+            "t.toml",
+            node("image = \"img\"\nmemory = true"),
+            "nodes.a.memory: invalid type: boolean `true`, expected a size",
+        ),
         Bad("t.toml", node("vlans = [1]"), "nodes.a: has neither `image` nor `toplevel`"),
-        Bad("t.toml", node("image = \"img\"\ntoplevel = \"system\""), "nodes.a: sets both `image` and `toplevel`"),
+        Bad(
+            "t.toml",
+            node("image = \"img\"\ntoplevel = \"system\""),
+            "nodes.a: sets both `image` and `toplevel`",
+        ),
         Bad("t.toml", node("image = \"./nope\""), "nodes.a.image: \"./nope\" is not a directory"),
-        Bad("t.toml", node("image = \"ubuntu\""), "nodes.a.image: \"ubuntu\" is neither a directory next to the test file"),
+        Bad(
+            "t.toml",
+            node("image = \"ubuntu\""),
+            "nodes.a.image: \"ubuntu\" is neither a directory next to the test file",
+        ),
         Bad("t.toml", node("toplevel = \"notsystem\""), "nodes.a.toplevel: \"notsystem\": "),
         Bad("t.toml", node("toplevel = \"/nix/store/missing-system\""), "does not exist"),
-        Bad("t.toml", node("image = \"img\"\nstore = \"cache\""), "`store` and `closure_only` apply to `toplevel` nodes only"),
-        Bad("t.json", r#"{"test":{"name":"t","script":"test.py"},"nodes":{"a":{"image":"img"},"a":{"image":"img"}}}"#.into(), "nodes: node `a` is defined twice"),
-        Bad("t.json", r#"{"test":{"name":"t","script":"test.py","color":1},"nodes":{"a":{"image":"img"}}}"#.into(), "test.color: unknown field `color`"),
-        Bad("t.toml", format!("{HEAD}[defaults]\nimage=\"img\"\n[nodes.web-1]\n[nodes.web_1]\n"), "nodes.web_1: becomes the script variable `web_1`, like node `web-1`"),
-        Bad("t.toml", format!("{HEAD}[defaults]\nimage=\"img\"\n[nodes.Web]\n[nodes.web]\n"), "is the same hostname as node `Web`"),
-        Bad("t.toml", format!("{HEAD}[defaults]\nimage=\"img\"\n[nodes.1web]\n"), "nodes.1web: is not a valid node name"),
-        Bad("t.toml", format!("{HEAD}[defaults]\nimage=\"img\"\n[nodes.\"web.1\"]\n"), "nodes.web.1: is not a valid node name"),
-        Bad("t.toml", format!("{HEAD}[defaults]\nimage=\"img\"\n[nodes.class]\n"), "`class` is a Python keyword"),
-        Bad("t.toml", format!("{HEAD}[defaults]\nimage=\"img\"\n[nodes.log]\n"), "would hide the test-script global"),
-        Bad("t.toml", node("image = \"img\"\nvlans = [0]"), "nodes.a.vlans: VLAN 0 is out of range; VLANs are 1 to 255"),
+        Bad(
+            "t.toml",
+            node("image = \"img\"\nstore = \"cache\""),
+            "`store` and `closure_only` apply to `toplevel` nodes only",
+        ),
+        Bad(
+            "t.json",
+            r#"{"test":{"name":"t","script":"test.py"},"nodes":{"a":{"image":"img"},"a":{"image":"img"}}}"#.into(),
+            "nodes: node `a` is defined twice",
+        ),
+        Bad(
+            "t.json",
+            r#"{"test":{"name":"t","script":"test.py","color":1},"nodes":{"a":{"image":"img"}}}"#.into(),
+            "test.color: unknown field `color`",
+        ),
+        Bad(
+            "t.toml",
+            format!("{HEAD}[defaults]\nimage=\"img\"\n[nodes.web-1]\n[nodes.web_1]\n"),
+            "nodes.web_1: becomes the script variable `web_1`, like node `web-1`",
+        ),
+        Bad(
+            "t.toml",
+            format!("{HEAD}[defaults]\nimage=\"img\"\n[nodes.Web]\n[nodes.web]\n"),
+            "is the same hostname as node `Web`",
+        ),
+        Bad(
+            "t.toml",
+            format!("{HEAD}[defaults]\nimage=\"img\"\n[nodes.1web]\n"),
+            "nodes.1web: is not a valid node name",
+        ),
+        Bad(
+            "t.toml",
+            format!("{HEAD}[defaults]\nimage=\"img\"\n[nodes.\"web.1\"]\n"),
+            "nodes.web.1: is not a valid node name",
+        ),
+        Bad(
+            "t.toml",
+            format!("{HEAD}[defaults]\nimage=\"img\"\n[nodes.class]\n"),
+            "`class` is a Python keyword",
+        ),
+        Bad(
+            "t.toml",
+            format!("{HEAD}[defaults]\nimage=\"img\"\n[nodes.log]\n"),
+            "would hide the test-script global",
+        ),
+        Bad(
+            "t.toml",
+            node("image = \"img\"\nvlans = [0]"),
+            "nodes.a.vlans: VLAN 0 is out of range; VLANs are 1 to 255",
+        ),
         Bad("t.toml", node("image = \"img\"\nvlans = [256]"), "VLAN 256 is out of range"),
         Bad("t.toml", node("image = \"img\"\nvlans = [3, 3]"), "VLAN 3 is listed twice"),
         Bad("t.toml", many, "nodes: 255 nodes; at most 254"),
-        Bad("t.toml", "[test]\nname = \"t\"\nscript = \"missing.py\"\n[nodes.a]\nimage = \"img\"\n".into(), "test.script: cannot read \"missing.py\""),
-        Bad("t.toml", "[test]\nname = \"t\"\nscript = \"test.py\"\ntestScript = \"x\"\n[nodes.a]\nimage = \"img\"\n".into(), "test: sets both `script` and `testScript`"),
-        Bad("t.toml", "[test]\nname = \"t\"\n[nodes.a]\nimage = \"img\"\n".into(), "test: has no script"),
-        Bad("t.toml", "[test]\nname = \"t\"\nscript = \"test.py\"\ntimeout = 0\n[nodes.a]\nimage = \"img\"\n".into(), "test.timeout: 0 is not a positive number"),
-        Bad("t.toml", "[nodes.a]\nimage = \"img\"\n".into(), "missing field `test`; add a [test] table"),
+        Bad(
+            "t.toml",
+            "[test]\nname = \"t\"\nscript = \"missing.py\"\n[nodes.a]\nimage = \"img\"\n".into(),
+            "test.script: cannot read \"missing.py\"",
+        ),
+        Bad(
+            "t.toml",
+            "[test]\nname = \"t\"\nscript = \"test.py\"\ntestScript = \"x\"\n[nodes.a]\nimage = \"img\"\n".into(),
+            "test: sets both `script` and `testScript`",
+        ),
+        Bad(
+            "t.toml",
+            "[test]\nname = \"t\"\n[nodes.a]\nimage = \"img\"\n".into(),
+            "test: has no script",
+        ),
+        Bad(
+            "t.toml",
+            "[test]\nname = \"t\"\nscript = \"test.py\"\ntimeout = 0\n[nodes.a]\nimage = \"img\"\n".into(),
+            "test.timeout: 0 is not a positive number",
+        ),
+        Bad(
+            "t.toml",
+            "[nodes.a]\nimage = \"img\"\n".into(),
+            "missing field `test`; add a [test] table",
+        ),
         Bad("t.toml", HEAD.into(), "nodes: the test has no nodes"),
-        Bad("t.toml", node("image = \"img\"\npids_max = -1"), "nodes.a.pids_max: -1 is not a positive number"),
-        Bad("t.toml", node("image = \"img\"\nfiles = { \"etc/motd\" = \"site/post.html\" }"), "must be absolute"),
-        Bad("t.toml", node("image = \"img\"\nfiles = { \"/etc/motd\" = \"site/nope.html\" }"), "nodes.a.files.\"/etc/motd\": \"site/nope.html\" does not exist"),
-        Bad("t.toml", node("image = \"img\"\nhostname = \"bad host\""), "nodes.a.hostname: \"bad host\" is not a valid hostname"),
-        Bad("t.toml", node("image = \"img\"\nenv = { \"A=B\" = \"x\" }"), "is not a valid environment variable"),
-        Bad("t.toml", node("image = \"img\"\nboot = \"yes\""), "nodes.a.boot: invalid type: string \"yes\", expected a boolean"),
-        Bad("t.toml", format!("{HEAD}[defaults]\nimage = \"img\"\nmemory = \"lots\"\n[nodes.a]\n"), "defaults.memory: \"lots\" is not a size"),
+        Bad(
+            "t.toml",
+            node("image = \"img\"\npids_max = -1"),
+            "nodes.a.pids_max: -1 is not a positive number",
+        ),
+        Bad(
+            "t.toml",
+            node("image = \"img\"\nfiles = { \"etc/motd\" = \"site/post.html\" }"),
+            "must be absolute",
+        ),
+        Bad(
+            "t.toml",
+            node("image = \"img\"\nfiles = { \"/etc/motd\" = \"site/nope.html\" }"),
+            "nodes.a.files.\"/etc/motd\": \"site/nope.html\" does not exist",
+        ),
+        Bad(
+            "t.toml",
+            node("image = \"img\"\nhostname = \"bad host\""),
+            "nodes.a.hostname: \"bad host\" is not a valid hostname",
+        ),
+        Bad(
+            "t.toml",
+            node("image = \"img\"\nenv = { \"A=B\" = \"x\" }"),
+            "is not a valid environment variable",
+        ),
+        Bad(
+            "t.toml",
+            node("image = \"img\"\nboot = \"yes\""),
+            "nodes.a.boot: invalid type: string \"yes\", expected a boolean",
+        ),
+        Bad(
+            "t.toml",
+            format!("{HEAD}[defaults]\nimage = \"img\"\nmemory = \"lots\"\n[nodes.a]\n"),
+            "defaults.memory: \"lots\" is not a size",
+        ),
         Bad("t.toml", "[test\nname = 1".into(), "(line 1)"),
         Bad("t.json", "{\"test\": ".into(), "EOF while parsing"),
     ]
@@ -229,8 +318,7 @@ fn malformed_files_are_refused_with_key_and_fix() {
         match f.parse(name, text) {
             Ok(_) => wrong.push(format!("accepted, wanted {want:?}:\n{text}")),
             Err(msg) => {
-                if !msg.contains(want) || !msg.starts_with(&f.dir.join(name).display().to_string())
-                {
+                if !msg.contains(want) || !msg.starts_with(&f.dir.join(name).display().to_string()) {
                     wrong.push(format!("wanted {want:?}, got {msg:?}"));
                 }
             }
@@ -249,10 +337,7 @@ fn malformed_files_are_refused_with_key_and_fix() {
 fn every_problem_is_reported_at_once() {
     let f = Fixture::new("all");
     let err = f
-        .parse(
-            "t.toml",
-            &node("image = \"img\"\nmemory = \"12Q\"\nvlans = [0]"),
-        )
+        .parse("t.toml", &node("image = \"img\"\nmemory = \"12Q\"\nvlans = [0]"))
         .unwrap_err();
     assert_eq!(err.lines().count(), 2, "{err}");
 }

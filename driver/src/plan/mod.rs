@@ -151,9 +151,7 @@ pub fn cache_dir_from(get: impl Fn(&str) -> Option<std::ffi::OsString>) -> PathB
     if let Some(x) = get("XDG_CACHE_HOME").filter(|v| !v.is_empty()) {
         return PathBuf::from(x).join("hutch");
     }
-    let home = get("HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| "/root".into());
+    let home = get("HOME").map(PathBuf::from).unwrap_or_else(|| "/root".into());
     home.join(".cache").join("hutch")
 }
 
@@ -196,12 +194,7 @@ impl TestPlan {
     }
 
     /// Validate a test file's text; `path` locates relative paths and names the file in messages.
-    pub fn parse(
-        text: &str,
-        path: &Path,
-        format: Format,
-        ctx: &PlanContext,
-    ) -> Result<TestPlan, PlanError> {
+    pub fn parse(text: &str, path: &Path, format: Format, ctx: &PlanContext) -> Result<TestPlan, PlanError> {
         validate::parse(text, path, format, ctx)
     }
 

@@ -108,18 +108,13 @@ impl<'de> Deserialize<'de> for NodeMap {
 /// Parse a size: "512M", "2G", "1.5G", "4096", "64KiB"; binary units (K = 1024).
 pub(crate) fn parse_size(text: &str) -> Option<u64> {
     let t = text.trim();
-    let split = t
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(t.len());
+    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
     if num.is_empty() || num.starts_with('.') || num.matches('.').count() > 1 {
         return None;
     }
     let unit = unit.trim();
-    let unit = unit
-        .strip_suffix("iB")
-        .or_else(|| unit.strip_suffix('B'))
-        .unwrap_or(unit);
+    let unit = unit.strip_suffix("iB").or_else(|| unit.strip_suffix('B')).unwrap_or(unit);
     let mult: u64 = match unit {
         "" => 1,
         "K" | "k" => 1 << 10,

@@ -6,9 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::raw::{parse_size, RawFile, RawNode, SizeValue};
-use super::{
-    FileCopy, Format, NodePlan, NodeRoot, PlanContext, PlanError, Problem, Script, TestPlan,
-};
+use super::{FileCopy, Format, NodePlan, NodeRoot, PlanContext, PlanError, Problem, Script, TestPlan};
 use crate::plan::validate_names::{check_hostname, check_node_names};
 
 /// How many nodes fit one /24: hosts 1 to 254.
@@ -16,12 +14,7 @@ const MAX_NODES: usize = 254;
 /// The NixOS driver's default global timeout.
 const DEFAULT_TIMEOUT: u64 = 3600;
 
-pub(super) fn parse(
-    text: &str,
-    path: &Path,
-    format: Format,
-    ctx: &PlanContext,
-) -> Result<TestPlan, PlanError> {
+pub(super) fn parse(text: &str, path: &Path, format: Format, ctx: &PlanContext) -> Result<TestPlan, PlanError> {
     let file = path.display().to_string();
     let fail = |key: Option<String>, message: String| PlanError {
         file: file.clone(),
@@ -62,9 +55,7 @@ fn parse_toml(text: &str) -> Result<RawFile, RawError> {
     serde_path_to_error::deserialize::<_, RawFile>(de).map_err(|e| {
         let key = key_of(e.path());
         let inner = e.inner();
-        let line = inner
-            .span()
-            .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
+        let line = inner.span().map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
         let msg = explain(inner.message().trim_end().to_string());
         let msg = match line {
             Some(l) => format!("{msg} (line {l})"),
@@ -76,8 +67,7 @@ fn parse_toml(text: &str) -> Result<RawFile, RawError> {
 
 fn parse_json(text: &str) -> Result<RawFile, RawError> {
     let mut de = serde_json::Deserializer::from_str(text);
-    let raw = serde_path_to_error::deserialize::<_, RawFile>(&mut de)
-        .map_err(|e| (key_of(e.path()), explain(e.inner().to_string())))?;
+    let raw = serde_path_to_error::deserialize::<_, RawFile>(&mut de).map_err(|e| (key_of(e.path()), explain(e.inner().to_string())))?;
     de.end().map_err(|e| (None, e.to_string()))?;
     Ok(raw)
 }
@@ -150,10 +140,7 @@ impl Checker<'_> {
     fn plan(&mut self, raw: RawFile, path: &Path) -> Option<TestPlan> {
         let name = raw.test.name.trim().to_string();
         if name.is_empty() {
-            self.problem(
-                "test.name",
-                "is empty; give the test a name, e.g. name = \"nginx\"",
-            );
+            self.problem("test.name", "is empty; give the test a name, e.g. name = \"nginx\"");
         }
         let script = self.script(&raw.test.script, &raw.test.test_script);
         let timeout = match raw.test.timeout {
@@ -169,10 +156,7 @@ impl Checker<'_> {
         };
         let names: Vec<String> = raw.nodes.0.iter().map(|(n, _)| n.clone()).collect();
         if names.is_empty() {
-            self.problem(
-                "nodes",
-                "the test has no nodes; add at least one table like [nodes.machine]",
-            );
+            self.problem("nodes", "the test has no nodes; add at least one table like [nodes.machine]");
         }
         if names.len() > MAX_NODES {
             self.problem(
@@ -215,10 +199,7 @@ impl Checker<'_> {
                 None
             }
             (None, None) => {
-                self.problem(
-                    "test",
-                    "has no script; set script = \"test.py\" or testScript = '''...'''",
-                );
+                self.problem("test", "has no script; set script = \"test.py\" or testScript = '''...'''");
                 None
             }
             (None, Some(src)) => Some(Script {
@@ -237,10 +218,7 @@ impl Checker<'_> {
                     Err(e) => {
                         self.problem(
                             "test.script",
-                            format!(
-                                "cannot read {rel:?} ({}: {e}); the path is relative to the test file",
-                                p.display()
-                            ),
+                            format!("cannot read {rel:?} ({}: {e}); the path is relative to the test file", p.display()),
                         );
                         None
                     }
@@ -260,10 +238,7 @@ impl Checker<'_> {
         let pids_max = match pick(&n.pids_max, &d.pids_max, name, "pids_max") {
             Some(At { value, .. }) if value > 0 => Some(value as u64),
             Some(At { value, key }) => {
-                self.problem(
-                    key,
-                    format!("{value} is not a positive number; write e.g. pids_max = 1024"),
-                );
+                self.problem(key, format!("{value} is not a positive number; write e.g. pids_max = 1024"));
                 None
             }
             None => None,
@@ -315,10 +290,7 @@ impl Checker<'_> {
         let closure_only = n.closure_only.or(d.closure_only).unwrap_or(false);
         match (&src.image, &src.toplevel) {
             (Some(_), Some(_)) => {
-                self.problem(
-                    prefix,
-                    "sets both `image` and `toplevel`; a node boots one of them: keep one",
-                );
+                self.problem(prefix, "sets both `image` and `toplevel`; a node boots one of them: keep one");
                 None
             }
             (None, None) => {
@@ -335,8 +307,7 @@ impl Checker<'_> {
                         "`store` and `closure_only` apply to `toplevel` nodes only; remove them or use `toplevel`",
                     );
                 }
-                self.image(&format!("{prefix}.image"), image)
-                    .map(|dir| NodeRoot::Image { dir })
+                self.image(&format!("{prefix}.image"), image).map(|dir| NodeRoot::Image { dir })
             }
             (None, Some(top)) => {
                 let store = store.and_then(|At { value, key }| {
@@ -344,7 +315,13 @@ impl Checker<'_> {
                     if p.is_dir() {
                         Some(p)
                     } else {
-                        self.problem(key, format!("{value:?} is not a directory ({}); point it at the directory that holds the store paths", p.display()));
+                        self.problem(
+                            key,
+                            format!(
+                                "{value:?} is not a directory ({}); point it at the directory that holds the store paths",
+                                p.display()
+                            ),
+                        );
                         None
                     }
                 });
@@ -354,11 +331,7 @@ impl Checker<'_> {
                     self.problem(key, format!("{top:?}: {msg}"));
                     return None;
                 }
-                Some(NodeRoot::Toplevel {
-                    path,
-                    store,
-                    closure_only,
-                })
+                Some(NodeRoot::Toplevel { path, store, closure_only })
             }
         }
     }
@@ -400,10 +373,7 @@ impl Checker<'_> {
             if !(1..=255).contains(&v) {
                 self.problem(key, format!("VLAN {v} is out of range; VLANs are 1 to 255"));
             } else if out.contains(&(v as u8)) {
-                self.problem(
-                    key,
-                    format!("VLAN {v} is listed twice; list each VLAN once"),
-                );
+                self.problem(key, format!("VLAN {v} is listed twice; list each VLAN once"));
             } else {
                 out.push(v as u8);
             }
@@ -444,7 +414,10 @@ impl Checker<'_> {
             let key = format!("{}.{guest:?}", f.key);
             let g = Path::new(&guest);
             if !g.is_absolute() || g.components().any(|c| c == std::path::Component::ParentDir) {
-                self.problem(key, "the path inside the node must be absolute and without `..`, e.g. \"/etc/motd\"");
+                self.problem(
+                    key,
+                    "the path inside the node must be absolute and without `..`, e.g. \"/etc/motd\"",
+                );
                 continue;
             }
             let h = self.resolve(&host);

@@ -7,10 +7,9 @@ use std::path::{Path, PathBuf};
 
 /// Python keywords: a node cannot be a variable with one of these names.
 const PY_KEYWORDS: &[&str] = &[
-    "False", "None", "True", "and", "as", "assert", "async", "await", "break", "class", "continue",
-    "def", "del", "elif", "else", "except", "finally", "for", "from", "global", "if", "import",
-    "in", "is", "lambda", "nonlocal", "not", "or", "pass", "raise", "return", "try", "while",
-    "with", "yield",
+    "False", "None", "True", "and", "as", "assert", "async", "await", "break", "class", "continue", "def", "del", "elif", "else", "except",
+    "finally", "for", "from", "global", "if", "import", "in", "is", "lambda", "nonlocal", "not", "or", "pass", "raise", "return", "try",
+    "while", "with", "yield",
 ];
 
 /// Test-script globals a node variable would hide.
@@ -39,9 +38,7 @@ pub(crate) fn check_node_names(names: &[String]) -> Vec<(String, String)> {
     let mut host: BTreeMap<String, &str> = BTreeMap::new();
     for name in names {
         let key = format!("nodes.{name}");
-        let ok_chars = name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+        let ok_chars = name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
         let starts = name.chars().next().is_some_and(|c| c.is_ascii_alphabetic());
         if !ok_chars || !starts || name.len() > 63 || name.ends_with('-') {
             out.push((
@@ -54,22 +51,29 @@ pub(crate) fn check_node_names(names: &[String]) -> Vec<(String, String)> {
         if PY_KEYWORDS.contains(&py.as_str()) {
             out.push((
                 key,
-                format!(
-                    "`{py}` is a Python keyword and cannot be the node's variable; rename the node"
-                ),
+                format!("`{py}` is a Python keyword and cannot be the node's variable; rename the node"),
             ));
             continue;
         }
         if GLOBALS.contains(&py.as_str()) {
-            out.push((key, format!("the node's variable `{py}` would hide the test-script global of that name; rename the node")));
+            out.push((
+                key,
+                format!("the node's variable `{py}` would hide the test-script global of that name; rename the node"),
+            ));
             continue;
         }
         if let Some(other) = python.insert(py.clone(), name) {
-            out.push((key, format!("becomes the script variable `{py}`, like node `{other}` (dashes become underscores); rename one of them")));
+            out.push((
+                key,
+                format!("becomes the script variable `{py}`, like node `{other}` (dashes become underscores); rename one of them"),
+            ));
             continue;
         }
         if let Some(other) = host.insert(name.to_ascii_lowercase(), name) {
-            out.push((key, format!("is the same hostname as node `{other}` (hostnames ignore case); rename one of them")));
+            out.push((
+                key,
+                format!("is the same hostname as node `{other}` (hostnames ignore case); rename one of them"),
+            ));
         }
     }
     out
@@ -82,8 +86,7 @@ pub(crate) fn check_hostname(h: &str) -> Result<(), String> {
             && l.len() <= 63
             && !l.starts_with('-')
             && !l.ends_with('-')
-            && l.chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
     };
     if h.is_empty() || h.len() > 253 || !h.split('.').all(label_ok) {
         return Err(format!(
@@ -134,8 +137,7 @@ pub(crate) fn check_init(toplevel: &Path, store: Option<&Path>) -> Result<(), St
             top.display()
         ));
     }
-    let init = follow(toplevel.join("init"), store)
-        .and_then(|p| std::fs::metadata(&p).ok().map(|m| (p, m)));
+    let init = follow(toplevel.join("init"), store).and_then(|p| std::fs::metadata(&p).ok().map(|m| (p, m)));
     match init {
         Some((_, m)) if m.is_file() && m.permissions().mode() & 0o111 != 0 => Ok(()),
         _ => Err(format!(

@@ -1,0 +1,342 @@
+//! Running one command for the agent: a login environment like the NixOS driver's backdoor
+//! shell, its own process group, bounded capture of stdout and stderr, a timeout that kills the
+//! whole group, and no hang when a daemon it started keeps the output pipes open.
+
+use std::io::{ErrorKind, Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::Path;
+use std::process::{Child, ChildStderr, ChildStdout, Stdio};
+use std::time::{Duration, Instant};
+
+use super::{Command, ExitStatus, RunRequest, RunResult, OUTPUT_CAP};
+
+/// PATH for commands: NixOS's system profile and wrappers first, then the usual FHS places.
+pub const DEFAULT_PATH: &str = "/run/wrappers/bin:/root/.nix-profile/bin:/nix/var/nix/profiles/default/bin:/run/current-system/sw/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+/// Where bash may be: NixOS's system profile, then FHS systems.
+const BASH: &[&str] = &["/run/current-system/sw/bin/bash", "/bin/bash", "/usr/bin/bash"];
+/// After the command exits, stop reading once its pipes were quiet this long...
+const IDLE_AFTER_EXIT: Duration = Duration::from_millis(100);
+/// ...or at the latest this long after the exit, even if something keeps writing.
+const MAX_AFTER_EXIT: Duration = Duration::from_secs(2);
+
+/// Build the process for a request: program, environment, directory, own process group.
+fn command(req: &RunRequest) -> std::process::Command {
+    let (mut cmd, shell) = match &req.command {
+        Command::Argv(argv) => {
+            let mut c = std::process::Command::new(argv.first().map_or("", String::as_str));
+            c.args(argv.iter().skip(1));
+            (c, None)
+        }
+        Command::Shell(line) => {
+            let bash = BASH.iter().find(|p| Path::new(p).exists());
+            let (sh, prelude) = match bash {
+                Some(b) => (*b, "set -euo pipefail"),
+                None => ("/bin/sh", "set -eu"),
+            };
+            let script = format!("if [ -r /etc/profile ]; then . /etc/profile >/dev/null 2>&1 || true; fi\n{prelude}\n{line}");
+            let mut c = std::process::Command::new(sh);
+            if bash.is_some() {
+                c.args(["--noprofile", "--norc"]);
+            }
+            c.arg("-c").arg(script);
+            (c, Some(sh))
+        }
+    };
+    cmd.env_clear()
+        .env("PATH", DEFAULT_PATH)
+        .env("HOME", "/root")
+        .env("USER", "root")
+        .env("LOGNAME", "root")
+        .env("SHELL", shell.unwrap_or("/bin/sh"))
+        .env("PAGER", "")
+        .env("SYSTEMD_PAGER", "")
+        .envs(&req.env);
+    let cwd = match &req.cwd {
+        Some(d) => d.as_str(),
+        None if Path::new("/tmp").is_dir() => "/tmp",
+        None => "/",
+    };
+    cmd.current_dir(cwd)
+        .process_group(0)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    cmd
+}
+
+/// Run a request to its end and describe it. Never panics on a bad request: a command that
+/// cannot start reports exit code 127 and why, as a shell would.
+pub(crate) fn run(req: &RunRequest) -> RunResult {
+    let start = Instant::now();
+    let mut child = match command(req).spawn() {
+        Ok(c) => c,
+        Err(e) => {
+            let what = match &req.command {
+                Command::Argv(a) => a.first().cloned().unwrap_or_default(),
+                Command::Shell(_) => "the shell".into(),
+            };
+            return RunResult {
+                status: ExitStatus::Code(if e.kind() == ErrorKind::NotFound { 127 } else { 126 }),
+                stdout: Vec::new(),
+                stderr: format!("hutch-agent: cannot run {what}: {e}\n").into_bytes(),
+                stdout_dropped: 0,
+                stderr_dropped: 0,
+                timed_out: false,
+                output_left_open: false,
+                micros: start.elapsed().as_micros() as u64,
+            };
+        }
+    };
+    feed_stdin(&mut child, req.stdin.clone());
+    let timeout = req.timeout_ms.map(Duration::from_millis);
+    Collector::new(child, start, timeout).collect()
+}
+
+/// Write stdin from a thread (a command may not read it before writing output), then close it.
+fn feed_stdin(child: &mut Child, data: Vec<u8>) {
+    let Some(mut pipe) = child.stdin.take() else {
+        return;
+    };
+    if data.is_empty() {
+        return; // dropping the pipe closes it: the command sees end of file
+    }
+    let _ = std::thread::Builder::new().name("agent-stdin".into()).spawn(move || {
+        let _ = pipe.write_all(&data);
+    });
+}
+
+/// Up to `OUTPUT_CAP` bytes of one stream, and a count of what was dropped.
+#[derive(Default)]
+struct Capture {
+    kept: Vec<u8>,
+    dropped: u64,
+}
+
+impl Capture {
+    fn push(&mut self, bytes: &[u8]) {
+        let room = OUTPUT_CAP.saturating_sub(self.kept.len());
+        let take = room.min(bytes.len());
+        self.kept.extend_from_slice(&bytes[..take]);
+        self.dropped += (bytes.len() - take) as u64;
+    }
+
+    fn finish(mut self, name: &str) -> (Vec<u8>, u64) {
+        if self.dropped > 0 {
+            let marker = format!(
+                "\n[hutch: {} more bytes of {name} dropped; the agent keeps the first {} MiB]\n",
+                self.dropped,
+                OUTPUT_CAP >> 20
+            );
+            self.kept.extend_from_slice(marker.as_bytes());
+        }
+        (self.kept, self.dropped)
+    }
+}
+
+/// Waits for the command with poll(2) on its two pipes and a pidfd.
+struct Collector {
+    child: Child,
+    pid: i32,
+    pidfd: Option<OwnedFd>,
+    out: Option<ChildStdout>,
+    err: Option<ChildStderr>,
+    stdout: Capture,
+    stderr: Capture,
+    start: Instant,
+    deadline: Option<Instant>,
+}
+
+fn set_nonblocking(fd: RawFd) {
+    // SAFETY: fcntl on a pipe fd we own; F_GETFL/F_SETFL do not touch memory.
+    unsafe {
+        let flags = libc::fcntl(fd, libc::F_GETFL);
+        if flags >= 0 {
+            libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK);
+        }
+    }
+}
+
+/// A pidfd becomes readable when the process exits (Linux 5.3+).
+fn pidfd_open(pid: i32) -> Option<OwnedFd> {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1; no memory is passed.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: the syscall just returned this fd to us and nothing else owns it.
+    Some(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// Read what is there without blocking; false once the stream reached end of file.
+fn drain<R: Read>(pipe: &mut R, cap: &mut Capture, buf: &mut [u8]) -> bool {
+    loop {
+        match pipe.read(buf) {
+            Ok(0) => return false,
+            Ok(n) => cap.push(&buf[..n]),
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == ErrorKind::WouldBlock => return true,
+            Err(_) => return false,
+        }
+    }
+}
+
+impl Collector {
+    fn new(mut child: Child, start: Instant, timeout: Option<Duration>) -> Self {
+        let pid = child.id() as i32;
+        let out = child.stdout.take();
+        let err = child.stderr.take();
+        for fd in [out.as_ref().map(|o| o.as_raw_fd()), err.as_ref().map(|e| e.as_raw_fd())]
+            .into_iter()
+            .flatten()
+        {
+            set_nonblocking(fd);
+        }
+        Collector {
+            // The child is a zombie until we wait for it, so the pid cannot be reused meanwhile.
+            pidfd: pidfd_open(pid),
+            child,
+            pid,
+            out,
+            err,
+            stdout: Capture::default(),
+            stderr: Capture::default(),
+            start,
+            deadline: timeout.map(|t| start + t),
+        }
+    }
+
+    fn collect(mut self) -> RunResult {
+        let mut buf = vec![0u8; 64 << 10];
+        let mut status = None;
+        let mut timed_out = false;
+        let mut exited_at: Option<Instant> = None;
+        let mut last_data = Instant::now();
+        let mut left_open = false;
+        loop {
+            let now = Instant::now();
+            if status.is_none() {
+                if let Some(s) = self.child.try_wait().ok().flatten() {
+                    status = Some(s);
+                    exited_at = Some(now);
+                    last_data = now;
+                }
+            }
+            if status.is_some() && self.out.is_none() && self.err.is_none() {
+                break;
+            }
+            if let Some(t) = exited_at {
+                if now >= t + MAX_AFTER_EXIT || now >= last_data + IDLE_AFTER_EXIT {
+                    left_open = true;
+                    break;
+                }
+            }
+            if status.is_none() && !timed_out && self.deadline.is_some_and(|d| now >= d) {
+                // SAFETY: kill(2) on the process group we created for this command.
+                unsafe { libc::kill(-self.pid, libc::SIGKILL) };
+                timed_out = true;
+            }
+            let wake = match exited_at {
+                Some(t) => (t + MAX_AFTER_EXIT).min(last_data + IDLE_AFTER_EXIT),
+                None if timed_out => now + Duration::from_millis(10),
+                None => self.deadline.unwrap_or(now + Duration::from_secs(3600)),
+            };
+            // Without a pidfd, look at the child at least every 10 ms.
+            let wake = if self.pidfd.is_none() && status.is_none() {
+                wake.min(now + Duration::from_millis(10))
+            } else {
+                wake
+            };
+            let ready = self.poll(wake.saturating_duration_since(now), status.is_none());
+            if ready.0 {
+                last_data = Instant::now();
+                if let Some(o) = self.out.as_mut() {
+                    if !drain(o, &mut self.stdout, &mut buf) {
+                        self.out = None;
+                    }
+                }
+            }
+            if ready.1 {
+                last_data = Instant::now();
+                if let Some(e) = self.err.as_mut() {
+                    if !drain(e, &mut self.stderr, &mut buf) {
+                        self.err = None;
+                    }
+                }
+            }
+        }
+        let status = status.or_else(|| self.child.wait().ok());
+        let micros = self.start.elapsed().as_micros() as u64;
+        let status = match status.map(|s| (s.code(), s.signal())) {
+            Some((Some(c), _)) => ExitStatus::Code(c),
+            Some((None, Some(s))) => ExitStatus::Signal(s),
+            _ => ExitStatus::Code(-1),
+        };
+        let (stdout, stdout_dropped) = self.stdout.finish("stdout");
+        let (stderr, stderr_dropped) = self.stderr.finish("stderr");
+        RunResult {
+            status,
+            stdout,
+            stderr,
+            stdout_dropped,
+            stderr_dropped,
+            timed_out,
+            output_left_open: left_open,
+            micros,
+        }
+    }
+
+    /// poll(2) the open pipes (and the pidfd while the command runs); (stdout, stderr) readable.
+    fn poll(&self, wait: Duration, watch_exit: bool) -> (bool, bool) {
+        let mut fds = Vec::with_capacity(3);
+        let mut which = Vec::with_capacity(3);
+        let ev = libc::POLLIN;
+        if let Some(o) = &self.out {
+            fds.push(libc::pollfd {
+                fd: o.as_raw_fd(),
+                events: ev,
+                revents: 0,
+            });
+            which.push(0);
+        }
+        if let Some(e) = &self.err {
+            fds.push(libc::pollfd {
+                fd: e.as_raw_fd(),
+                events: ev,
+                revents: 0,
+            });
+            which.push(1);
+        }
+        if let (true, Some(p)) = (watch_exit, &self.pidfd) {
+            fds.push(libc::pollfd {
+                fd: p.as_raw_fd(),
+                events: ev,
+                revents: 0,
+            });
+            which.push(2);
+        }
+        let ms = wait.as_millis().min(i32::MAX as u128) as i32;
+        // Round up so a wait of 0.4 ms does not spin.
+        let ms = if ms == 0 && !wait.is_zero() { 1 } else { ms };
+        if fds.is_empty() {
+            std::thread::sleep(wait);
+            return (false, false);
+        }
+        // SAFETY: fds is a live, correctly sized array of pollfd for the duration of the call.
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ms) };
+        if n <= 0 {
+            return (false, false);
+        }
+        let mut r = (false, false);
+        for (p, w) in fds.iter().zip(which) {
+            if p.revents != 0 {
+                match w {
+                    0 => r.0 = true,
+                    1 => r.1 = true,
+                    _ => {}
+                }
+            }
+        }
+        r
+    }
+}

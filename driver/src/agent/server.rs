@@ -1,0 +1,79 @@
+//! The agent's server loop: one reader, one thread per request, replies written whole under a
+//! lock in whatever order requests finish.
+
+use std::io::{self, BufReader};
+use std::os::unix::net::UnixStream;
+use std::sync::{Arc, Mutex};
+
+use super::frame::{decode, read_frame, write_frame};
+use super::{exec, files, probe, AgentReply, AgentRequest, Envelope};
+
+/// Serve the driver on `stream` until it closes. Runs inside the node: forked by the node's
+/// PID-1 process just before it execs the init, so it uses nothing from the node's filesystem
+/// but what the commands it runs need. Returns when the driver hangs up.
+pub fn serve(stream: UnixStream) -> io::Result<()> {
+    // A driver that vanishes mid-reply must not kill the agent with SIGPIPE.
+    // SAFETY: setting a signal disposition to SIG_IGN installs no handler code.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
+    let writer = Arc::new(Mutex::new(stream.try_clone()?));
+    let mut reader = BufReader::with_capacity(64 << 10, stream);
+    while let Some(frame) = read_frame(&mut reader)? {
+        let (id, request) = match decode::<Envelope<AgentRequest>>(&frame) {
+            Ok(env) => (env.id, env.body),
+            Err(e) => {
+                let id = serde_json::from_slice::<serde_json::Value>(&frame)
+                    .ok()
+                    .and_then(|v| v.get("id").and_then(|i| i.as_u64()))
+                    .unwrap_or(0);
+                let message = format!("the agent could not read this request: {e}");
+                reply(&writer, id, AgentReply::Error { message })?;
+                continue;
+            }
+        };
+        if let AgentRequest::Ping = request {
+            reply(&writer, id, pong())?;
+            continue;
+        }
+        let w = Arc::clone(&writer);
+        let spawned = std::thread::Builder::new().name(format!("agent-req-{id}")).spawn(move || {
+            let answer = handle(request);
+            let _ = reply(&w, id, answer);
+        });
+        if let Err(e) = spawned {
+            let message = format!("the agent cannot start a thread: {e}");
+            reply(&writer, id, AgentReply::Error { message })?;
+        }
+    }
+    Ok(())
+}
+
+fn pong() -> AgentReply {
+    AgentReply::Pong {
+        pid: std::process::id(),
+        version: env!("CARGO_PKG_VERSION").into(),
+    }
+}
+
+fn reply(w: &Mutex<UnixStream>, id: u64, body: AgentReply) -> io::Result<()> {
+    let mut s = w.lock().unwrap_or_else(|p| p.into_inner());
+    write_frame(&mut *s, &Envelope { id, body })
+}
+
+/// Carry out one request (on its own thread).
+fn handle(request: AgentRequest) -> AgentReply {
+    match request {
+        AgentRequest::Ping => pong(),
+        AgentRequest::Run(r) => AgentReply::Ran(exec::run(&r)),
+        AgentRequest::ReadFile { path } => files::read_file(&path),
+        AgentRequest::WriteFile {
+            path,
+            data,
+            mode,
+            make_parents,
+        } => files::write_file(&path, &data, mode, make_parents),
+        AgentRequest::ReadTree { path } => files::read_tree(&path),
+        AgentRequest::WriteTree { path, entries } => files::write_tree(&path, &entries),
+        AgentRequest::ProbeTcp { host, port } => probe::tcp(&host, port),
+        AgentRequest::ProbeUnix { path, datagram } => probe::unix(&path, datagram),
+    }
+}
