@@ -1,0 +1,309 @@
+//! The node's cgroups: a cgroup2 subtree delegated to its init (systemd manages it through its
+//! own cgroup namespace), and memory/pids limits through cgroups-rs: on the cgroup2 subtree
+//! where the host is pure cgroup2, through the v1 controllers on hybrid hosts.
+//!
+//! A small reaper process removes the cgroups if hutch dies without doing it (SIGKILL).
+
+use std::io::Read;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use cgroups_rs::hierarchies::{V1, V2};
+use cgroups_rs::memory::MemController;
+use cgroups_rs::pid::PidController;
+use cgroups_rs::{Cgroup, CgroupPid, MaxValue};
+use nix::sys::wait::waitpid;
+use nix::unistd::{fork, ForkResult, Pid};
+
+use crate::Error;
+
+/// How the host's cgroups are laid out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CgroupMode {
+    /// Pure cgroup2 at /sys/fs/cgroup.
+    Unified,
+    /// cgroup v1 controllers plus a cgroup2 tree at /sys/fs/cgroup/unified.
+    Hybrid,
+    /// cgroup v1 only: no subtree can be delegated to systemd.
+    Legacy,
+}
+
+impl CgroupMode {
+    /// Reads the host's layout from the filesystem types under /sys/fs/cgroup.
+    pub fn detect() -> CgroupMode {
+        if is_cgroup2("/sys/fs/cgroup") {
+            CgroupMode::Unified
+        } else if is_cgroup2("/sys/fs/cgroup/unified") {
+            CgroupMode::Hybrid
+        } else {
+            CgroupMode::Legacy
+        }
+    }
+
+    /// Where the cgroup2 tree is mounted, if any.
+    pub fn unified_mount(&self) -> Option<&'static Path> {
+        match self {
+            CgroupMode::Unified => Some(Path::new("/sys/fs/cgroup")),
+            CgroupMode::Hybrid => Some(Path::new("/sys/fs/cgroup/unified")),
+            CgroupMode::Legacy => None,
+        }
+    }
+}
+
+fn is_cgroup2(path: &str) -> bool {
+    nix::sys::statfs::statfs(path)
+        .map(|s| s.filesystem_type() == nix::sys::statfs::CGROUP2_SUPER_MAGIC)
+        .unwrap_or(false)
+}
+
+/// The cgroups one node lives in, removed when the node is gone.
+pub(crate) struct NodeCgroup {
+    /// The delegated cgroup2 directory (the node's cgroup namespace root).
+    pub unified: Option<PathBuf>,
+    /// Limits on v1 controllers (hybrid hosts).
+    v1: Option<Cgroup>,
+    /// Write end of the reaper's pipe: closing it (or dying) tells the reaper to clean up.
+    reaper: Option<(Pid, OwnedFd)>,
+}
+
+/// What a node asks of its cgroups.
+pub(crate) struct Request<'a> {
+    pub leaf: &'a str,
+    pub memory: Option<u64>,
+    pub pids_max: Option<u64>,
+    pub root: bool,
+}
+
+/// Warnings the caller should print (limits skipped and why).
+pub(crate) type Warnings = Vec<String>;
+
+impl NodeCgroup {
+    /// Creates the node's cgroups; `None` when the host offers none (rootless, nothing
+    /// delegated), with warnings saying what is missing.
+    pub(crate) fn create(req: &Request) -> Result<(Option<NodeCgroup>, Warnings), Error> {
+        let mode = CgroupMode::detect();
+        let mut warnings = Warnings::new();
+        let wants_limits = req.memory.is_some() || req.pids_max.is_some();
+        let unified = match mode.unified_mount() {
+            Some(mount) => delegated_dir(mount, req, &mut warnings)?,
+            None => None,
+        };
+        let mut cg = NodeCgroup {
+            unified,
+            v1: None,
+            reaper: None,
+        };
+        if wants_limits {
+            match (&mode, &cg.unified, req.root) {
+                (CgroupMode::Unified, Some(dir), _) => {
+                    let rel = dir.strip_prefix("/sys/fs/cgroup").unwrap_or(dir).to_string_lossy().to_string();
+                    let v2 = Cgroup::load(Box::new(V2::new()), rel);
+                    set_limits(&v2, req)?;
+                }
+                (CgroupMode::Hybrid | CgroupMode::Legacy, _, true) => {
+                    let controllers = Some(vec!["memory".to_string(), "pids".to_string()]);
+                    let path = format!("hutch/{}", req.leaf);
+                    let v1 = Cgroup::new_with_specified_controllers(Box::new(V1::new()), path, controllers).map_err(|e| Error::Host {
+                        problem: format!("creating cgroup: {e}"),
+                        fix: "check /sys/fs/cgroup/memory and /sys/fs/cgroup/pids are mounted".into(),
+                    })?;
+                    cg.v1 = Some(v1);
+                    if let Some(v1) = &cg.v1 {
+                        set_limits(v1, req)?;
+                    }
+                }
+                _ => warnings.push(
+                    "warning: no cgroup is delegated to this user: --memory and --pids-max are not enforced \
+                     (run as root, or from a systemd user session with Delegate=yes)"
+                        .into(),
+                ),
+            }
+        }
+        if cg.unified.is_none() && cg.v1.is_none() {
+            return Ok((None, warnings));
+        }
+        cg.reaper = Some(spawn_reaper(cg.dirs())?);
+        Ok((Some(cg), warnings))
+    }
+
+    /// Every directory the node owns, deepest first.
+    fn dirs(&self) -> Vec<PathBuf> {
+        let mut dirs: Vec<PathBuf> = self.unified.iter().cloned().collect();
+        if let Some(v1) = &self.v1 {
+            for sub in v1.subsystems() {
+                dirs.push(sub.to_controller().path().to_path_buf());
+            }
+        }
+        dirs
+    }
+
+    /// Moves `pid` into the node's v1 cgroups (its cgroup2 directory it was cloned into).
+    pub(crate) fn add_v1(&self, pid: Pid) -> Result<(), Error> {
+        if let Some(v1) = &self.v1 {
+            v1.add_task_by_tgid(CgroupPid::from(pid.as_raw() as u64)).map_err(|e| Error::Host {
+                problem: format!("moving the node into its cgroup: {e}"),
+                fix: "check the v1 memory and pids hierarchies".into(),
+            })?;
+        }
+        Ok(())
+    }
+
+    /// The most memory the node's processes used (bytes), when the host reports it.
+    pub(crate) fn memory_peak(&self) -> Option<u64> {
+        if let Some(v1) = &self.v1 {
+            let mem: &MemController = v1.controller_of()?;
+            return Some(mem.memory_stat().max_usage_in_bytes);
+        }
+        let dir = self.unified.as_ref()?;
+        std::fs::read_to_string(dir.join("memory.peak")).ok()?.trim().parse().ok()
+    }
+
+    /// Removes the cgroups: kills what is left in them, waits until empty, removes the dirs.
+    pub(crate) fn remove(&mut self) {
+        clean(&self.dirs());
+        if let Some((pid, fd)) = self.reaper.take() {
+            drop(fd);
+            let _ = waitpid(pid, None);
+        }
+    }
+}
+
+impl Drop for NodeCgroup {
+    fn drop(&mut self) {
+        self.remove();
+    }
+}
+
+fn set_limits(cg: &Cgroup, req: &Request) -> Result<(), Error> {
+    let fail = |e: String| Error::Host {
+        problem: format!("setting cgroup limits: {e}"),
+        fix: "check the memory and pids controllers are available".into(),
+    };
+    let missing = |c: &str| fail(format!("no {c} controller"));
+    if let Some(bytes) = req.memory {
+        let mem: &MemController = cg.controller_of().ok_or_else(|| missing("memory"))?;
+        mem.set_limit(bytes as i64).map_err(|e| fail(e.to_string()))?;
+        // No swap escape hatch: the limit is the limit.
+        let _ = mem.set_memswap_limit(bytes as i64);
+    }
+    if let Some(n) = req.pids_max {
+        let pids: &PidController = cg.controller_of().ok_or_else(|| missing("pids"))?;
+        pids.set_pid_max(MaxValue::Value(n as i64)).map_err(|e| fail(e.to_string()))?;
+    }
+    Ok(())
+}
+
+/// Makes the node's cgroup2 directory: under `<mount>/hutch` as root, under the caller's own
+/// cgroup when it is delegated to the caller (writable), else none.
+fn delegated_dir(mount: &Path, req: &Request, warnings: &mut Warnings) -> Result<Option<PathBuf>, Error> {
+    let parent = if req.root {
+        let parent = mount.join("hutch");
+        match std::fs::create_dir(&parent) {
+            Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => return Err(Error::io("creating cgroup", parent)(e)),
+            _ => parent,
+        }
+    } else {
+        let own = own_cgroup2().unwrap_or_default();
+        let dir = mount.join(own.trim_start_matches('/'));
+        if nix::unistd::access(&dir, nix::unistd::AccessFlags::W_OK).is_err() {
+            warnings.push(format!(
+                "note: {} is not writable by this user: the node gets no cgroup of its own \
+                 (systemd inside will run without cgroup delegation)",
+                dir.display()
+            ));
+            return Ok(None);
+        }
+        dir
+    };
+    let dir = parent.join(req.leaf);
+    std::fs::create_dir(&dir).map_err(Error::io("creating cgroup", &dir))?;
+    Ok(Some(dir))
+}
+
+/// The caller's cgroup2 path, from /proc/self/cgroup's `0::` line.
+fn own_cgroup2() -> Option<String> {
+    let text = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+    text.lines().find_map(|l| l.strip_prefix("0::").map(str::to_string))
+}
+
+/// Kills every process left in `dirs` (and below), waits for them to go, removes the dirs.
+fn clean(dirs: &[PathBuf]) {
+    let deadline = Instant::now() + Duration::from_secs(2);
+    for dir in dirs {
+        if !dir.exists() {
+            continue;
+        }
+        let kill = dir.join("cgroup.kill");
+        loop {
+            let mut subdirs = Vec::new();
+            collect_subdirs(dir, &mut subdirs);
+            // Deepest first: a cgroup with children cannot be removed.
+            subdirs.sort_by_key(|d| std::cmp::Reverse(d.components().count()));
+            if kill.exists() {
+                let _ = std::fs::write(&kill, "1");
+            } else {
+                for d in &subdirs {
+                    for pid in std::fs::read_to_string(d.join("cgroup.procs")).unwrap_or_default().lines() {
+                        if let Ok(pid) = pid.trim().parse::<i32>() {
+                            let _ = nix::sys::signal::kill(Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+                        }
+                    }
+                }
+            }
+            let removed = subdirs.iter().all(|d| std::fs::remove_dir(d).is_ok() || !d.exists());
+            if removed || Instant::now() > deadline {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
+
+fn collect_subdirs(dir: &Path, out: &mut Vec<PathBuf>) {
+    out.push(dir.to_path_buf());
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                collect_subdirs(&e.path(), out);
+            }
+        }
+    }
+}
+
+/// Forks the reaper: it waits for its pipe to close, then removes `dirs`. hutch closes the pipe
+/// after its own cleanup (the reaper then finds nothing to do); SIGKILL closes it too.
+fn spawn_reaper(dirs: Vec<PathBuf>) -> Result<(Pid, OwnedFd), Error> {
+    let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(Error::sys("creating the reaper's pipe"))?;
+    // SAFETY: the runtime is used from a single-threaded process (see Container::spawn); the
+    // child only reads a pipe, removes directories and exits.
+    match unsafe { fork() }.map_err(Error::sys("forking the cgroup reaper"))? {
+        ForkResult::Child => {
+            drop(w);
+            close_all_but(r.as_raw_fd());
+            // Own session: a Ctrl-C meant for hutch must not kill the cleanup.
+            let _ = nix::unistd::setsid();
+            let _ = nix::sys::signal::SigSet::all().thread_block();
+            let mut file = std::fs::File::from(r);
+            let mut buf = [0u8; 1];
+            while matches!(file.read(&mut buf), Ok(n) if n > 0) {}
+            clean(&dirs);
+            // SAFETY: exit without running the parent's atexit handlers.
+            unsafe { libc::_exit(0) }
+        }
+        ForkResult::Parent { child } => {
+            drop(r);
+            Ok((child, w))
+        }
+    }
+}
+
+/// Closes every descriptor but `keep` and stderr, so the reaper holds no other node's pipe.
+fn close_all_but(keep: i32) {
+    for (lo, hi) in [(0u32, 2u32), (3, keep as u32), (keep as u32 + 1, u32::MAX)] {
+        if lo < hi {
+            // SAFETY: close_range on descriptors this process owns and never uses again.
+            unsafe { libc::syscall(libc::SYS_close_range, lo, hi - 1, 0) };
+        }
+    }
+}

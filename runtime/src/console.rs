@@ -1,0 +1,51 @@
+//! The node's console: a pty whose slave becomes /dev/console and whose master the runtime
+//! keeps open for the node's whole life (systemd hangs silently on a console that is not a tty).
+
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::path::PathBuf;
+
+use nix::fcntl::OFlag;
+use nix::pty::{grantpt, posix_openpt, ptsname_r, unlockpt};
+
+use crate::Error;
+
+/// The master side of a node's console.
+pub(crate) struct Console {
+    pub master: OwnedFd,
+    /// The slave's path on the host, bind-mounted over the node's /dev/console.
+    pub slave: PathBuf,
+    /// Our own open slave: without one the master reports hang-up until the node opens it.
+    _slave_fd: OwnedFd,
+}
+
+impl Console {
+    /// Opens a new pty on the host's devpts.
+    pub(crate) fn open() -> Result<Console, Error> {
+        let master =
+            posix_openpt(OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC).map_err(Error::sys("opening a pty for the console"))?;
+        grantpt(&master).map_err(Error::sys("grantpt"))?;
+        unlockpt(&master).map_err(Error::sys("unlockpt"))?;
+        let slave = PathBuf::from(ptsname_r(&master).map_err(Error::sys("ptsname"))?);
+        let slave_fd = nix::fcntl::open(
+            &slave,
+            OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC,
+            nix::sys::stat::Mode::empty(),
+        )
+        .map_err(Error::sys("opening the console's pty slave"))?;
+        // Raw output: the node's bytes reach our logs as it wrote them (no \n to \r\n).
+        if let Ok(mut t) = nix::sys::termios::tcgetattr(&slave_fd) {
+            t.output_flags.remove(nix::sys::termios::OutputFlags::ONLCR);
+            let _ = nix::sys::termios::tcsetattr(&slave_fd, nix::sys::termios::SetArg::TCSANOW, &t);
+        }
+        Ok(Console {
+            master: master.into(),
+            slave,
+            _slave_fd: slave_fd,
+        })
+    }
+
+    /// The master, to read what the node prints.
+    pub(crate) fn fd(&self) -> BorrowedFd<'_> {
+        self.master.as_fd()
+    }
+}

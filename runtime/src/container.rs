@@ -1,0 +1,545 @@
+//! A running node: spawn it from a [`NodeSpec`], watch it, stop it, and leave nothing behind.
+
+use std::ffi::CString;
+use std::fs::File;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use nix::errno::Errno;
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::signal::Signal;
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::Pid;
+
+use crate::cgroup::{NodeCgroup, Request};
+use crate::child::{self, ChildPlan};
+use crate::console::Console;
+use crate::idmap::{IdMap, IdMapKind};
+use crate::plan::{self, ConsolePath, Context};
+use crate::spec::{NodeSpec, RootFs};
+use crate::sync::{self, ToChild, ToParent};
+use crate::timings::{now_ns, Timings};
+use crate::Error;
+
+/// How a node ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    /// PID 1 exited with this status (also `systemctl exit N`).
+    Exited(i32),
+    /// PID 1 was killed by this signal.
+    Signaled(i32),
+    /// A booted init powered off or halted (reboot(2) in the pid namespace: SIGINT).
+    PowerOff,
+    /// A booted init asked for a reboot (reboot(2) in the pid namespace: SIGHUP).
+    Reboot,
+}
+
+impl Exit {
+    /// The exit code hutch reports for it, like a shell does for a command.
+    pub fn code(self) -> i32 {
+        match self {
+            Exit::Exited(n) => n,
+            Exit::Signaled(s) => 128 + s,
+            Exit::PowerOff | Exit::Reboot => 0,
+        }
+    }
+}
+
+/// Why the runtime stopped a node, for reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopReason {
+    /// The node exited on its own.
+    Exited,
+    /// It stopped cleanly after the stop signal.
+    Clean,
+    /// It ignored the stop signal past the timeout and was killed.
+    Killed,
+}
+
+/// One running node. Dropping it kills the node and removes its cgroups; its mounts and
+/// namespaces go with its last process.
+pub struct Container {
+    name: String,
+    pid: Pid,
+    pidfd: OwnedFd,
+    boot: bool,
+    console: Option<Console>,
+    notify: Option<OwnedFd>,
+    cgroup: Option<NodeCgroup>,
+    timings: Timings,
+    started: Instant,
+    stop_timeout: Duration,
+    exit: Option<Exit>,
+    warnings: Vec<String>,
+}
+
+const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+const IMAGE_INITS: &[&str] = &["/sbin/init", "/lib/systemd/systemd", "/usr/lib/systemd/systemd"];
+
+impl Container {
+    /// Starts a node and returns once its PID 1 has exec'd (or the start failed, leaving
+    /// nothing behind). Call from a single-threaded process: the child of the clone runs Rust
+    /// code until its exec, which is only safe when no other thread can hold a lock.
+    pub fn spawn(spec: &NodeSpec, idmap: &IdMap) -> Result<Container, Error> {
+        let t0 = now_ns();
+        let started = Instant::now();
+        spec.validate()?;
+        let closure = match &spec.root {
+            RootFs::Nix {
+                toplevel,
+                store,
+                closure_only: true,
+            } => Some(crate::closure::closure(toplevel, store)?),
+            _ => None,
+        };
+        let console = if spec.boot { Some(Console::open()?) } else { None };
+        let leaf = format!("{}-{}", spec.name, std::process::id());
+        let req = Request {
+            leaf: &leaf,
+            memory: spec.memory,
+            pids_max: spec.pids_max,
+            root: idmap.kind == IdMapKind::Identity,
+        };
+        let (cgroup, warnings) = NodeCgroup::create(&req)?;
+        let cx = Context {
+            spec,
+            closure,
+            console: console.as_ref().map(|c| ConsolePath(c.slave.clone())),
+            cgroup2: cgroup.as_ref().is_some_and(|c| c.unified.is_some()),
+            tty_gid: idmap.count() > 5,
+            host_os_release: std::fs::read("/etc/os-release")
+                .or_else(|_| std::fs::read("/usr/lib/os-release"))
+                .unwrap_or_default(),
+        };
+        let cplan = ChildPlan {
+            plan: plan::compile(&cx)?,
+            hostname: spec.hostname.clone(),
+            set_groups: idmap.kind != IdMapKind::Single,
+            seccomp: crate::confine::seccomp_program()?,
+            program: program_candidates(spec),
+            argv: argv(spec),
+            env: environment(spec),
+            console_stdio: spec.boot,
+        };
+        let (parent_sock, child_sock) = sync::pair().map_err(Error::sys("creating the node's socketpair"))?;
+        let cgroup_dir = match cgroup.as_ref().and_then(|c| c.unified.as_ref()) {
+            Some(dir) => Some(File::open(dir).map_err(Error::io("opening cgroup", dir))?),
+            None => None,
+        };
+        let Some((pid, pidfd)) = clone_node(cgroup_dir.as_ref().map(|f| f.as_fd()))? else {
+            drop(parent_sock);
+            child::run(&cplan, child_sock);
+        };
+        drop(child_sock);
+        let mut node = Container {
+            name: spec.name.clone(),
+            pid,
+            pidfd,
+            boot: spec.boot,
+            console,
+            notify: None,
+            cgroup,
+            timings: Timings::default(),
+            started,
+            stop_timeout: spec.stop_timeout,
+            exit: None,
+            warnings,
+        };
+        let t1 = now_ns();
+        idmap.apply(pid)?;
+        if let Some(cg) = &node.cgroup {
+            cg.add_v1(pid)?;
+        }
+        sync::send_child(parent_sock.as_fd(), ToChild::Go).map_err(Error::sys("starting the node"))?;
+        let mut stamps = None;
+        loop {
+            match sync::recv_parent(parent_sock.as_fd()).map_err(Error::sys("reading the node's start"))? {
+                Some(ToParent::Stamps(s)) => stamps = Some(s),
+                Some(ToParent::NotifySocket(fd)) => node.notify = Some(fd),
+                Some(ToParent::Failed { step, errno }) => return Err(node.setup_error(&cplan, step, errno)),
+                None => break,
+            }
+        }
+        let Some(s) = stamps else {
+            return Err(Error::Setup {
+                node: spec.name.clone(),
+                step: "start (the node died before exec)".into(),
+                errno: Errno::ECHILD,
+            });
+        };
+        let t_exec = now_ns();
+        let points = [t0, t1, s[0], s[1], s[2], s[3], t_exec];
+        for (i, w) in points.windows(2).enumerate().take(6) {
+            // Phase i spans points[i]..points[i+1], except idmap which also covers the wait.
+            node.timings.phases[i] = Duration::from_nanos(w[1].saturating_sub(w[0]));
+        }
+        Ok(node)
+    }
+
+    fn setup_error(&mut self, cplan: &ChildPlan, step: u32, errno: Errno) -> Error {
+        let _ = self.wait();
+        let what = match step {
+            child::STEP_WAIT => "waiting for the runtime".to_string(),
+            child::STEP_IDS => "becoming root in the node".into(),
+            child::STEP_NETWORK => "setting hostname and loopback".into(),
+            child::STEP_CONFINE => "dropping capabilities and installing the seccomp filter".into(),
+            child::STEP_EXEC => {
+                let cmd = cplan.argv.first().map(|a| a.to_string_lossy().to_string()).unwrap_or_default();
+                if errno == Errno::ENOENT {
+                    let fix = if self.boot {
+                        "the image needs /sbin/init or systemd; drop --boot to run a command"
+                    } else {
+                        "give a command that exists in the node's root (absolute path, or on PATH)"
+                    };
+                    return Error::Invalid {
+                        field: "CMD",
+                        problem: format!("{cmd:?} not found in node {}", self.name),
+                        fix: fix.into(),
+                    };
+                }
+                format!("exec {cmd}")
+            }
+            n => cplan
+                .plan
+                .steps
+                .get(n as usize)
+                .map(|s| s.what.clone())
+                .unwrap_or_else(|| format!("step {n}")),
+        };
+        Error::Setup {
+            node: self.name.clone(),
+            step: what,
+            errno,
+        }
+    }
+
+    /// The node's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// PID 1 of the node, as the host sees it.
+    pub fn pid(&self) -> Pid {
+        self.pid
+    }
+
+    /// A pidfd for PID 1: readable once it exits, for event loops.
+    pub fn pidfd(&self) -> BorrowedFd<'_> {
+        self.pidfd.as_fd()
+    }
+
+    /// The console's pty master (boot mode): what the node prints on /dev/console.
+    pub fn console(&self) -> Option<BorrowedFd<'_>> {
+        self.console.as_ref().map(Console::fd)
+    }
+
+    /// The bound /run/host/notify socket (boot mode): systemd sends READY=1 there.
+    pub fn notify_socket(&self) -> Option<BorrowedFd<'_>> {
+        self.notify.as_ref().map(|f| f.as_fd())
+    }
+
+    /// The node's network namespace, for wiring it to a LAN.
+    pub fn netns_path(&self) -> PathBuf {
+        PathBuf::from(format!("/proc/{}/ns/net", self.pid))
+    }
+
+    /// How long each start phase took.
+    pub fn timings(&self) -> &Timings {
+        &self.timings
+    }
+
+    /// When the spawn call began.
+    pub fn started(&self) -> Instant {
+        self.started
+    }
+
+    /// How long a stop waits for a clean exit before SIGKILL.
+    pub fn stop_timeout(&self) -> Duration {
+        self.stop_timeout
+    }
+
+    /// Warnings about limits that could not be applied.
+    pub fn warnings(&self) -> &[String] {
+        &self.warnings
+    }
+
+    /// The node's peak memory use in bytes (cgroup), when the host reports it.
+    pub fn memory_peak(&self) -> Option<u64> {
+        self.cgroup.as_ref().and_then(NodeCgroup::memory_peak)
+    }
+
+    /// The signal that asks this node to stop cleanly: SIGRTMIN+3 for a booted init (systemd's
+    /// poweroff), SIGTERM for a command.
+    pub fn stop_signal(&self) -> i32 {
+        if self.boot {
+            libc::SIGRTMIN() + 3
+        } else {
+            libc::SIGTERM
+        }
+    }
+
+    /// Sends a signal to PID 1 through its pidfd (no pid reuse race).
+    pub fn signal(&self, sig: i32) -> Result<(), Error> {
+        // SAFETY: pidfd_send_signal with a pidfd we own, a null siginfo and no flags.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_pidfd_send_signal,
+                self.pidfd.as_raw_fd(),
+                sig,
+                std::ptr::null::<libc::siginfo_t>(),
+                0,
+            )
+        };
+        match Errno::result(rc) {
+            Ok(_) | Err(Errno::ESRCH) => Ok(()),
+            Err(e) => Err(Error::Sys {
+                what: format!("signalling node {}", self.name),
+                source: e,
+            }),
+        }
+    }
+
+    /// Reaps PID 1 if it has exited.
+    pub fn try_wait(&mut self) -> Result<Option<Exit>, Error> {
+        if self.exit.is_some() {
+            return Ok(self.exit);
+        }
+        let status = waitpid(self.pid, Some(WaitPidFlag::WNOHANG)).map_err(Error::sys(format!("waiting for node {}", self.name)))?;
+        self.exit = self.decode(status);
+        Ok(self.exit)
+    }
+
+    /// Waits for PID 1 to exit.
+    pub fn wait(&mut self) -> Result<Exit, Error> {
+        loop {
+            if let Some(exit) = self.exit {
+                return Ok(exit);
+            }
+            match waitpid(self.pid, None) {
+                Err(Errno::EINTR) => continue,
+                Err(Errno::ECHILD) => self.exit = Some(Exit::Signaled(libc::SIGKILL)),
+                other => self.exit = self.decode(other.map_err(Error::sys(format!("waiting for node {}", self.name)))?),
+            }
+        }
+    }
+
+    /// Waits up to `timeout` for PID 1 to exit.
+    pub fn wait_timeout(&mut self, timeout: Duration) -> Result<Option<Exit>, Error> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(exit) = self.try_wait()? {
+                return Ok(Some(exit));
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Ok(None);
+            }
+            let ms = PollTimeout::try_from(left.as_millis().min(60_000) as i32 + 1).unwrap_or(PollTimeout::MAX);
+            let mut fds = [PollFd::new(self.pidfd.as_fd(), PollFlags::POLLIN)];
+            match poll(&mut fds, ms) {
+                Ok(_) | Err(Errno::EINTR) => {}
+                Err(e) => {
+                    return Err(Error::Sys {
+                        what: "polling the node".into(),
+                        source: e,
+                    })
+                }
+            }
+        }
+    }
+
+    /// Stops the node: the stop signal, then SIGKILL after the stop timeout. Returns how it
+    /// ended and whether it had to be killed.
+    pub fn stop(&mut self) -> Result<(Exit, StopReason), Error> {
+        if let Some(exit) = self.try_wait()? {
+            return Ok((exit, StopReason::Exited));
+        }
+        self.signal(self.stop_signal())?;
+        if let Some(exit) = self.wait_timeout(self.stop_timeout)? {
+            return Ok((exit, StopReason::Clean));
+        }
+        self.signal(libc::SIGKILL)?;
+        Ok((self.wait()?, StopReason::Killed))
+    }
+
+    fn decode(&self, status: WaitStatus) -> Option<Exit> {
+        match status {
+            WaitStatus::Exited(_, code) => Some(Exit::Exited(code)),
+            WaitStatus::Signaled(_, Signal::SIGINT, _) if self.boot => Some(Exit::PowerOff),
+            WaitStatus::Signaled(_, Signal::SIGHUP, _) if self.boot => Some(Exit::Reboot),
+            WaitStatus::Signaled(_, sig, _) => Some(Exit::Signaled(sig as i32)),
+            _ => None,
+        }
+    }
+}
+
+impl Drop for Container {
+    fn drop(&mut self) {
+        if self.exit.is_none() {
+            let _ = self.signal(libc::SIGKILL);
+            let _ = self.wait();
+        }
+        if let Some(mut cg) = self.cgroup.take() {
+            cg.remove();
+        }
+    }
+}
+
+/// Clones into the node's namespaces, directly into its cgroup2 directory when it has one
+/// (moving a process between cgroups later costs milliseconds of RCU waiting); returns `None`
+/// in the child.
+fn clone_node(cgroup: Option<BorrowedFd>) -> Result<Option<(Pid, OwnedFd)>, Error> {
+    #[repr(C)]
+    #[derive(Default)]
+    struct CloneArgs {
+        flags: u64,
+        pidfd: u64,
+        child_tid: u64,
+        parent_tid: u64,
+        exit_signal: u64,
+        stack: u64,
+        stack_size: u64,
+        tls: u64,
+        set_tid: u64,
+        set_tid_size: u64,
+        cgroup: u64,
+    }
+    const CLONE_INTO_CGROUP: u64 = 0x200000000;
+    let mut flags = (libc::CLONE_NEWUSER
+        | libc::CLONE_NEWNS
+        | libc::CLONE_NEWPID
+        | libc::CLONE_NEWUTS
+        | libc::CLONE_NEWIPC
+        | libc::CLONE_NEWNET
+        | libc::CLONE_NEWCGROUP
+        | libc::CLONE_PIDFD) as u64;
+    if cgroup.is_some() {
+        flags |= CLONE_INTO_CGROUP;
+    }
+    let mut pidfd: libc::c_int = -1;
+    let args = CloneArgs {
+        flags,
+        pidfd: &mut pidfd as *mut libc::c_int as u64,
+        exit_signal: libc::SIGCHLD as u64,
+        cgroup: cgroup.map(|fd| fd.as_raw_fd() as u64).unwrap_or(0),
+        ..Default::default()
+    };
+    // SAFETY: clone3 without CLONE_VM or a stack behaves like fork: the child gets a copy of
+    // this single-threaded process and returns 0 here; `args` and `pidfd` outlive the call.
+    let rc = unsafe { libc::syscall(libc::SYS_clone3, &args as *const CloneArgs, std::mem::size_of::<CloneArgs>()) };
+    match Errno::result(rc) {
+        Ok(0) => Ok(None),
+        // SAFETY: the kernel stored a new pidfd we now own.
+        Ok(pid) => Ok(Some((Pid::from_raw(pid as i32), unsafe { OwnedFd::from_raw_fd(pidfd) }))),
+        Err(e @ (Errno::EPERM | Errno::ENOSPC | Errno::EACCES | Errno::EINVAL)) => Err(Error::Host {
+            problem: format!("cannot create user namespaces ({e})"),
+            fix: "enable them: sysctl -w kernel.unprivileged_userns_clone=1 user.max_user_namespaces=15000 \
+                  (and on Ubuntu kernel.apparmor_restrict_unprivileged_userns=0)"
+                .into(),
+        }),
+        Err(e) => Err(Error::Sys {
+            what: "cloning the node".into(),
+            source: e,
+        }),
+    }
+}
+
+fn cstr(s: impl AsRef<str>) -> CString {
+    CString::new(s.as_ref().replace('\0', "")).unwrap_or_default()
+}
+
+fn search_path(spec: &NodeSpec) -> String {
+    match &spec.root {
+        RootFs::Nix { toplevel, .. } => format!("{}/sw/bin:/run/current-system/sw/bin:{DEFAULT_PATH}", toplevel.display()),
+        RootFs::Image(_) => DEFAULT_PATH.into(),
+    }
+}
+
+/// The paths to try to exec, in order: the init in boot mode, else the command looked up on PATH.
+fn program_candidates(spec: &NodeSpec) -> Vec<CString> {
+    match (&spec.root, spec.boot || spec.args.is_empty()) {
+        (RootFs::Nix { toplevel, .. }, true) => vec![cstr(toplevel.join("init").to_string_lossy())],
+        (RootFs::Image(_), true) => IMAGE_INITS.iter().map(cstr).collect(),
+        (_, false) => {
+            let cmd = &spec.args[0];
+            if cmd.contains('/') {
+                vec![cstr(cmd)]
+            } else {
+                search_path(spec)
+                    .split(':')
+                    .map(|dir| cstr(Path::new(dir).join(cmd).to_string_lossy()))
+                    .collect()
+            }
+        }
+    }
+}
+
+fn argv(spec: &NodeSpec) -> Vec<CString> {
+    if spec.boot || spec.args.is_empty() {
+        let init = match &spec.root {
+            RootFs::Nix { toplevel, .. } => toplevel.join("init").to_string_lossy().to_string(),
+            RootFs::Image(_) => IMAGE_INITS[0].to_string(),
+        };
+        std::iter::once(init).chain(spec.args.iter().cloned()).map(cstr).collect()
+    } else {
+        spec.args.iter().map(cstr).collect()
+    }
+}
+
+/// PID 1's environment, as systemd's Container Interface asks.
+fn environment(spec: &NodeSpec) -> Vec<CString> {
+    let mut env = vec![
+        format!("PATH={}", search_path(spec)),
+        "container=hutch".to_string(),
+        format!("container_uuid={}", uuid_for(&spec.name)),
+        "HOME=/root".into(),
+        format!(
+            "TERM={}",
+            if spec.boot {
+                "vt220".to_string()
+            } else {
+                std::env::var("TERM").unwrap_or_else(|_| "dumb".into())
+            }
+        ),
+    ];
+    if spec.boot {
+        env.push("NOTIFY_SOCKET=/run/host/notify".into());
+    }
+    for (k, v) in &spec.env {
+        env.retain(|e| !e.starts_with(&format!("{k}=")));
+        env.push(format!("{k}={v}"));
+    }
+    env.into_iter().map(cstr).collect()
+}
+
+/// A UUID that stays the same for a node name across runs (systemd derives machine-id from it).
+pub(crate) fn uuid_for(name: &str) -> String {
+    let fnv = |seed: u64| name.bytes().fold(seed, |h, b| (h ^ b as u64).wrapping_mul(0x100000001b3));
+    let (a, b) = (fnv(0xcbf29ce484222325), fnv(0x84222325cbf29ce4));
+    let bytes: Vec<u8> = a.to_be_bytes().into_iter().chain(b.to_be_bytes()).collect();
+    let hex: String = bytes
+        .iter()
+        .enumerate()
+        .map(|(i, x)| match i {
+            6 => format!("{:02x}", (x & 0x0f) | 0x40),
+            8 => format!("{:02x}", (x & 0x3f) | 0x80),
+            _ => format!("{x:02x}"),
+        })
+        .collect();
+    format!("{}-{}-{}-{}-{}", &hex[0..8], &hex[8..12], &hex[12..16], &hex[16..20], &hex[20..32])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uuid_is_stable_and_well_formed() {
+        let u = uuid_for("server");
+        assert_eq!(u, uuid_for("server"));
+        assert_ne!(u, uuid_for("client"));
+        assert_eq!(u.len(), 36);
+        assert_eq!(&u[14..15], "4");
+    }
+}

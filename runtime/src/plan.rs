@@ -1,0 +1,412 @@
+//! The node's filesystem, compiled in the parent into a list of steps the child runs in order.
+//!
+//! Compiling first keeps the child small (it only makes system calls) and lets an error name
+//! the exact step that failed. Paths are as the child sees them after its first pivot_root:
+//! `/` is a private staging tmpfs, `/oldroot` the host's root, `/newroot` the node's root.
+
+use std::ffi::CString;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use nix::mount::MsFlags;
+
+use crate::spec::{host_store_path, NodeSpec, RootFs};
+use crate::Error;
+
+/// One step of building the node's filesystem.
+#[derive(Debug)]
+pub(crate) enum Op {
+    /// mount(2) as given.
+    Mount {
+        src: Option<CString>,
+        dst: CString,
+        fstype: Option<CString>,
+        flags: MsFlags,
+        data: Option<CString>,
+    },
+    /// Remount a bind mount adding `flags`, keeping the flags it has (some are locked).
+    Remount { dst: CString, flags: MsFlags },
+    /// mkdir, an existing directory is fine.
+    Mkdir { path: CString, mode: u32 },
+    /// Create an empty file as a mount point, an existing one is fine.
+    Touch { path: CString, mode: u32 },
+    /// symlink(target, link), an existing link is fine.
+    Symlink { target: CString, link: CString },
+    /// Write a whole file.
+    Write { path: CString, contents: Vec<u8>, mode: u32 },
+    /// pivot_root into `new_root`, keeping the old root at `put_old`, then chdir /.
+    PivotRoot { new_root: CString, put_old: CString },
+    /// Bind a datagram socket at `path` and hand it to the parent (systemd's NOTIFY_SOCKET).
+    NotifySocket { path: CString },
+    /// Make `/newroot` the root and detach everything else (staging tmpfs and host root).
+    EnterRoot,
+}
+
+/// The steps, each with the words an error message uses for it.
+#[derive(Debug, Default)]
+pub(crate) struct Plan {
+    pub steps: Vec<Step>,
+}
+
+/// One op, the words an error message uses for it, and whether the node can do without it.
+#[derive(Debug)]
+pub(crate) struct Step {
+    pub op: Op,
+    pub what: String,
+    /// A missing target (ENOENT) is not an error: e.g. a /proc file this kernel lacks.
+    pub optional: bool,
+}
+
+/// Where the pty slave that becomes /dev/console lives on the host.
+pub(crate) struct ConsolePath(pub PathBuf);
+
+const NODEV: MsFlags = MsFlags::MS_NODEV;
+const NOSUID: MsFlags = MsFlags::MS_NOSUID;
+const NOEXEC: MsFlags = MsFlags::MS_NOEXEC;
+
+/// Files under /proc that leak host information or control the host: hidden behind an empty,
+/// mode-000 file, as systemd-nspawn does.
+const PROC_MASKED: &[&str] = &["kcore", "keys", "sysrq-trigger", "timer_list", "kallsyms", "sched_debug"];
+/// Host devices a node gets (bind-mounted: a user namespace cannot mknod).
+const DEVICES: &[&str] = &["null", "zero", "full", "random", "urandom", "tty"];
+
+fn c(path: impl AsRef<Path>) -> CString {
+    CString::new(path.as_ref().as_os_str().as_bytes()).unwrap_or_default()
+}
+
+fn under(root: &str, path: &Path) -> PathBuf {
+    Path::new(root).join(path.strip_prefix("/").unwrap_or(path))
+}
+
+impl Plan {
+    fn push(&mut self, op: Op, what: String) {
+        self.steps.push(Step { op, what, optional: false });
+    }
+
+    fn push_optional(&mut self, op: Op, what: String) {
+        self.steps.push(Step { op, what, optional: true });
+    }
+
+    fn mount(&mut self, src: Option<&str>, dst: &Path, fstype: Option<&str>, flags: MsFlags, data: Option<&str>) {
+        let what = format!("mount {} on {}", fstype.or(src).unwrap_or("(remount)"), node_path(dst));
+        let op = Op::Mount {
+            src: src.map(c),
+            dst: c(dst),
+            fstype: fstype.map(c),
+            flags,
+            data: data.map(|d| CString::new(d).unwrap_or_default()),
+        };
+        self.push(op, what);
+    }
+
+    fn bind(&mut self, src: &Path, dst: &Path, read_only: bool) {
+        self.push(
+            Op::Mount {
+                src: Some(c(src)),
+                dst: c(dst),
+                fstype: None,
+                flags: MsFlags::MS_BIND | MsFlags::MS_REC,
+                data: None,
+            },
+            format!(
+                "bind {} on {}",
+                src.strip_prefix("/oldroot")
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_else(|_| src.display().to_string()),
+                node_path(dst)
+            ),
+        );
+        if read_only {
+            self.push(
+                Op::Remount {
+                    dst: c(dst),
+                    flags: MsFlags::MS_RDONLY,
+                },
+                format!("make {} read-only", node_path(dst)),
+            );
+        }
+    }
+
+    fn mkdir(&mut self, path: &Path, mode: u32) {
+        self.push(Op::Mkdir { path: c(path), mode }, format!("create directory {}", node_path(path)));
+    }
+
+    /// mkdir -p of every component below `root`.
+    fn mkdir_all(&mut self, root: &str, path: &Path) {
+        let mut cur = PathBuf::from(root);
+        for part in path.strip_prefix("/").unwrap_or(path).components() {
+            cur.push(part);
+            self.mkdir(&cur, 0o755);
+        }
+    }
+
+    fn touch(&mut self, path: &Path, mode: u32) {
+        self.push(Op::Touch { path: c(path), mode }, format!("create {}", node_path(path)));
+    }
+
+    fn write(&mut self, path: &Path, contents: &[u8], mode: u32) {
+        self.push(
+            Op::Write {
+                path: c(path),
+                contents: contents.to_vec(),
+                mode,
+            },
+            format!("write {}", node_path(path)),
+        );
+    }
+
+    fn symlink(&mut self, target: &str, link: &Path) {
+        self.push(
+            Op::Symlink {
+                target: c(target),
+                link: c(link),
+            },
+            format!("link {} to {target}", node_path(link)),
+        );
+    }
+}
+
+/// How a path reads in error messages: as the node will see it.
+fn node_path(p: &Path) -> String {
+    match p.strip_prefix("/newroot") {
+        Ok(rest) => format!("/{}", rest.display()),
+        Err(_) => p.display().to_string(),
+    }
+}
+
+/// What the parent knows that shapes the node's mounts.
+pub(crate) struct Context<'a> {
+    pub spec: &'a NodeSpec,
+    /// Store paths to mount with `--closure-only`.
+    pub closure: Option<Vec<PathBuf>>,
+    /// The host's pty slave for /dev/console (boot mode).
+    pub console: Option<ConsolePath>,
+    /// Mount cgroup2 at /sys/fs/cgroup (the node has its own delegated cgroup).
+    pub cgroup2: bool,
+    /// devpts may use gid 5 (tty): only when the node has more than one id.
+    pub tty_gid: bool,
+    /// Text of /run/host/os-release.
+    pub host_os_release: Vec<u8>,
+}
+
+/// Compiles the node's filesystem: staging, root, Container Interface mounts, binds, files.
+pub(crate) fn compile(cx: &Context) -> Result<Plan, Error> {
+    let mut p = Plan::default();
+    // A private tmpfs to build in; pivoting into it first keeps every host path reachable
+    // under /oldroot (even /tmp, which the tmpfs covers).
+    p.mount(
+        Some("hutch"),
+        Path::new("/tmp"),
+        Some("tmpfs"),
+        NOSUID | NODEV,
+        Some("mode=0755,size=1m"),
+    );
+    p.mkdir(Path::new("/tmp/oldroot"), 0o755);
+    p.push(
+        Op::PivotRoot {
+            new_root: c("/tmp"),
+            put_old: c("/tmp/oldroot"),
+        },
+        "pivot_root into the staging tmpfs".into(),
+    );
+    p.mkdir(Path::new("/newroot"), 0o755);
+    p.mkdir(Path::new("/masked"), 0o755);
+    p.touch(Path::new("/masked/file"), 0o000);
+    root_fs(cx, &mut p)?;
+    proc_fs(&mut p);
+    sys_fs(cx, &mut p);
+    dev_fs(cx, &mut p);
+    run_and_tmp(cx, &mut p);
+    for bind in &cx.spec.binds {
+        let dst = under("/newroot", &bind.target);
+        if let Some(parent) = bind.target.parent() {
+            p.mkdir_all("/newroot", parent);
+        }
+        if bind.source.is_dir() {
+            p.mkdir(&dst, 0o755);
+        } else {
+            p.touch(&dst, 0o644);
+        }
+        p.bind(&under("/oldroot", &bind.source), &dst, bind.read_only);
+    }
+    for (path, contents) in &cx.spec.files {
+        if let Some(parent) = path.parent() {
+            p.mkdir_all("/newroot", parent);
+        }
+        p.write(&under("/newroot", path), contents, 0o644);
+    }
+    p.push(Op::EnterRoot, "pivot_root into the node's root".into());
+    Ok(p)
+}
+
+fn root_fs(cx: &Context, p: &mut Plan) -> Result<(), Error> {
+    let root = Path::new("/newroot");
+    match &cx.spec.root {
+        RootFs::Image(dir) => {
+            // The image is the read-only lower layer; the node writes into a private tmpfs.
+            let dir = dir.canonicalize().map_err(Error::io("resolving image", dir))?;
+            p.mkdir(Path::new("/overlay"), 0o755);
+            p.mount(
+                Some("hutch-upper"),
+                Path::new("/overlay"),
+                Some("tmpfs"),
+                MsFlags::empty(),
+                Some("mode=0755"),
+            );
+            p.mkdir(Path::new("/overlay/upper"), 0o755);
+            p.mkdir(Path::new("/overlay/work"), 0o755);
+            let lower = under("/oldroot", &dir);
+            let data = format!(
+                "lowerdir={},upperdir=/overlay/upper,workdir=/overlay/work,userxattr",
+                escape_overlay(&lower)
+            );
+            p.mount(Some("overlay"), root, Some("overlay"), MsFlags::empty(), Some(&data));
+        }
+        RootFs::Nix { store, closure_only, .. } => {
+            p.mount(Some("hutch-root"), root, Some("tmpfs"), MsFlags::empty(), Some("mode=0755"));
+            p.mkdir_all("/newroot", Path::new("/nix/store"));
+            let node_store = Path::new("/newroot/nix/store");
+            let host_store = under("/oldroot", &store.canonicalize().map_err(Error::io("resolving store", store))?);
+            match (closure_only, &cx.closure) {
+                (true, Some(paths)) => {
+                    p.mount(Some("hutch-store"), node_store, Some("tmpfs"), MsFlags::empty(), Some("mode=0755"));
+                    for path in paths {
+                        let host = under("/oldroot", &host_store_path(path, store));
+                        let dst = under("/newroot", path);
+                        if host_store_path(path, store).is_dir() {
+                            p.mkdir(&dst, 0o755);
+                        } else {
+                            p.touch(&dst, 0o644);
+                        }
+                        p.bind(&host, &dst, true);
+                    }
+                    p.push(
+                        Op::Remount {
+                            dst: c(node_store),
+                            flags: MsFlags::MS_RDONLY,
+                        },
+                        "make /nix/store read-only".into(),
+                    );
+                }
+                _ => p.bind(&host_store, node_store, true),
+            }
+            p.mkdir(Path::new("/newroot/etc"), 0o755);
+            p.write(Path::new("/newroot/etc/os-release"), b"", 0o644);
+            p.write(Path::new("/newroot/etc/machine-id"), b"", 0o444);
+        }
+    }
+    for dir in ["proc", "sys", "dev", "run", "tmp"] {
+        p.mkdir(&root.join(dir), 0o755);
+    }
+    Ok(())
+}
+
+/// Overlay options separate with ',' and ':': escape them in the lower path.
+fn escape_overlay(path: &Path) -> String {
+    path.display()
+        .to_string()
+        .replace('\\', "\\\\")
+        .replace(',', "\\,")
+        .replace(':', "\\:")
+}
+
+fn proc_fs(p: &mut Plan) {
+    let proc_ = Path::new("/newroot/proc");
+    p.mount(Some("proc"), proc_, Some("proc"), NOSUID | NODEV | NOEXEC, None);
+    // /proc/sys read-only but /proc/sys/net writable: the node owns its network namespace.
+    let net = proc_.join("sys/net");
+    p.bind(&net, &net, false);
+    let sys = proc_.join("sys");
+    p.bind(&sys, &sys, true);
+    for name in PROC_MASKED {
+        let target = proc_.join(name);
+        p.push_optional(
+            Op::Mount {
+                src: Some(c("/masked/file")),
+                dst: c(&target),
+                fstype: None,
+                flags: MsFlags::MS_BIND,
+                data: None,
+            },
+            format!("mask /proc/{name}"),
+        );
+    }
+}
+
+fn sys_fs(cx: &Context, p: &mut Plan) {
+    // A read-only /sys is the signal systemd, udevd and networkd look for in a container.
+    let sys = Path::new("/newroot/sys");
+    p.mount(
+        Some("sysfs"),
+        sys,
+        Some("sysfs"),
+        MsFlags::MS_RDONLY | NOSUID | NODEV | NOEXEC,
+        None,
+    );
+    if cx.cgroup2 {
+        let cg = sys.join("fs/cgroup");
+        p.mount(Some("cgroup2"), &cg, Some("cgroup2"), NOSUID | NODEV | NOEXEC, Some("nsdelegate"));
+    }
+}
+
+fn dev_fs(cx: &Context, p: &mut Plan) {
+    let dev = Path::new("/newroot/dev");
+    p.mount(
+        Some("hutch-dev"),
+        dev,
+        Some("tmpfs"),
+        NOSUID | MsFlags::MS_STRICTATIME,
+        Some("mode=0755,size=4m"),
+    );
+    for name in DEVICES {
+        let target = dev.join(name);
+        p.touch(&target, 0o666);
+        p.bind(&Path::new("/oldroot/dev").join(name), &target, false);
+    }
+    p.mkdir(&dev.join("pts"), 0o755);
+    let pts_opts = if cx.tty_gid {
+        "newinstance,ptmxmode=0666,mode=0620,gid=5"
+    } else {
+        "newinstance,ptmxmode=0666,mode=0620"
+    };
+    p.mount(Some("devpts"), &dev.join("pts"), Some("devpts"), NOSUID | NOEXEC, Some(pts_opts));
+    p.symlink("pts/ptmx", &dev.join("ptmx"));
+    p.mkdir(&dev.join("shm"), 0o1777);
+    p.mount(Some("shm"), &dev.join("shm"), Some("tmpfs"), NOSUID | NODEV, Some("mode=1777"));
+    for (link, target) in [
+        ("fd", "/proc/self/fd"),
+        ("stdin", "/proc/self/fd/0"),
+        ("stdout", "/proc/self/fd/1"),
+        ("stderr", "/proc/self/fd/2"),
+    ] {
+        p.symlink(target, &dev.join(link));
+    }
+    if let Some(ConsolePath(slave)) = &cx.console {
+        let target = dev.join("console");
+        p.touch(&target, 0o600);
+        p.bind(&under("/oldroot", slave), &target, false);
+    }
+}
+
+fn run_and_tmp(cx: &Context, p: &mut Plan) {
+    let run = Path::new("/newroot/run");
+    p.mount(Some("hutch-run"), run, Some("tmpfs"), NOSUID | NODEV, Some("mode=0755"));
+    p.mkdir(&run.join("host"), 0o755);
+    p.write(&run.join("host/os-release"), &cx.host_os_release, 0o444);
+    p.write(&run.join("host/container-manager"), b"hutch\n", 0o444);
+    if cx.spec.boot {
+        p.push(
+            Op::NotifySocket {
+                path: c(run.join("host/notify")),
+            },
+            "bind /run/host/notify".into(),
+        );
+    }
+    p.mount(
+        Some("hutch-tmp"),
+        Path::new("/newroot/tmp"),
+        Some("tmpfs"),
+        NOSUID | NODEV,
+        Some("mode=1777"),
+    );
+}

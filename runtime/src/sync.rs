@@ -1,0 +1,126 @@
+//! Typed messages between the runtime (parent) and a node's first process (child), over a
+//! SOCK_SEQPACKET socketpair: one message a packet, fds passed with SCM_RIGHTS.
+//!
+//! The child's end is close-on-exec: when the node's init execs, the parent reads end-of-file,
+//! which is how it learns the exec succeeded (a failed exec sends [`ToParent::Failed`]).
+
+use std::io::{IoSlice, IoSliceMut};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+
+use nix::errno::Errno;
+use nix::sys::socket::{recvmsg, sendmsg, socketpair, AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags, SockFlag, SockType};
+
+/// How many timestamps the child reports (see [`crate::Phase`]: all but clone).
+pub(crate) const STAMPS: usize = 5;
+
+/// What the child tells the parent.
+#[derive(Debug)]
+pub(crate) enum ToParent {
+    /// Step number `step` of the plan failed with `errno`; the child exits.
+    Failed { step: u32, errno: Errno },
+    /// CLOCK_MONOTONIC at the end of each setup phase, sent just before exec.
+    Stamps([u64; STAMPS]),
+    /// The bound `/run/host/notify` socket, for the parent to read READY=1 from.
+    NotifySocket(OwnedFd),
+}
+
+/// What the parent tells the child.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum ToChild {
+    /// The id maps are written and the cgroup placed: go on.
+    Go,
+}
+
+/// Creates the close-on-exec socketpair (parent end, child end).
+pub(crate) fn pair() -> Result<(OwnedFd, OwnedFd), Errno> {
+    socketpair(AddressFamily::Unix, SockType::SeqPacket, None, SockFlag::SOCK_CLOEXEC)
+}
+
+const FAILED: u8 = 1;
+const STAMPS_TAG: u8 = 2;
+const NOTIFY: u8 = 3;
+const GO: u8 = 4;
+
+/// Sends a message to the parent.
+pub(crate) fn send_parent(fd: BorrowedFd, msg: &ToParent) -> Result<(), Errno> {
+    let mut buf = Vec::with_capacity(1 + 8 * STAMPS);
+    let mut fds: Vec<RawFd> = Vec::new();
+    match msg {
+        ToParent::Failed { step, errno } => {
+            buf.push(FAILED);
+            buf.extend_from_slice(&step.to_le_bytes());
+            buf.extend_from_slice(&(*errno as i32).to_le_bytes());
+        }
+        ToParent::Stamps(stamps) => {
+            buf.push(STAMPS_TAG);
+            stamps.iter().for_each(|s| buf.extend_from_slice(&s.to_le_bytes()));
+        }
+        ToParent::NotifySocket(sock) => {
+            buf.push(NOTIFY);
+            fds.push(sock.as_raw_fd());
+        }
+    }
+    let cmsgs: Vec<ControlMessage> = if fds.is_empty() {
+        vec![]
+    } else {
+        vec![ControlMessage::ScmRights(&fds)]
+    };
+    sendmsg::<()>(fd.as_raw_fd(), &[IoSlice::new(&buf)], &cmsgs, MsgFlags::empty(), None).map(drop)
+}
+
+/// Receives the next message from the child; `None` at end-of-file (the child exec'd or died).
+pub(crate) fn recv_parent(fd: BorrowedFd) -> Result<Option<ToParent>, Errno> {
+    let mut buf = [0u8; 1 + 8 * STAMPS];
+    let mut space = nix::cmsg_space!([RawFd; 1]);
+    let mut iov = [IoSliceMut::new(&mut buf)];
+    let msg = loop {
+        match recvmsg::<()>(fd.as_raw_fd(), &mut iov, Some(&mut space), MsgFlags::MSG_CMSG_CLOEXEC) {
+            Err(Errno::EINTR) => continue,
+            other => break other?,
+        }
+    };
+    let mut passed: Option<OwnedFd> = None;
+    for cmsg in msg.cmsgs()? {
+        if let ControlMessageOwned::ScmRights(fds) = cmsg {
+            for raw in fds {
+                // SAFETY: the kernel just installed `raw` in our table for this message; we own it.
+                let owned = unsafe { OwnedFd::from_raw_fd(raw) };
+                passed.get_or_insert(owned);
+            }
+        }
+    }
+    let len = msg.bytes;
+    if len == 0 {
+        return Ok(None);
+    }
+    let u32_at = |i: usize| u32::from_le_bytes(buf[i..i + 4].try_into().unwrap_or_default());
+    let u64_at = |i: usize| u64::from_le_bytes(buf[i..i + 8].try_into().unwrap_or_default());
+    Ok(Some(match (buf[0], len) {
+        (FAILED, 9) => ToParent::Failed {
+            step: u32_at(1),
+            errno: Errno::from_raw(u32_at(5) as i32),
+        },
+        (STAMPS_TAG, n) if n == 1 + 8 * STAMPS => ToParent::Stamps(std::array::from_fn(|i| u64_at(1 + 8 * i))),
+        (NOTIFY, 1) => ToParent::NotifySocket(passed.ok_or(Errno::EBADMSG)?),
+        _ => return Err(Errno::EBADMSG),
+    }))
+}
+
+/// Sends a message to the child.
+pub(crate) fn send_child(fd: BorrowedFd, msg: ToChild) -> Result<(), Errno> {
+    let ToChild::Go = msg;
+    nix::sys::socket::send(fd.as_raw_fd(), &[GO], MsgFlags::empty()).map(drop)
+}
+
+/// Waits for the parent's go-ahead; `Err(EPIPE)` when the parent died first.
+pub(crate) fn recv_child(fd: BorrowedFd) -> Result<ToChild, Errno> {
+    let mut buf = [0u8; 1];
+    loop {
+        match nix::sys::socket::recv(fd.as_raw_fd(), &mut buf, MsgFlags::empty()) {
+            Err(Errno::EINTR) => continue,
+            Ok(1) if buf[0] == GO => return Ok(ToChild::Go),
+            Ok(_) => return Err(Errno::EPIPE),
+            Err(e) => return Err(e),
+        }
+    }
+}

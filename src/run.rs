@@ -1,0 +1,283 @@
+//! `hutch run`: one node in the foreground, its exit status as hutch's.
+
+use std::fs::File;
+use std::io::Write;
+use std::os::fd::AsFd;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use clap::Args;
+use hutch_runtime::{Bind, Container, Exit, IdMap, NodeSpec, Phase, RootFs, Size};
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::signal::{SigSet, Signal};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+
+/// Options of `hutch run`.
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    /// Root filesystem directory (read-only lower layer of a per-node overlay).
+    #[arg(long, conflicts_with = "toplevel", required_unless_present = "toplevel")]
+    image: Option<PathBuf>,
+    /// NixOS mode: a system toplevel store path; the root is an empty tmpfs with the store.
+    #[arg(long)]
+    toplevel: Option<PathBuf>,
+    /// Host directory holding the store paths (NixOS mode).
+    #[arg(long, default_value = "/nix/store", requires = "toplevel")]
+    store: PathBuf,
+    /// Mount only the toplevel's closure, not the whole store (NixOS mode).
+    #[arg(long, requires = "toplevel")]
+    closure_only: bool,
+    /// Exec the init (image's /sbin/init or systemd, or $toplevel/init); trailing args go to it.
+    #[arg(long, short = 'b')]
+    boot: bool,
+    /// Node name (logs, cgroup, default hostname).
+    #[arg(long, default_value = "node")]
+    name: String,
+    /// Hostname inside the node (default: the name).
+    #[arg(long)]
+    hostname: Option<String>,
+    /// Memory limit, e.g. 512M.
+    #[arg(long)]
+    memory: Option<String>,
+    /// Maximum number of tasks in the node.
+    #[arg(long)]
+    pids_max: Option<u64>,
+    /// Bind a host path into the node: SRC:DST[:ro] (repeatable).
+    #[arg(long = "bind", value_name = "SRC:DST[:ro]")]
+    binds: Vec<String>,
+    /// Set an environment variable for PID 1: K=V (repeatable).
+    #[arg(long = "setenv", value_name = "K=V")]
+    env: Vec<String>,
+    /// Seconds to wait for a clean stop before SIGKILL.
+    #[arg(long, default_value_t = 10.0)]
+    stop_timeout: f64,
+    /// Also write the console to this file (boot mode).
+    #[arg(long)]
+    console_log: Option<PathBuf>,
+    /// Restart the node when it reboots (boot mode).
+    #[arg(long)]
+    allow_reboot: bool,
+    /// Print how long each start phase took.
+    #[arg(long)]
+    timings: bool,
+    /// The command to run as PID 1, or the init's arguments with --boot.
+    #[arg(last = true)]
+    args: Vec<String>,
+}
+
+/// Exit code for hutch's own errors (bad input, host refusal), as container runtimes do.
+pub const EXIT_HUTCH: i32 = 125;
+
+/// Runs `hutch run`; returns the process exit code.
+pub fn main(args: RunArgs) -> i32 {
+    match run(args) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("hutch: {e:#}");
+            EXIT_HUTCH
+        }
+    }
+}
+
+fn spec(args: &RunArgs) -> Result<NodeSpec> {
+    let root = match (&args.image, &args.toplevel) {
+        (Some(dir), _) => RootFs::Image(dir.clone()),
+        (None, Some(top)) => RootFs::Nix {
+            toplevel: top.clone(),
+            store: args.store.clone(),
+            closure_only: args.closure_only,
+        },
+        (None, None) => anyhow::bail!("--image or --toplevel: give one; --image DIR for a root filesystem, --toplevel PATH for NixOS"),
+    };
+    let mut spec = NodeSpec::new(&args.name, root);
+    spec.hostname = args.hostname.clone().unwrap_or_else(|| args.name.clone());
+    spec.boot = args.boot;
+    spec.args = args.args.clone();
+    spec.memory = args.memory.as_deref().map(str::parse::<Size>).transpose()?.map(|s| s.0);
+    spec.pids_max = args.pids_max;
+    spec.binds = args.binds.iter().map(|b| b.parse::<Bind>()).collect::<Result<_, _>>()?;
+    spec.env = args
+        .env
+        .iter()
+        .map(|kv| {
+            kv.split_once('=')
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .context(format!("--setenv: {kv:?} is not K=V; write it as NAME=VALUE"))
+        })
+        .collect::<Result<_>>()?;
+    if !(args.stop_timeout.is_finite() && args.stop_timeout >= 0.0) {
+        anyhow::bail!("--stop-timeout: {} is not a number of seconds; give e.g. 10", args.stop_timeout);
+    }
+    spec.stop_timeout = Duration::from_secs_f64(args.stop_timeout);
+    Ok(spec)
+}
+
+fn run(args: RunArgs) -> Result<i32> {
+    let spec = spec(&args)?;
+    let idmap = IdMap::detect();
+    if let Some(w) = idmap.warning() {
+        eprintln!("hutch: {w}");
+    }
+    // Signals arrive through a signalfd, so the event loop sees them in order with the rest.
+    let mut signals = SigSet::empty();
+    for s in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP, Signal::SIGQUIT] {
+        signals.add(s);
+    }
+    signals.thread_block().context("blocking signals")?;
+    let sigfd = SignalFd::with_flags(&signals, SfdFlags::SFD_CLOEXEC).context("creating a signalfd")?;
+    let mut log = match &args.console_log {
+        Some(p) => Some(File::create(p).with_context(|| format!("--console-log: cannot create {}", p.display()))?),
+        None => None,
+    };
+    loop {
+        let mut node = Container::spawn(&spec, &idmap)?;
+        for w in node.warnings() {
+            eprintln!("hutch: {w}");
+        }
+        if args.timings {
+            print_timings(&node);
+        }
+        let exit = supervise(&mut node, &sigfd, log.as_mut())?;
+        match exit {
+            Exit::Reboot if args.allow_reboot => {
+                eprintln!("hutch: {}: rebooting", spec.name);
+                continue;
+            }
+            Exit::Reboot => eprintln!(
+                "hutch: {}: the node asked for a reboot (pass --allow-reboot to restart it)",
+                spec.name
+            ),
+            Exit::PowerOff => eprintln!("hutch: {}: powered off", spec.name),
+            _ => {}
+        }
+        return Ok(exit.code());
+    }
+}
+
+fn print_timings(node: &Container) {
+    let t = node.timings();
+    let parts: Vec<String> = Phase::ALL
+        .iter()
+        .map(|p| format!("{} {:.2}", p.name(), t.get(*p).as_secs_f64() * 1e3))
+        .collect();
+    eprintln!(
+        "hutch: {}: start {:.2} ms ({})",
+        node.name(),
+        t.total().as_secs_f64() * 1e3,
+        parts.join(", ")
+    );
+}
+
+/// The event loop: relays the console, reports READY=1, turns signals into a clean stop.
+fn supervise(node: &mut Container, sigfd: &SignalFd, mut log: Option<&mut File>) -> Result<Exit> {
+    let mut kill_at: Option<Instant> = None;
+    let mut console_open = node.console().is_some();
+    let mut buf = vec![0u8; 64 * 1024];
+    let stop_timeout = node.stop_timeout();
+    loop {
+        if let Some(exit) = node.try_wait()? {
+            if console_open {
+                drain_console(node, &mut buf, &mut log);
+            }
+            return Ok(exit);
+        }
+        let timeout = match kill_at {
+            Some(t) => PollTimeout::try_from(t.saturating_duration_since(Instant::now()).as_millis().min(60_000) as i32)
+                .unwrap_or(PollTimeout::ZERO),
+            None => PollTimeout::NONE,
+        };
+        let (sig_ready, pid_ready, console_ready, notify_ready) = {
+            let mut fds = vec![
+                PollFd::new(sigfd.as_fd(), PollFlags::POLLIN),
+                PollFd::new(node.pidfd(), PollFlags::POLLIN),
+            ];
+            let console = node.console().filter(|_| console_open);
+            if let Some(c) = console {
+                fds.push(PollFd::new(c, PollFlags::POLLIN));
+            }
+            if let Some(n) = node.notify_socket() {
+                fds.push(PollFd::new(n, PollFlags::POLLIN));
+            }
+            match poll(&mut fds, timeout) {
+                Err(nix::errno::Errno::EINTR) => continue,
+                r => r.context("poll")?,
+            };
+            let ready = |i: usize| fds.get(i).and_then(|f| f.revents()).is_some_and(|r| !r.is_empty());
+            let c_idx = 2;
+            let n_idx = if console.is_some() { 3 } else { 2 };
+            (
+                ready(0),
+                ready(1),
+                console.is_some() && ready(c_idx),
+                node.notify_socket().is_some() && ready(n_idx),
+            )
+        };
+        if console_ready && !relay_console(node, &mut buf, &mut log) {
+            console_open = false;
+        }
+        if notify_ready {
+            read_notify(node);
+        }
+        if sig_ready {
+            if let Ok(Some(info)) = sigfd.read_signal() {
+                if kill_at.is_some() || info.ssi_signo == libc::SIGQUIT as u32 {
+                    node.signal(libc::SIGKILL)?;
+                } else {
+                    node.signal(node.stop_signal())?;
+                    kill_at = Some(Instant::now() + stop_timeout);
+                }
+            }
+        }
+        if kill_at.is_some_and(|t| Instant::now() >= t) {
+            eprintln!("hutch: {}: no clean stop within the stop timeout, killing it", node.name());
+            node.signal(libc::SIGKILL)?;
+            kill_at = None;
+        }
+        let _ = pid_ready;
+    }
+}
+
+/// Copies what the node printed to stdout (and the log); false once the console is gone.
+fn relay_console(node: &Container, buf: &mut [u8], log: &mut Option<&mut File>) -> bool {
+    let Some(fd) = node.console() else { return false };
+    match nix::unistd::read(fd, buf) {
+        Ok(0) | Err(nix::errno::Errno::EIO) => false,
+        Ok(n) => {
+            let mut out = std::io::stdout().lock();
+            let _ = out.write_all(&buf[..n]);
+            let _ = out.flush();
+            if let Some(f) = log.as_mut() {
+                let _ = f.write_all(&buf[..n]);
+            }
+            true
+        }
+        Err(nix::errno::Errno::EAGAIN | nix::errno::Errno::EINTR) => true,
+        Err(_) => false,
+    }
+}
+
+fn drain_console(node: &Container, buf: &mut [u8], log: &mut Option<&mut File>) {
+    while let Some(fd) = node.console() {
+        let mut fds = [PollFd::new(fd, PollFlags::POLLIN)];
+        if !matches!(poll(&mut fds, PollTimeout::ZERO), Ok(n) if n > 0) || !relay_console(node, buf, log) {
+            break;
+        }
+    }
+}
+
+/// Reads one sd_notify datagram; READY=1 is the node's "booted" moment.
+fn read_notify(node: &Container) {
+    let Some(fd) = node.notify_socket() else { return };
+    let mut buf = [0u8; 4096];
+    if let Ok(n) = nix::sys::socket::recv(
+        std::os::fd::AsRawFd::as_raw_fd(&fd),
+        &mut buf,
+        nix::sys::socket::MsgFlags::MSG_DONTWAIT,
+    ) {
+        let text = String::from_utf8_lossy(&buf[..n]);
+        if text.lines().any(|l| l == "READY=1") {
+            eprintln!("hutch: {}: ready in {} ms", node.name(), node.started().elapsed().as_millis());
+        }
+    }
+}
