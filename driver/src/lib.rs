@@ -2,4 +2,7 @@
 //! Machine API (`machine`), the Python script bridge (`bridge`) and a test run (`session`).
 
 pub mod agent;
+pub mod bridge;
+pub mod log;
+pub mod machine;
 pub mod plan;

@@ -4,7 +4,7 @@
 
 mod client;
 mod exec;
-mod files;
+pub(crate) mod files;
 mod frame;
 mod probe;
 mod server;

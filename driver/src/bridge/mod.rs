@@ -1,0 +1,348 @@
+//! The script bridge: the user's Python test script runs in a `python3` child with a small
+//! stdlib-only module (embedded here) that defines the NixOS driver's globals; each call comes
+//! back as a line of JSON over a socketpair and is served by the Rust Machine API.
+
+mod dispatch;
+mod params;
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+
+use crate::log::Log;
+use crate::machine::Machine;
+use crate::plan::Script;
+pub use params::CallError;
+
+/// The Python side, run as `python3 -c`.
+pub const PYTHON_MODULE: &str = include_str!("hutch_driver.py");
+
+/// How to run the script.
+#[derive(Debug, Clone)]
+pub struct BridgeOptions {
+    /// The Python interpreter (default `python3` from PATH).
+    pub python: PathBuf,
+    /// Open a REPL with the globals instead of running the script (`test_script()` runs it).
+    pub interactive: bool,
+    /// A failing subtest is recorded and the script goes on.
+    pub keep_going: bool,
+    /// The script's working directory; relative `copy_from_host` sources start here.
+    pub base_dir: PathBuf,
+    /// Where `copy_from_machine` writes; given to Python as `$out` like the NixOS driver.
+    pub output_dir: PathBuf,
+}
+
+/// A node as the script sees it.
+#[derive(Debug, Clone)]
+pub struct ScriptNode {
+    /// The node's name.
+    pub name: String,
+    /// Its variable in the script.
+    pub python_name: String,
+}
+
+/// What happened while the script ran.
+#[derive(Debug, Clone, Default)]
+pub struct ScriptReport {
+    /// Why the script failed, if it did.
+    pub failure: Option<ScriptFailure>,
+    /// Subtests in the order they ended.
+    pub subtests: Vec<SubtestRecord>,
+    /// How long the script ran.
+    pub duration: Duration,
+}
+
+/// A failed script: the Python exception, where, and the driver call behind it.
+#[derive(Debug, Clone)]
+pub struct ScriptFailure {
+    /// Python's exception type, e.g. `RequestedAssertionFailed`.
+    pub kind: String,
+    /// Its message.
+    pub message: String,
+    /// The script line it was raised from.
+    pub line: Option<u32>,
+    /// Python's traceback.
+    pub traceback: String,
+    /// The Machine call that failed, when the exception came from one.
+    pub call: Option<FailedCall>,
+}
+
+/// A Machine call that raised.
+#[derive(Debug, Clone)]
+pub struct FailedCall {
+    /// The node (`None` for global functions such as `start_all`).
+    pub node: Option<String>,
+    /// The method name.
+    pub method: String,
+    /// The parameters, as JSON.
+    pub params: String,
+    /// The error's message (command, status and output included).
+    pub error: String,
+}
+
+/// One `with subtest(name):` block.
+#[derive(Debug, Clone)]
+pub struct SubtestRecord {
+    /// Its name.
+    pub name: String,
+    /// How long it ran.
+    pub duration: Duration,
+    /// The exception that ended it, if any.
+    pub error: Option<String>,
+    /// Python's traceback for that exception.
+    pub traceback: Option<String>,
+}
+
+/// The bridge could not run the script at all.
+#[derive(Debug, thiserror::Error)]
+pub enum BridgeError {
+    /// Python could not be started.
+    #[error("cannot run {python}: {source}; install python3 or pass its path")]
+    Spawn {
+        /// The interpreter.
+        python: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The socketpair to Python could not be made.
+    #[error("cannot make the bridge socket: {0}")]
+    Socket(std::io::Error),
+}
+
+/// Shared by the serving threads of one script run.
+pub(crate) struct State {
+    pub machines: Vec<Arc<Machine>>,
+    by_name: HashMap<String, Arc<Machine>>,
+    pub log: Arc<Log>,
+    pub base_dir: PathBuf,
+    writer: Mutex<UnixStream>,
+    failed: Mutex<HashMap<u64, FailedCall>>,
+    open_subtests: Mutex<HashMap<String, Instant>>,
+    report: Mutex<ScriptReport>,
+    finished: AtomicBool,
+    keep_going: bool,
+}
+
+#[derive(Deserialize)]
+struct Request {
+    id: u64,
+    node: Option<String>,
+    method: String,
+    #[serde(default)]
+    params: Map<String, Value>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Run the script to its end (or until `abort` is set, which kills Python) and report.
+pub fn run_script(
+    script: &Script,
+    nodes: &[ScriptNode],
+    machines: &[Arc<Machine>],
+    vlans: &[u8],
+    log: &Arc<Log>,
+    abort: &Arc<AtomicBool>,
+    opts: &BridgeOptions,
+) -> Result<ScriptReport, BridgeError> {
+    let start = Instant::now();
+    let (ours, theirs) = UnixStream::pair().map_err(BridgeError::Socket)?;
+    let fd = theirs.as_raw_fd();
+    let mut cmd = std::process::Command::new(&opts.python);
+    cmd.args(["-u", "-c", PYTHON_MODULE])
+        .env("HUTCH_BRIDGE_FD", fd.to_string())
+        .env("out", &opts.output_dir)
+        .current_dir(&opts.base_dir);
+    // SAFETY: between fork and exec the closure only calls fcntl(2), which is async-signal-safe,
+    // to let Python inherit its end of the socketpair.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::fcntl(fd, libc::F_SETFD, 0) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().map_err(|source| BridgeError::Spawn {
+        python: opts.python.display().to_string(),
+        source,
+    })?;
+    drop(theirs);
+    let writer = ours.try_clone().map_err(BridgeError::Socket)?;
+    let by_name = machines.iter().map(|m| (m.name().to_string(), Arc::clone(m))).collect();
+    let state = Arc::new(State {
+        machines: machines.to_vec(),
+        by_name,
+        log: Arc::clone(log),
+        base_dir: opts.base_dir.clone(),
+        writer: Mutex::new(writer),
+        failed: Mutex::new(HashMap::new()),
+        open_subtests: Mutex::new(HashMap::new()),
+        report: Mutex::new(ScriptReport::default()),
+        finished: AtomicBool::new(false),
+        keep_going: opts.keep_going,
+    });
+    let hello = json!({
+        "nodes": nodes.iter().map(|n| json!({"name": n.name, "python_name": n.python_name})).collect::<Vec<_>>(),
+        "vlans": vlans,
+        "script": {"source": script.source, "filename": script.filename},
+        "interactive": opts.interactive,
+    });
+    let pid = child.id() as libc::pid_t;
+    let watcher = {
+        let (state, abort) = (Arc::clone(&state), Arc::clone(abort));
+        std::thread::spawn(move || {
+            while !state.finished.load(Ordering::Relaxed) {
+                if abort.load(Ordering::Relaxed) {
+                    // SAFETY: kill the Python child we spawned (not yet reaped: we wait below).
+                    unsafe { libc::kill(pid, libc::SIGKILL) };
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        })
+    };
+    let mut done = false;
+    for line in BufReader::new(ours).lines() {
+        let Ok(line) = line else { break };
+        let req: Request = match serde_json::from_str(&line) {
+            Ok(r) => r,
+            Err(e) => {
+                log.info(&format!("bridge: unreadable request from Python: {e}"));
+                continue;
+            }
+        };
+        match (req.node.as_deref(), req.method.as_str()) {
+            (None, "hello") => answer(&state, req.id, Ok(hello.clone())),
+            (None, "script_done") => {
+                done = true;
+                answer(&state, req.id, Ok(Value::Null));
+            }
+            (None, "script_failed") => {
+                record_failure(&state, &req.params);
+                done = true;
+                answer(&state, req.id, Ok(Value::Null));
+            }
+            (None, "subtest_start") => subtest_start(&state, &req),
+            (None, "subtest_end") => subtest_end(&state, &req),
+            _ => {
+                let s = Arc::clone(&state);
+                std::thread::spawn(move || serve(&s, req));
+            }
+        }
+    }
+    let status = child.wait();
+    state.finished.store(true, Ordering::Relaxed);
+    let _ = watcher.join();
+    let mut report = lock(&state.report).clone();
+    report.duration = start.elapsed();
+    if !done && report.failure.is_none() {
+        let how = match status {
+            Ok(s) => s.to_string(),
+            Err(e) => e.to_string(),
+        };
+        report.failure = Some(ScriptFailure {
+            kind: "Exited".into(),
+            message: format!("python3 ended ({how}) before the script finished"),
+            line: None,
+            traceback: String::new(),
+            call: None,
+        });
+    }
+    Ok(report)
+}
+
+fn answer(state: &State, id: u64, r: Result<Value, CallError>) {
+    let msg = match r {
+        Ok(v) => json!({"id": id, "ok": v}),
+        Err(e) => json!({"id": id, "error": {"type": e.kind, "message": e.message}}),
+    };
+    let mut w = lock(&state.writer);
+    let _ = writeln!(w, "{msg}");
+}
+
+/// Serve one Machine or global call (on its own thread: calls may block for minutes).
+fn serve(state: &State, req: Request) {
+    let p = params::Params {
+        method: &req.method,
+        map: &req.params,
+    };
+    let r = match req.node.as_deref() {
+        None => dispatch::global(state, &req.method, &p),
+        Some(n) => match state.by_name.get(n) {
+            Some(m) => dispatch::machine(state, m, &req.method, &p),
+            None => Err(CallError {
+                kind: "AttributeError",
+                message: format!("there is no node `{n}` in this test"),
+            }),
+        },
+    };
+    if let Err(e) = &r {
+        lock(&state.failed).insert(
+            req.id,
+            FailedCall {
+                node: req.node.clone(),
+                method: req.method.clone(),
+                params: Value::Object(req.params.clone()).to_string(),
+                error: e.message.clone(),
+            },
+        );
+    }
+    answer(state, req.id, r);
+}
+
+fn record_failure(state: &State, p: &Map<String, Value>) {
+    let s = |k: &str| p.get(k).and_then(Value::as_str).unwrap_or("").to_string();
+    let call = p
+        .get("call")
+        .and_then(Value::as_u64)
+        .and_then(|id| lock(&state.failed).get(&id).cloned());
+    let failure = ScriptFailure {
+        kind: s("type"),
+        message: s("message"),
+        line: p.get("line").and_then(Value::as_u64).map(|l| l as u32),
+        traceback: s("traceback"),
+        call,
+    };
+    lock(&state.report).failure = Some(failure);
+}
+
+fn subtest_start(state: &State, req: &Request) {
+    let name = req.params.get("name").and_then(Value::as_str).unwrap_or("").to_string();
+    state.log.info(&format!("subtest: {name}"));
+    lock(&state.open_subtests).insert(name, Instant::now());
+    answer(state, req.id, Ok(Value::Null));
+}
+
+fn subtest_end(state: &State, req: &Request) {
+    let get = |k: &str| req.params.get(k).and_then(Value::as_str).map(str::to_string);
+    let name = get("name").unwrap_or_default();
+    let started = lock(&state.open_subtests).remove(&name);
+    let duration = started.map(|t| t.elapsed()).unwrap_or_default();
+    let error = get("error");
+    match &error {
+        Some(e) => state
+            .log
+            .info(&format!("subtest {name:?} failed after {:.3}s: {e}", duration.as_secs_f64())),
+        None => state
+            .log
+            .info(&format!("subtest {name:?} passed in {:.3}s", duration.as_secs_f64())),
+    }
+    lock(&state.report).subtests.push(SubtestRecord {
+        name,
+        duration,
+        error,
+        traceback: get("traceback"),
+    });
+    answer(state, req.id, Ok(json!(state.keep_going)));
+}

@@ -1,0 +1,239 @@
+//! The Machine API: the NixOS test driver's Machine methods in Rust, over a node's agent and a
+//! `NodeControl` seam that the runtime implements for the node's lifecycle.
+
+mod commands;
+mod console;
+mod error;
+mod systemd;
+mod waits;
+
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::agent::AgentClient;
+use crate::log::Log;
+
+pub use commands::{Output, DEFAULT_TIMEOUT};
+pub use console::{ConsoleLog, CONSOLE_KEEP};
+pub use error::{MachineError, NodeError};
+
+/// A node's lifecycle, implemented by the runtime. Calls for one node come from one thread at
+/// a time (the Machine serializes them); calls for different nodes come concurrently.
+pub trait NodeControl: Send + Sync {
+    /// Boot the node; return once it is up (READY=1 for systemd nodes, at once otherwise)
+    /// with a connected stream to the node's agent. Called again after a shutdown or crash.
+    fn start(&self) -> Result<UnixStream, NodeError>;
+    /// Clean poweroff; returns once the node is down, or `Timeout` (the node still running).
+    fn shutdown(&self, timeout: Duration) -> Result<(), NodeError>;
+    /// SIGKILL the node; returns once it is down and its resources are gone.
+    fn crash(&self) -> Result<(), NodeError>;
+    /// Wait for the node to stop by itself (e.g. `poweroff` inside it).
+    fn wait_for_shutdown(&self, timeout: Duration) -> Result<(), NodeError>;
+    /// Whether the node is running.
+    fn is_up(&self) -> bool;
+    /// Cut the node's network links (all its VLANs).
+    fn block(&self) -> Result<(), NodeError>;
+    /// Restore what `block` cut.
+    fn unblock(&self) -> Result<(), NodeError>;
+    /// The node's console: the runtime pushes everything the node prints there.
+    fn console(&self) -> Arc<ConsoleLog>;
+}
+
+/// What machines share with the run: its log, its output directory, its abort flag.
+#[derive(Clone)]
+pub struct MachineContext {
+    /// Where messages go.
+    pub log: Arc<Log>,
+    /// Where `copy_from_machine` puts files.
+    pub output_dir: PathBuf,
+    /// Set when the run is being aborted (whole-test timeout, interrupt): waits stop at once.
+    pub abort: Arc<AtomicBool>,
+}
+
+/// How long `shutdown()` waits for a clean poweroff before killing the node.
+pub const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// One node of the test, as the test script sees it.
+pub struct Machine {
+    name: String,
+    control: Box<dyn NodeControl>,
+    agent: Mutex<Option<Arc<AgentClient>>>,
+    lifecycle: Mutex<()>,
+    console_cursor: Mutex<usize>,
+    boots: Mutex<Vec<Duration>>,
+    ctx: MachineContext,
+}
+
+impl Machine {
+    /// A machine for node `name`; console lines go to the log from now on.
+    pub fn new(name: &str, control: Box<dyn NodeControl>, ctx: MachineContext) -> Machine {
+        let log = Arc::clone(&ctx.log);
+        let n = name.to_string();
+        control.console().subscribe(move |line| log.console(&n, line));
+        Machine {
+            name: name.to_string(),
+            control,
+            agent: Mutex::new(None),
+            lifecycle: Mutex::new(()),
+            console_cursor: Mutex::new(0),
+            boots: Mutex::new(Vec::new()),
+            ctx,
+        }
+    }
+
+    /// The node's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// How long each boot took, in order.
+    pub fn boot_times(&self) -> Vec<Duration> {
+        lock(&self.boots).clone()
+    }
+
+    /// Log a message under the node's name.
+    pub fn log(&self, msg: &str) {
+        self.ctx.log.node(&self.name, msg);
+    }
+
+    fn err_node(&self, action: &'static str, source: NodeError) -> MachineError {
+        MachineError::Node {
+            node: self.name.clone(),
+            action,
+            source,
+        }
+    }
+
+    fn aborted(&self) -> Result<(), MachineError> {
+        if self.ctx.abort.load(Ordering::Relaxed) {
+            return Err(MachineError::Aborted { node: self.name.clone() });
+        }
+        Ok(())
+    }
+
+    /// Boot the node if it is not running (no-op otherwise), and connect to its agent.
+    pub fn start(&self) -> Result<(), MachineError> {
+        self.aborted()?;
+        let _g = lock(&self.lifecycle);
+        if self.control.is_up() && lock(&self.agent).as_ref().is_some_and(|a| a.is_alive()) {
+            return Ok(());
+        }
+        self.log("starting");
+        let t = Instant::now();
+        let stream = self.control.start().map_err(|e| self.err_node("start", e))?;
+        let client = AgentClient::new(stream).map_err(|e| self.err_node("start", NodeError::Failed(format!("agent socket: {e}"))))?;
+        client.ping(Duration::from_secs(30)).map_err(|source| MachineError::Agent {
+            node: self.name.clone(),
+            source,
+        })?;
+        *lock(&self.agent) = Some(Arc::new(client));
+        let took = t.elapsed();
+        lock(&self.boots).push(took);
+        self.log(&format!("up after {:.3}s", took.as_secs_f64()));
+        Ok(())
+    }
+
+    /// Power the node off cleanly and wait (killing it if it does not stop in time).
+    pub fn shutdown(&self) -> Result<(), MachineError> {
+        let _g = lock(&self.lifecycle);
+        if !self.control.is_up() {
+            return Ok(());
+        }
+        self.log("shutting down");
+        let r = self.control.shutdown(SHUTDOWN_TIMEOUT);
+        lock(&self.agent).take();
+        if let Err(e) = r {
+            self.log(&format!("shutdown failed ({e}); killing the node"));
+            let _ = self.control.crash();
+            return Err(self.err_node("shutdown", e));
+        }
+        Ok(())
+    }
+
+    /// Kill the node at once, like pulling the plug.
+    pub fn crash(&self) -> Result<(), MachineError> {
+        let _g = lock(&self.lifecycle);
+        self.log("crashing");
+        lock(&self.agent).take();
+        self.control.crash().map_err(|e| self.err_node("crash", e))
+    }
+
+    /// Shut down and start again.
+    pub fn reboot(&self) -> Result<(), MachineError> {
+        self.shutdown()?;
+        self.start()
+    }
+
+    /// Whether the node is running.
+    pub fn is_up(&self) -> bool {
+        self.control.is_up()
+    }
+
+    /// Wait for the node to stop by itself.
+    pub fn wait_for_shutdown(&self, timeout: Duration) -> Result<(), MachineError> {
+        self.log("waiting for the node to shut down");
+        let r = self.control.wait_for_shutdown(timeout);
+        lock(&self.agent).take();
+        r.map_err(|e| self.err_node("wait_for_shutdown", e))
+    }
+
+    /// Cut the node's network links.
+    pub fn block(&self) -> Result<(), MachineError> {
+        self.log("blocking the network");
+        self.control.block().map_err(|e| self.err_node("block", e))
+    }
+
+    /// Restore the node's network links.
+    pub fn unblock(&self) -> Result<(), MachineError> {
+        self.log("unblocking the network");
+        self.control.unblock().map_err(|e| self.err_node("unblock", e))
+    }
+
+    /// Everything the node printed on its console so far.
+    pub fn get_console_log(&self) -> String {
+        self.control.console().text()
+    }
+
+    /// Sleep, but stop early when the run is aborted.
+    pub fn sleep(&self, d: Duration) -> Result<(), MachineError> {
+        let end = Instant::now() + d;
+        while Instant::now() < end {
+            self.aborted()?;
+            std::thread::sleep((end - Instant::now()).min(Duration::from_millis(100)));
+        }
+        Ok(())
+    }
+
+    /// The agent connection, starting the node first when it is down (as the NixOS driver
+    /// does on the first command).
+    fn agent(&self) -> Result<Arc<AgentClient>, MachineError> {
+        self.aborted()?;
+        if let Some(a) = lock(&self.agent).as_ref().filter(|a| a.is_alive()) {
+            return Ok(Arc::clone(a));
+        }
+        if !self.control.is_up() {
+            self.start()?;
+            if let Some(a) = lock(&self.agent).as_ref() {
+                return Ok(Arc::clone(a));
+            }
+        }
+        Err(MachineError::Agent {
+            node: self.name.clone(),
+            source: crate::agent::AgentError::Gone {
+                reason: "no connection to the node's agent".into(),
+            },
+        })
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Quote a string for a POSIX shell.
+pub(crate) fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "'\\''"))
+}
