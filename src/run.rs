@@ -92,7 +92,8 @@ fn spec(args: &RunArgs) -> Result<NodeSpec> {
     };
     let mut spec = NodeSpec::new(&args.name, root);
     spec.hostname = args.hostname.clone().unwrap_or_else(|| args.name.clone());
-    spec.boot = args.boot;
+    // A toplevel without a command boots its init, like --boot.
+    spec.boot = args.boot || (args.toplevel.is_some() && args.args.is_empty());
     spec.args = args.args.clone();
     spec.memory = args.memory.as_deref().map(str::parse::<Size>).transpose()?.map(|s| s.0);
     spec.pids_max = args.pids_max;

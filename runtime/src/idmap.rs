@@ -104,8 +104,10 @@ impl IdMap {
                 write_proc(pid, "gid_map", &format!("0 0 {FULL}\n"))
             }
             IdMapKind::Subordinate { uid_start, gid_start } => {
-                run_helper("newuidmap", pid, self.uid, uid_start)?;
-                run_helper("newgidmap", pid, self.gid, gid_start)
+                // Both helpers at once: each is a setuid exec of a few milliseconds.
+                let uids = spawn_helper("newuidmap", pid, self.uid, uid_start)?;
+                let gids = spawn_helper("newgidmap", pid, self.gid, gid_start)?;
+                finish_helper("newuidmap", uids).and(finish_helper("newgidmap", gids))
             }
             IdMapKind::Single => {
                 write_proc(pid, "setgroups", "deny")?;
@@ -125,15 +127,25 @@ fn write_proc(pid: Pid, file: &str, text: &str) -> Result<(), Error> {
         .map_err(Error::io("writing", path))
 }
 
-fn run_helper(program: &str, pid: Pid, own: u32, start: u32) -> Result<(), Error> {
-    let out = Command::new(program)
+fn spawn_helper(program: &str, pid: Pid, own: u32, start: u32) -> Result<std::process::Child, Error> {
+    Command::new(program)
         .args([pid.to_string(), "0".into(), own.to_string(), "1".into()])
         .args(["1".to_string(), start.to_string(), (FULL - 1).to_string()])
-        .output()
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
         .map_err(|e| Error::Helper {
             program: program.into(),
             detail: e.to_string(),
-        })?;
+        })
+}
+
+fn finish_helper(program: &str, child: std::process::Child) -> Result<(), Error> {
+    let out = child.wait_with_output().map_err(|e| Error::Helper {
+        program: program.into(),
+        detail: e.to_string(),
+    })?;
     if out.status.success() {
         return Ok(());
     }
