@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Installs what hutch, its tests and its benchmarks need on Debian 12, gives `nobody` a
+# subordinate id range for the rootless tests, and builds hutch. Idempotent; run as root.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+packages=(
+    uidmap            # newuidmap/newgidmap: rootless id maps
+    libsqlite3-dev    # reading the Nix store database (--closure-only)
+    pkg-config gcc
+    python3           # the test-script bridge
+    nix-bin           # offline Nix store for NixOS-mode fixtures
+    debootstrap       # the Debian systemd image
+    iproute2 iputils-ping  # tests check the network with ip and ping
+    bubblewrap runc systemd-container  # peers for the benchmarks
+)
+missing=()
+for p in "${packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+    echo "setup: installing ${missing[*]}" >&2
+    apt-get update -q >&2
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}" >&2
+fi
+
+# Rootless tests run as `nobody` with a range of 65536 ids.
+for f in /etc/subuid /etc/subgid; do
+    grep -q '^nobody:' "$f" 2>/dev/null || echo 'nobody:200000:65536' >>"$f"
+done
+
+cargo build --release --locked >&2

@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# The whole test suite: setup, formatting, lints, then every test (as root: CI does this).
+# Fixtures are built by the tests themselves and cached in $HUTCH_CACHE.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export HUTCH_CACHE=${HUTCH_CACHE:-/var/cache/hutch}
+bash scripts/setup.sh
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets --locked -- -D warnings
+cargo test --workspace --locked -- --test-threads="${HUTCH_TEST_THREADS:-4}"
