@@ -6,3 +6,4 @@ pub mod bridge;
 pub mod log;
 pub mod machine;
 pub mod plan;
+pub mod session;

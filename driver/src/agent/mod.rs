@@ -6,6 +6,7 @@ mod client;
 mod exec;
 pub(crate) mod files;
 mod frame;
+mod login;
 mod probe;
 mod server;
 

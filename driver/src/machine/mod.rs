@@ -161,6 +161,14 @@ impl Machine {
         self.control.crash().map_err(|e| self.err_node("crash", e))
     }
 
+    /// Stop the node at once because the run is over (a crash, logged as a stop).
+    pub fn terminate(&self) -> Result<(), MachineError> {
+        let _g = lock(&self.lifecycle);
+        self.log("stopping");
+        lock(&self.agent).take();
+        self.control.crash().map_err(|e| self.err_node("stop", e))
+    }
+
     /// Shut down and start again.
     pub fn reboot(&self) -> Result<(), MachineError> {
         self.shutdown()?;

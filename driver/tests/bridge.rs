@@ -1,0 +1,312 @@
+//! The bridge for real: python3 runs small test scripts through the embedded module, the
+//! driver serves them with the Machine API, and the "nodes" are real agents in local processes.
+
+mod common;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::{LocalNode, Scratch};
+use hutch_driver::machine::NodeControl;
+use hutch_driver::plan::{Format, PlanContext, TestPlan};
+use hutch_driver::session::{Outcome, Report, Session, SessionOptions};
+
+/// Run `script` as an inline testScript with these nodes; returns the report and scratch dir.
+fn run_with(nodes: &[&str], script: &str, tweak: impl FnOnce(&mut SessionOptions)) -> (Report, Scratch) {
+    let dir = Scratch::new("bridge");
+    std::fs::create_dir_all(dir.0.join("img")).unwrap();
+    let mut toml = format!("[test]\nname = \"bridge\"\ntimeout = 60\ntestScript = '''\n{script}'''\n[defaults]\nimage = \"img\"\n");
+    for n in nodes {
+        toml.push_str(&format!("[nodes.{n}]\n"));
+    }
+    let file = dir.0.join("t.toml");
+    let ctx = PlanContext {
+        cache_dir: dir.0.join("cache"),
+    };
+    let plan = TestPlan::parse(&toml, &file, Format::Toml, &ctx).unwrap();
+    let controls: Vec<(String, Box<dyn NodeControl>)> = nodes
+        .iter()
+        .map(|n| (n.to_string(), Box::new(LocalNode::new()) as Box<dyn NodeControl>))
+        .collect();
+    let mut opts = SessionOptions::new(dir.0.join("out"));
+    opts.quiet = true;
+    opts.junit_xml = Some(dir.0.join("junit.xml"));
+    tweak(&mut opts);
+    let report = Session::new(&plan, controls, opts).unwrap().run();
+    (report, dir)
+}
+
+fn run(script: &str) -> Report {
+    run_with(&["machine"], script, |_| {}).0
+}
+
+fn passed(r: &Report) {
+    if let Outcome::Failed(f) = &r.outcome {
+        panic!("the script failed: {}", f.details());
+    }
+}
+
+fn failure(r: &Report) -> &hutch_driver::session::Failure {
+    match &r.outcome {
+        Outcome::Failed(f) => f,
+        Outcome::Passed => panic!("the script passed but should have failed"),
+    }
+}
+
+#[test]
+fn succeed_fail_and_execute() {
+    let r = run(r#"
+machine.start()
+assert machine.is_up()
+assert machine.succeed("echo hi") == "hi\n"
+assert machine.succeed("echo a", "echo b") == "a\nb\n"
+assert machine.fail("echo no; exit 3") == "no\n"
+status, out = machine.execute("echo out; echo err >&2; exit 4")
+assert (status, out) == (4, "out\n"), (status, out)
+try:
+    machine.succeed("echo boom; exit 7")
+except RequestedAssertionFailed as e:
+    assert "exit code 7" in str(e) and "boom" in str(e) and "machine" in str(e), str(e)
+else:
+    raise Exception("succeed did not raise")
+try:
+    machine.fail("true")
+except AssertionError as e:
+    assert "unexpectedly succeeded" in str(e), str(e)
+status, _ = machine.execute("sleep 5", timeout=0.3)
+assert status == 124, status
+"#);
+    passed(&r);
+}
+
+#[test]
+fn waits_take_seconds_or_timedelta() {
+    let r = run(r#"
+import datetime, time
+flag = "/tmp/hutch-bridge-flag-%d" % os.getpid()
+machine.succeed(f"(sleep 0.3; touch {flag}) >/dev/null 2>&1 &")
+machine.wait_until_succeeds(f"test -e {flag}", timeout=5)
+machine.wait_for_file(flag, timeout=datetime.timedelta(seconds=5))
+machine.succeed(f"(sleep 0.3; rm {flag}) >/dev/null 2>&1 &")
+machine.wait_until_fails(f"test -e {flag}", timeout=datetime.timedelta(seconds=5))
+t = time.monotonic()
+try:
+    machine.wait_until_succeeds("echo not yet; false", timeout=datetime.timedelta(seconds=1))
+except Exception as e:
+    assert "timed out after 1s" in str(e) and "not yet" in str(e), str(e)
+else:
+    raise Exception("no timeout")
+took = time.monotonic() - t
+assert 0.9 < took < 3, took
+import socket
+s = socket.socket()
+s.bind(("127.0.0.1", 0))
+s.listen()
+port = s.getsockname()[1]
+machine.wait_for_open_port(port, timeout=5)
+machine.wait_for_open_port(port, addr="127.0.0.1", timeout=5)
+s.close()
+machine.wait_for_closed_port(port, timeout=5)
+machine.wait_for_console_text("Welcome to .* node", timeout=5)
+assert "Welcome" in machine.get_console_log()
+"#);
+    passed(&r);
+}
+
+#[test]
+fn a_python_exception_is_reported_with_its_line() {
+    let r = run("machine.succeed('true')\n\nmachine.succeed('echo the output; false')\nmachine.succeed('true')\n");
+    let f = failure(&r);
+    assert_eq!(f.line, Some(3), "{}", f.details());
+    assert_eq!(f.node.as_deref(), Some("machine"));
+    let call = f.call.as_deref().unwrap();
+    assert!(call.starts_with("machine.succeed(") && call.contains("echo the output"), "{call}");
+    assert!(
+        f.message.contains("exit code 1") && f.message.contains("the output"),
+        "{}",
+        f.message
+    );
+    assert_eq!(r.exit_code(), 1);
+    let r = run("x = 1\nraise ValueError('bad value')\n");
+    let f = failure(&r);
+    assert_eq!(f.line, Some(2));
+    assert!(f.message.contains("ValueError: bad value"), "{}", f.message);
+    assert!(f.traceback.contains("line 2"));
+    let r = run("x = (\n");
+    assert!(failure(&r).message.contains("SyntaxError"));
+}
+
+#[test]
+fn an_unknown_method_is_an_error_on_its_line() {
+    let r = run("machine.succeed('true')\nmachine.frobnicate(3)\n");
+    let f = failure(&r);
+    assert_eq!(f.line, Some(2));
+    assert!(
+        f.message.contains("AttributeError") && f.message.contains("frobnicate"),
+        "{}",
+        f.message
+    );
+}
+
+#[test]
+fn screens_are_not_implemented() {
+    let r = run(r#"
+try:
+    machine.screenshot("shot")
+except NotImplementedError as e:
+    assert "screenshot" in str(e) and "no screen" in str(e), str(e)
+else:
+    raise Exception("no NotImplementedError")
+machine.send_keys("ctrl-alt-delete")
+"#);
+    let f = failure(&r);
+    assert!(
+        f.message.contains("NotImplementedError") && f.message.contains("send_keys"),
+        "{}",
+        f.message
+    );
+    assert_eq!(f.line, Some(8));
+}
+
+#[test]
+fn lifecycle_copies_and_globals() {
+    let (r, dir) = run_with(
+        &["web-1", "db"],
+        r#"
+assert [m.name for m in machines] == ["db", "web-1"], machines
+assert len(vlans) == 1 and vlans[0].nr == 1
+start_all()
+assert web_1.is_up() and db.is_up()
+pid1 = db.succeed("echo $PPID")
+db.shutdown()
+assert not db.is_up()
+db.start()
+assert db.succeed("echo $PPID") != pid1
+db.crash()
+assert not db.is_up()
+assert db.succeed("echo again") == "again\n"  # a command starts a stopped node
+web_1.block(); web_1.unblock()
+open("host.txt", "w").write("from the host\n")
+web_1.copy_from_host("host.txt", f"/tmp/hutch-copy-{os.getpid()}/in/host.txt")
+assert web_1.succeed(f"cat /tmp/hutch-copy-{os.getpid()}/in/host.txt") == "from the host\n"
+path = web_1.copy_from_machine(f"/tmp/hutch-copy-{os.getpid()}/in", "got")
+assert open(os.path.join(path, "host.txt")).read() == "from the host\n"
+assert path.startswith(os.environ["out"]), path
+web_1.succeed(f"rm -r /tmp/hutch-copy-{os.getpid()}")
+t.assertEqual(1 + 1, 2)
+with subtest("threads"):
+    import threading
+    outs = []
+    ts = [threading.Thread(target=lambda: outs.append(db.succeed("sleep 0.3; echo x"))) for _ in range(5)]
+    [x.start() for x in ts]
+    [x.join() for x in ts]
+    assert outs == ["x\n"] * 5
+log.info("done")
+"#,
+        |_| {},
+    );
+    passed(&r);
+    assert_eq!(r.nodes.iter().find(|n| n.name == "db").unwrap().boots.len(), 3);
+    assert!(dir.0.join("out/got/in/host.txt").exists());
+    assert!(dir.0.join("out/db.log").exists() && dir.0.join("out/log.txt").exists());
+}
+
+#[test]
+fn junit_reads_back() {
+    let (r, dir) = run_with(
+        &["machine"],
+        r#"
+with subtest("first works"):
+    machine.succeed("true")
+with subtest("second <fails> & says so"):
+    machine.succeed("echo '<oops>'; exit 2")
+with subtest("third still runs"):
+    machine.succeed("true")
+"#,
+        |o| o.keep_going = true,
+    );
+    assert_eq!(r.exit_code(), 1);
+    assert_eq!(r.subtests.len(), 3);
+    let xml = dir.0.join("junit.xml");
+    let parsed = std::process::Command::new("python3")
+        .arg("-c")
+        .arg(
+            "import sys, xml.etree.ElementTree as E\n\
+             s = E.parse(sys.argv[1]).getroot().find('testsuite')\n\
+             print(s.get('tests'), s.get('failures'))\n\
+             for c in s.findall('testcase'):\n\
+             \x20   f = c.find('failure')\n\
+             \x20   print(c.get('name'), '|', f.get('message') if f is not None else 'ok')",
+        )
+        .arg(&xml)
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&parsed.stdout);
+    assert!(parsed.status.success(), "{}", String::from_utf8_lossy(&parsed.stderr));
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines[0], "4 2");
+    assert_eq!(lines[1], "first works | ok");
+    assert!(
+        lines[2].starts_with("second <fails> & says so | RequestedAssertionFailed"),
+        "{}",
+        lines[2]
+    );
+    assert!(lines[2].contains("<oops>"), "{}", lines[2]);
+    assert_eq!(lines[3], "third still runs | ok");
+    assert!(lines[4].starts_with("testScript | subtest"), "{}", lines[4]);
+}
+
+#[test]
+fn the_whole_test_timeout_stops_everything() {
+    let dir = Scratch::new("timeout");
+    std::fs::create_dir_all(dir.0.join("img")).unwrap();
+    let toml = "[test]\nname = \"slow\"\ntimeout = 1\ntestScript = \"machine.succeed('sleep 30')\"\n[nodes.machine]\nimage = \"img\"\n";
+    let ctx = PlanContext { cache_dir: dir.0.clone() };
+    let plan = TestPlan::parse(toml, &dir.0.join("t.toml"), Format::Toml, &ctx).unwrap();
+    let mut opts = SessionOptions::new(dir.0.join("out"));
+    opts.quiet = true;
+    let t = Instant::now();
+    let r = Session::new(&plan, vec![("machine".into(), Box::new(LocalNode::new()))], opts)
+        .unwrap()
+        .run();
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+    assert!(failure(&r).message.contains("whole-test timeout of 1s"), "{}", failure(&r).message);
+    let log = std::fs::read_to_string(dir.0.join("out/log.txt")).unwrap();
+    assert!(log.contains("aborting"), "{log}");
+}
+
+#[test]
+fn rust_tests_use_the_same_machines() {
+    let dir = Scratch::new("rust");
+    std::fs::create_dir_all(dir.0.join("img")).unwrap();
+    let toml = "[test]\nname = \"rust\"\ntestScript = \"\"\n[nodes.machine]\nimage = \"img\"\n";
+    let ctx = PlanContext { cache_dir: dir.0.clone() };
+    let plan = TestPlan::parse(toml, &dir.0.join("t.toml"), Format::Toml, &ctx).unwrap();
+    let mut opts = SessionOptions::new(dir.0.join("out"));
+    opts.quiet = true;
+    let r = Session::new(&plan, vec![("machine".into(), Box::new(LocalNode::new()))], opts)
+        .unwrap()
+        .run_rust(|ms| {
+            let m = &ms[0];
+            assert_eq!(m.succeed("echo rust", None)?, "rust\n");
+            let mut times = Vec::new();
+            for _ in 0..50 {
+                let t = Instant::now();
+                m.succeed("true", None)?;
+                times.push(t.elapsed());
+            }
+            times.sort();
+            for _ in 0..5 {
+                let t = Instant::now();
+                let o = m.execute("true", None)?;
+                eprintln!("execute {:?} agent-side {:?}", t.elapsed(), o.duration);
+            }
+            eprintln!("median succeed(\"true\") through the Machine API: {:?}", times[25]);
+            m.fail("false", None)?;
+            m.succeed("exit 5", None).map(|_| ())
+        });
+    let f = failure(&r);
+    assert_eq!(f.node.as_deref(), Some("machine"));
+    assert!(f.message.contains("`exit 5` failed (exit code 5)"), "{}", f.message);
+    assert!(Path::new(&dir.0.join("out/machine.log")).exists());
+}

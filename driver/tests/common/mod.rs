@@ -1,0 +1,163 @@
+//! Test fixtures shared by the agent and bridge tests: a real agent in a forked process, and a
+//! `NodeControl` whose "node" is such a process on this host (no namespaces).
+
+#![allow(dead_code)]
+
+use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixStream;
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hutch_driver::agent::serve;
+use hutch_driver::machine::{ConsoleLog, NodeControl, NodeError};
+
+/// Fork a process that serves the agent protocol on one end of a socketpair; returns the
+/// other end and the pid. The child keeps no other descriptor of this process.
+pub fn fork_agent() -> (UnixStream, libc::pid_t) {
+    let (ours, theirs) = UnixStream::pair().unwrap();
+    // SAFETY: the child only closes fds, serves and _exits; the parent just records the pid.
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0, "fork failed");
+    if pid == 0 {
+        drop(ours);
+        let keep = theirs.as_raw_fd() as u32;
+        // Another test's socket must not stay open in this agent: close everything else.
+        // SAFETY: close_range only closes descriptors; the kept one is skipped.
+        unsafe {
+            libc::syscall(libc::SYS_close_range, 3u32, keep - 1, 0u32);
+            libc::syscall(libc::SYS_close_range, keep + 1, u32::MAX, 0u32);
+        }
+        let code = if serve(theirs).is_ok() { 0 } else { 1 };
+        // SAFETY: leave the forked test process without running the harness's exit code.
+        unsafe { libc::_exit(code) };
+    }
+    drop(theirs);
+    (ours, pid)
+}
+
+/// Wait for a child with a limit; true if it was reaped.
+pub fn reap(pid: libc::pid_t, limit: Duration) -> bool {
+    let end = Instant::now() + limit;
+    loop {
+        let mut status = 0;
+        // SAFETY: waitpid on our own child with a valid status pointer.
+        let r = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
+        if r != 0 {
+            return true;
+        }
+        if Instant::now() > end {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// A "node" that is an agent process on this host: start forks it, shutdown and crash end it.
+pub struct LocalNode {
+    pid: AtomicI32,
+    console: Arc<ConsoleLog>,
+    pub blocked: AtomicBool,
+    pub boot_delay: Duration,
+}
+
+impl LocalNode {
+    pub fn new() -> LocalNode {
+        LocalNode {
+            pid: AtomicI32::new(0),
+            console: Arc::new(ConsoleLog::new()),
+            blocked: AtomicBool::new(false),
+            boot_delay: Duration::ZERO,
+        }
+    }
+
+    fn stop(&self, sig: i32, limit: Duration) -> Result<(), NodeError> {
+        let pid = self.pid.swap(0, Ordering::SeqCst);
+        if pid == 0 {
+            return Ok(());
+        }
+        // SAFETY: signal our own agent child.
+        unsafe { libc::kill(pid, sig) };
+        if !reap(pid, limit) {
+            // SAFETY: as above.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            reap(pid, Duration::from_secs(5));
+        }
+        self.console.push(b"local node: stopped\n");
+        Ok(())
+    }
+}
+
+impl NodeControl for LocalNode {
+    fn start(&self) -> Result<UnixStream, NodeError> {
+        std::thread::sleep(self.boot_delay);
+        let (stream, pid) = fork_agent();
+        self.pid.store(pid, Ordering::SeqCst);
+        self.console.push(format!("Welcome to local node {pid}\n").as_bytes());
+        Ok(stream)
+    }
+
+    fn shutdown(&self, timeout: Duration) -> Result<(), NodeError> {
+        self.stop(libc::SIGTERM, timeout)
+    }
+
+    fn crash(&self) -> Result<(), NodeError> {
+        self.stop(libc::SIGKILL, Duration::from_secs(5))
+    }
+
+    fn wait_for_shutdown(&self, timeout: Duration) -> Result<(), NodeError> {
+        let pid = self.pid.load(Ordering::SeqCst);
+        if pid == 0 || reap(pid, timeout) {
+            self.pid.store(0, Ordering::SeqCst);
+            return Ok(());
+        }
+        Err(NodeError::Timeout {
+            what: "the shutdown".into(),
+            after: timeout,
+        })
+    }
+
+    fn is_up(&self) -> bool {
+        self.pid.load(Ordering::SeqCst) != 0
+    }
+
+    fn block(&self) -> Result<(), NodeError> {
+        self.blocked.store(true, Ordering::SeqCst);
+        Ok(())
+    }
+
+    fn unblock(&self) -> Result<(), NodeError> {
+        self.blocked.store(false, Ordering::SeqCst);
+        Ok(())
+    }
+
+    fn console(&self) -> Arc<ConsoleLog> {
+        Arc::clone(&self.console)
+    }
+}
+
+impl Drop for LocalNode {
+    fn drop(&mut self) {
+        let _ = self.crash();
+    }
+}
+
+/// A scratch directory removed on drop.
+pub struct Scratch(pub std::path::PathBuf);
+
+impl Scratch {
+    pub fn new(tag: &str) -> Scratch {
+        static N: AtomicI32 = AtomicI32::new(0);
+        let n = N.fetch_add(1, Ordering::SeqCst);
+        let d = std::env::temp_dir().join(format!("hutch-{tag}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        Scratch(d)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
