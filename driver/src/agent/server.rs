@@ -12,9 +12,7 @@ use super::{exec, files, probe, AgentReply, AgentRequest, Envelope};
 /// PID-1 process just before it execs the init, so it uses nothing from the node's filesystem
 /// but what the commands it runs need. Returns when the driver hangs up.
 pub fn serve(stream: UnixStream) -> io::Result<()> {
-    // A driver that vanishes mid-reply must not kill the agent with SIGPIPE.
-    // SAFETY: setting a signal disposition to SIG_IGN installs no handler code.
-    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
+    prepare_process();
     let writer = Arc::new(Mutex::new(stream.try_clone()?));
     let mut reader = BufReader::with_capacity(64 << 10, stream);
     while let Some(frame) = read_frame(&mut reader)? {
@@ -45,6 +43,23 @@ pub fn serve(stream: UnixStream) -> io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Make the forked process fit to serve, whatever PID 1 had set before forking it.
+fn prepare_process() {
+    // SAFETY: signal dispositions and the mask are set to plain defaults (no handler code);
+    // prctl(PR_SET_NAME) copies at most 16 bytes from a NUL-terminated literal.
+    unsafe {
+        // A driver that vanishes mid-reply must not kill the agent with SIGPIPE.
+        libc::signal(libc::SIGPIPE, libc::SIG_IGN);
+        // With SIGCHLD ignored the kernel would reap commands before we read their status.
+        libc::signal(libc::SIGCHLD, libc::SIG_DFL);
+        let mut none: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut none);
+        libc::pthread_sigmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
+        // `ps` in the node shows what this process is.
+        libc::prctl(libc::PR_SET_NAME, c"hutch-agent".as_ptr());
+    }
 }
 
 fn pong() -> AgentReply {

@@ -103,3 +103,33 @@ impl ConsoleLog {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    #[test]
+    fn lines_go_to_listeners_and_waits_see_new_text() {
+        let c = Arc::new(ConsoleLog::new());
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let s = Arc::clone(&seen);
+        c.subscribe(move |l| s.lock().unwrap().push(l.to_string()));
+        c.push(b"boot: one\r\nboot: tw");
+        c.push(b"o\nrest");
+        assert_eq!(*seen.lock().unwrap(), ["boot: one", "boot: two"]);
+        let re = regex::bytes::Regex::new("boot: t.o").unwrap();
+        let stop = AtomicBool::new(false);
+        let end = c.wait_for(&re, 0, Instant::now(), &stop).unwrap();
+        // From the end of that match, the same text must appear again.
+        assert!(c.wait_for(&re, end, Instant::now(), &stop).is_none());
+        let c2 = Arc::clone(&c);
+        let t = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            c2.push(b"\nboot: two again\n");
+        });
+        let deadline = Instant::now() + Duration::from_secs(5);
+        assert!(c.wait_for(&re, end, deadline, &stop).is_some());
+        t.join().unwrap();
+    }
+}

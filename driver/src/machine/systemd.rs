@@ -124,3 +124,14 @@ pub(crate) fn parse_show(text: &str) -> BTreeMap<String, String> {
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn show_output_is_parsed() {
+        let m = super::parse_show("Id=nginx.service\nActiveState=active\nExecStart={ path=/x ; argv[]=/x -g a=b }\n\nnot a property\n");
+        assert_eq!(m["ActiveState"], "active");
+        assert_eq!(m["ExecStart"], "{ path=/x ; argv[]=/x -g a=b }");
+        assert_eq!(m.len(), 3);
+    }
+}
