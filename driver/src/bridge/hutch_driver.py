@@ -2,7 +2,6 @@
 forwarded to the hutch driver as one line of JSON over the socket in $HUTCH_BRIDGE_FD.
 Standard library only; embedded in the hutch binary and run as `python3 -c`."""
 
-import code
 import contextlib
 import datetime
 import json
@@ -12,7 +11,6 @@ import sys
 import threading
 import time
 import traceback
-import unittest
 
 
 class RequestedAssertionFailed(AssertionError):
@@ -370,9 +368,20 @@ def subtest(name):
         _call(None, "subtest_end", name=name, error=None, traceback=None)
 
 
-class _Assertions(unittest.TestCase):
-    def runTest(self):
-        pass
+class _LazyAssertions:
+    """`t`: a unittest.TestCase for its assert methods, made on first use (saves the import)."""
+
+    def __getattr__(self, name):
+        import unittest
+
+        class _Assertions(unittest.TestCase):
+            def runTest(self):
+                pass
+
+        case = _Assertions()
+        self.__class__ = type(case)
+        self.__dict__.update(case.__dict__)
+        return getattr(self, name)
 
 
 class Driver:
@@ -415,7 +424,7 @@ def _globals(hello):
         "log": log,
         "serial_stdout_on": drv.serial_stdout_on,
         "serial_stdout_off": drv.serial_stdout_off,
-        "t": _Assertions(),
+        "t": _LazyAssertions(),
         "os": os,
         "Machine": Machine,
         "RequestedAssertionFailed": RequestedAssertionFailed,
@@ -435,7 +444,11 @@ def _failure(exc, filename):
         if tb.tb_frame.f_code.co_filename == filename:
             line = tb.tb_lineno
         tb = tb.tb_next
-    text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    # Show the script's frames (and the user's own modules), not this bridge's plumbing.
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if f.filename != "<string>"]
+    text = "Traceback (most recent call last):\n" if frames else ""
+    text += "".join(traceback.format_list(frames))
+    text += "".join(traceback.format_exception_only(type(exc), exc))
     return {
         "type": type(exc).__name__,
         "message": str(exc),
@@ -457,6 +470,7 @@ def main():
         _call(None, "script_failed", **_failure(e, filename))
         sys.exit(1)
     if hello.get("interactive"):
+        import code
         g["test_script"] = lambda: exec(compiled, g)
         code.interact(
             banner="hutch: the test's globals are defined; test_script() runs the script",

@@ -128,7 +128,6 @@ pub(crate) struct State {
     failed: Mutex<HashMap<u64, FailedCall>>,
     open_subtests: Mutex<HashMap<String, Instant>>,
     report: Mutex<ScriptReport>,
-    finished: AtomicBool,
     keep_going: bool,
 }
 
@@ -189,7 +188,6 @@ pub fn run_script(
         failed: Mutex::new(HashMap::new()),
         open_subtests: Mutex::new(HashMap::new()),
         report: Mutex::new(ScriptReport::default()),
-        finished: AtomicBool::new(false),
         keep_going: opts.keep_going,
     });
     let hello = json!({
@@ -199,16 +197,19 @@ pub fn run_script(
         "interactive": opts.interactive,
     });
     let pid = child.id() as libc::pid_t;
+    // Kills Python when the run is aborted; dropping `stop` ends it at once.
+    let (stop, stopped) = std::sync::mpsc::channel::<()>();
     let watcher = {
-        let (state, abort) = (Arc::clone(&state), Arc::clone(abort));
-        std::thread::spawn(move || {
-            while !state.finished.load(Ordering::Relaxed) {
-                if abort.load(Ordering::Relaxed) {
-                    // SAFETY: kill the Python child we spawned (not yet reaped: we wait below).
-                    unsafe { libc::kill(pid, libc::SIGKILL) };
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(50));
+        let abort = Arc::clone(abort);
+        std::thread::spawn(move || loop {
+            if abort.load(Ordering::Relaxed) {
+                // SAFETY: kill the Python child we spawned (not yet reaped: we wait below).
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+                return;
+            }
+            match stopped.recv_timeout(Duration::from_millis(50)) {
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+                _ => return,
             }
         })
     };
@@ -242,7 +243,7 @@ pub fn run_script(
         }
     }
     let status = child.wait();
-    state.finished.store(true, Ordering::Relaxed);
+    drop(stop);
     let _ = watcher.join();
     let mut report = lock(&state.report).clone();
     report.duration = start.elapsed();

@@ -38,14 +38,16 @@ pub struct SessionOptions {
 }
 
 impl SessionOptions {
-    /// Defaults: `python3`, colour when on a terminal, no JUnit, output in `output_dir`.
+    /// Defaults: `$HUTCH_PYTHON` or `python3`, colour when on a terminal, no JUnit, output in `output_dir`.
     pub fn new(output_dir: PathBuf) -> SessionOptions {
         SessionOptions {
             output_dir,
             junit_xml: None,
             interactive: false,
             keep_going: false,
-            python: "python3".into(),
+            python: std::env::var_os("HUTCH_PYTHON")
+                .filter(|p| !p.is_empty())
+                .map_or_else(|| "python3".into(), PathBuf::from),
             color: None,
             quiet: false,
         }

@@ -114,6 +114,22 @@ fn shorten(s: &str, n: usize) -> String {
     }
 }
 
+/// `{"commands":["x"],"timeout":null}` as `"x"`; other parameters as `name=value`.
+fn call_args(params: &str) -> String {
+    let Ok(serde_json::Value::Object(map)) = serde_json::from_str::<serde_json::Value>(params) else {
+        return shorten(params, 300);
+    };
+    let mut parts = Vec::new();
+    for (k, v) in &map {
+        match (k.as_str(), v) {
+            (_, serde_json::Value::Null) => {}
+            ("commands", serde_json::Value::Array(list)) => parts.extend(list.iter().map(|c| shorten(&c.to_string(), 300))),
+            _ => parts.push(format!("{k}={}", shorten(&v.to_string(), 300))),
+        }
+    }
+    parts.join(", ")
+}
+
 pub(super) fn build(s: &Session, script: ScriptReport, duration: Duration) -> Report {
     let aborted = s.abort.reason();
     let failed_subtest = script.subtests.iter().find(|t| t.error.is_some());
@@ -133,7 +149,7 @@ pub(super) fn build(s: &Session, script: ScriptReport, duration: Duration) -> Re
                         Some(n) => format!("{n}.{}", c.method),
                         None => c.method.clone(),
                     };
-                    (Some(format!("{name}({})", shorten(&c.params, 300))), c.node, c.error)
+                    (Some(format!("{name}({})", call_args(&c.params))), c.node, c.error)
                 }
                 None => (None, None, format!("{}: {}", f.kind, f.message)),
             };
