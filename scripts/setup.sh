@@ -30,3 +30,14 @@ for f in /etc/subuid /etc/subgid; do
 done
 
 cargo build --release --locked >&2
+
+# Stand-in for the delegated cgroup subtree a systemd user session gives each user: rootless
+# tests run `nobody`'s hutch inside it, so systemd in a rootless node manages its own cgroups.
+for mount in /sys/fs/cgroup/unified /sys/fs/cgroup; do
+    if [[ $(stat -f -c %T "$mount" 2>/dev/null) == cgroup2fs ]]; then
+        dir=$mount/hutch-user-65534
+        mkdir -p "$dir"
+        chown -R nobody:nogroup "$dir"
+        break
+    fi
+done

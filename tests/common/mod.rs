@@ -155,3 +155,165 @@ pub fn assert_nothing_left(pid: u32) {
     let ours: Vec<&str> = mounts.lines().filter(|l| l.contains("hutch-") || l.contains("/oldroot")).collect();
     assert!(ours.is_empty(), "mounts left in the host's table: {ours:?}");
 }
+
+/// The Debian bookworm image with systemd (fixtures/debian-image.sh), owned for root.
+pub fn debian_image() -> &'static Path {
+    static P: OnceLock<PathBuf> = OnceLock::new();
+    P.get_or_init(|| build_fixture("debian-image.sh", &[]))
+}
+
+/// The same image shifted into `nobody`'s rootless mapping.
+pub fn debian_image_for_nobody() -> &'static Path {
+    static P: OnceLock<PathBuf> = OnceLock::new();
+    P.get_or_init(|| build_fixture("debian-image.sh", &["--shift-for", "nobody"]))
+}
+
+/// Debian's systemd booted the NixOS way: a toplevel in the store (fixtures/nixos-shaped.sh).
+pub fn nixos_shaped() -> &'static Path {
+    static P: OnceLock<PathBuf> = OnceLock::new();
+    P.get_or_init(|| build_fixture("nixos-shaped.sh", &[]))
+}
+
+/// The cgroup2 directory that stands in for a systemd user session's delegated subtree
+/// (scripts/setup.sh makes it for `nobody`), when this host has one.
+pub fn delegated_cgroup(uid: u32) -> Option<PathBuf> {
+    ["/sys/fs/cgroup/unified", "/sys/fs/cgroup"]
+        .iter()
+        .map(|m| Path::new(m).join(format!("hutch-user-{uid}")))
+        .find(|d| d.join("cgroup.procs").exists())
+}
+
+/// A command that runs `hutch ARGS` as `user` (inside its delegated cgroup when there is one).
+pub fn hutch_command(user: Option<u32>, args: &[&str]) -> Command {
+    let mut cmd = match user {
+        Some(uid) => {
+            let mut c = Command::new("setpriv");
+            c.args([
+                format!("--reuid={uid}"),
+                format!("--regid={uid}"),
+                "--clear-groups".into(),
+                hutch().into(),
+            ]);
+            if let Some(dir) = delegated_cgroup(uid) {
+                let procs = dir.join("cgroup.procs");
+                // SAFETY: the closure only writes a file between fork and exec (no locks taken
+                // that another thread could hold: std::fs::write allocates, which the test
+                // harness tolerates because it forks from a thread that is not in malloc).
+                unsafe {
+                    std::os::unix::process::CommandExt::pre_exec(&mut c, move || std::fs::write(&procs, "0"));
+                }
+            }
+            c
+        }
+        None => Command::new(hutch()),
+    };
+    cmd.args(args).env("HUTCH_CACHE", cache()).stdin(Stdio::null());
+    cmd
+}
+
+/// A booted node whose console goes to a file the test reads while the node runs.
+pub struct Boot {
+    child: std::process::Child,
+    dir: PathBuf,
+}
+
+/// Starts `hutch run ARGS --console-log ...` in the background.
+pub fn boot(user: Option<u32>, args: &[&str]) -> Boot {
+    let dir = std::env::temp_dir().join(format!(
+        "hutch-boot-{}-{}",
+        std::process::id(),
+        BOOTS.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let _ = std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o777));
+    let log = dir.join("console.log").display().to_string();
+    let mut full = vec!["run", "--console-log", &log];
+    full.extend_from_slice(args);
+    let child = hutch_command(user, &full)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.join("stderr")).unwrap())
+        .spawn()
+        .expect("spawning hutch");
+    Boot { child, dir }
+}
+
+static BOOTS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+impl Boot {
+    /// hutch's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Everything the node printed on its console so far (colour codes removed).
+    pub fn console(&self) -> String {
+        let raw = std::fs::read_to_string(self.dir.join("console.log")).unwrap_or_default();
+        let mut out = String::new();
+        let mut chars = raw.chars();
+        while let Some(c) = chars.next() {
+            if c == '\u{1b}' {
+                for d in chars.by_ref() {
+                    if d.is_ascii_alphabetic() {
+                        break;
+                    }
+                }
+            } else {
+                out.push(c);
+            }
+        }
+        out
+    }
+
+    /// What hutch printed on stderr so far.
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(self.dir.join("stderr")).unwrap_or_default()
+    }
+
+    /// Waits until the console or stderr shows `text`; false after `secs` or once hutch exits.
+    pub fn wait_for(&mut self, text: &str, secs: u64) -> bool {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+        while std::time::Instant::now() < deadline {
+            if self.console().contains(text) || self.stderr().contains(text) {
+                return true;
+            }
+            if self.child.try_wait().ok().flatten().is_some() {
+                return self.console().contains(text) || self.stderr().contains(text);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        false
+    }
+
+    /// Sends a signal to hutch.
+    pub fn signal(&self, sig: nix::sys::signal::Signal) {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), sig);
+    }
+
+    /// Waits up to `secs` for hutch to exit (SIGKILL after that) and checks nothing remains.
+    pub fn finish(mut self, secs: u64) -> Option<i32> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+        let code = loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                break status.code();
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                break None;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        };
+        assert_nothing_left(self.child.id());
+        code
+    }
+}
+
+impl Drop for Boot {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
