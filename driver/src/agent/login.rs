@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 
 /// The environment every command starts from before the profile: what the backdoor sets.
 pub(crate) const BASE_ENV: &[(&str, &str)] = &[
-    ("PATH", super::exec::DEFAULT_PATH),
+    ("PATH", super::command::DEFAULT_PATH),
     ("HOME", "/root"),
     ("USER", "root"),
     ("LOGNAME", "root"),

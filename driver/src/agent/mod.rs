@@ -3,6 +3,7 @@
 //! frame each (`frame`), many requests in flight at once, matched by id.
 
 mod client;
+mod command;
 mod exec;
 pub(crate) mod files;
 mod frame;

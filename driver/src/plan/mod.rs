@@ -2,6 +2,7 @@
 //! whose paths are absolute and whose values are checked, so nothing later fails on a typo.
 
 mod raw;
+mod roots;
 mod validate;
 mod validate_names;
 

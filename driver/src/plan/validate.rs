@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::raw::{parse_size, RawFile, RawNode, SizeValue};
-use super::{FileCopy, Format, NodePlan, NodeRoot, PlanContext, PlanError, Problem, Script, TestPlan};
+use super::{FileCopy, Format, NodePlan, PlanContext, PlanError, Problem, Script, TestPlan};
 use crate::plan::validate_names::{check_hostname, check_node_names};
 
 /// How many nodes fit one /24: hosts 1 to 254.
@@ -94,20 +94,20 @@ fn base_dir(path: &Path) -> PathBuf {
     abs.canonicalize().unwrap_or(abs)
 }
 
-struct Checker<'a> {
-    problems: Vec<Problem>,
-    base: PathBuf,
-    ctx: &'a PlanContext,
-    file: String,
+pub(super) struct Checker<'a> {
+    pub problems: Vec<Problem>,
+    pub base: PathBuf,
+    pub ctx: &'a PlanContext,
+    pub file: String,
 }
 
 /// A value and the key path it came from (the node's own key or `defaults.<key>`).
-struct At<T> {
-    value: T,
-    key: String,
+pub(super) struct At<T> {
+    pub value: T,
+    pub key: String,
 }
 
-fn pick<T: Clone>(node: &Option<T>, def: &Option<T>, name: &str, key: &str) -> Option<At<T>> {
+pub(super) fn pick<T: Clone>(node: &Option<T>, def: &Option<T>, name: &str, key: &str) -> Option<At<T>> {
     if let Some(v) = node {
         return Some(At {
             value: v.clone(),
@@ -121,14 +121,14 @@ fn pick<T: Clone>(node: &Option<T>, def: &Option<T>, name: &str, key: &str) -> O
 }
 
 impl Checker<'_> {
-    fn problem(&mut self, key: impl Into<String>, message: impl Into<String>) {
+    pub(super) fn problem(&mut self, key: impl Into<String>, message: impl Into<String>) {
         self.problems.push(Problem {
             key: Some(key.into()),
             message: message.into(),
         });
     }
 
-    fn resolve(&self, p: &str) -> PathBuf {
+    pub(super) fn resolve(&self, p: &str) -> PathBuf {
         let p = Path::new(p);
         if p.is_absolute() {
             p.to_path_buf()
@@ -277,94 +277,6 @@ impl Checker<'_> {
             boot,
             hostname,
         })
-    }
-
-    fn root(&mut self, name: &str, n: &RawNode, d: &RawNode) -> Option<NodeRoot> {
-        let own = n.image.is_some() || n.toplevel.is_some();
-        let (src, prefix) = if own {
-            (n, format!("nodes.{name}"))
-        } else {
-            (d, "defaults".to_string())
-        };
-        let store = pick(&n.store, &d.store, name, "store");
-        let closure_only = n.closure_only.or(d.closure_only).unwrap_or(false);
-        match (&src.image, &src.toplevel) {
-            (Some(_), Some(_)) => {
-                self.problem(prefix, "sets both `image` and `toplevel`; a node boots one of them: keep one");
-                None
-            }
-            (None, None) => {
-                self.problem(
-                    format!("nodes.{name}"),
-                    "has neither `image` nor `toplevel`; set one on the node or in [defaults]",
-                );
-                None
-            }
-            (Some(image), None) => {
-                if n.store.is_some() || n.closure_only.is_some() {
-                    self.problem(
-                        format!("nodes.{name}"),
-                        "`store` and `closure_only` apply to `toplevel` nodes only; remove them or use `toplevel`",
-                    );
-                }
-                self.image(&format!("{prefix}.image"), image).map(|dir| NodeRoot::Image { dir })
-            }
-            (None, Some(top)) => {
-                let store = store.and_then(|At { value, key }| {
-                    let p = self.resolve(&value);
-                    if p.is_dir() {
-                        Some(p)
-                    } else {
-                        self.problem(
-                            key,
-                            format!(
-                                "{value:?} is not a directory ({}); point it at the directory that holds the store paths",
-                                p.display()
-                            ),
-                        );
-                        None
-                    }
-                });
-                let key = format!("{prefix}.toplevel");
-                let path = self.resolve(top);
-                if let Err(msg) = super::validate_names::check_init(&path, store.as_deref()) {
-                    self.problem(key, format!("{top:?}: {msg}"));
-                    return None;
-                }
-                Some(NodeRoot::Toplevel { path, store, closure_only })
-            }
-        }
-    }
-
-    fn image(&mut self, key: &str, image: &str) -> Option<PathBuf> {
-        let looks_like_path = image.contains('/') || image.starts_with('.');
-        let local = self.resolve(image);
-        if local.is_dir() {
-            return Some(local.canonicalize().unwrap_or(local));
-        }
-        if looks_like_path || image.is_empty() {
-            self.problem(
-                key,
-                format!(
-                    "{image:?} is not a directory ({}); the path is relative to the test file",
-                    local.display()
-                ),
-            );
-            return None;
-        }
-        let built = self.ctx.cache_dir.join("images").join(image);
-        if built.is_dir() {
-            return Some(built);
-        }
-        self.problem(
-            key,
-            format!(
-                "{image:?} is neither a directory next to the test file ({}) nor a built image ({}); build the image first, or point `image` at a root filesystem directory",
-                local.display(),
-                built.display()
-            ),
-        );
-        None
     }
 
     fn vlans(&mut self, key: &str, list: &[i64]) -> Vec<u8> {

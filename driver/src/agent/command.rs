@@ -1,0 +1,176 @@
+//! How a request becomes a process: the program (direct, or bash with `set -euo pipefail`),
+//! the login environment, the working directory and a process group of its own. Command lines
+//! that are only words skip the shell: same result, one exec instead of two.
+
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::Stdio;
+
+use super::{login, Command, RunRequest};
+
+/// PATH for commands: NixOS's system profile and wrappers first, then the usual FHS places.
+pub const DEFAULT_PATH: &str = "/run/wrappers/bin:/root/.nix-profile/bin:/nix/var/nix/profiles/default/bin:/run/current-system/sw/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+/// Where bash may be: NixOS's system profile, then FHS systems.
+const BASH: &[&str] = &["/run/current-system/sw/bin/bash", "/bin/bash", "/usr/bin/bash"];
+
+/// Bash builtins and keywords: a command starting with one of these always goes to the shell
+/// (only `true`, `false`, `echo`, `test` and `pwd` behave the same as their programs).
+const SHELL_WORDS: &[&str] = &[
+    "cd",
+    "exit",
+    "export",
+    "set",
+    "unset",
+    "source",
+    "eval",
+    "exec",
+    "shift",
+    "return",
+    "break",
+    "continue",
+    "alias",
+    "unalias",
+    "read",
+    "wait",
+    "trap",
+    "ulimit",
+    "umask",
+    "readonly",
+    "declare",
+    "typeset",
+    "local",
+    "let",
+    "shopt",
+    "hash",
+    "type",
+    "command",
+    "builtin",
+    "enable",
+    "jobs",
+    "fg",
+    "bg",
+    "kill",
+    "times",
+    "caller",
+    "history",
+    "fc",
+    "getopts",
+    "printf",
+    "coproc",
+    "select",
+    "function",
+    "if",
+    "then",
+    "else",
+    "elif",
+    "fi",
+    "for",
+    "while",
+    "until",
+    "do",
+    "done",
+    "case",
+    "esac",
+    "time",
+    "in",
+    "logout",
+    "dirs",
+    "pushd",
+    "popd",
+    "disown",
+    "suspend",
+    "compgen",
+    "complete",
+    "compopt",
+    "mapfile",
+    "readarray",
+    "bind",
+    "help",
+];
+
+/// A command line that is just words (no quoting, expansion, redirection, operators or
+/// assignments) runs the same without a shell; returns its words.
+fn simple_words(line: &str) -> Option<Vec<String>> {
+    let plain = |c: char| c.is_ascii_alphanumeric() || "_./:,+@%=-".contains(c);
+    if !line.chars().all(|c| plain(c) || c == ' ' || c == '\t') {
+        return None;
+    }
+    let words: Vec<String> = line.split_whitespace().map(str::to_string).collect();
+    let first = words.first()?;
+    if first.contains('=') || SHELL_WORDS.contains(&first.as_str()) {
+        return None;
+    }
+    Some(words)
+}
+
+/// The shell for command lines: bash where it exists, else sh.
+fn shell() -> (&'static str, bool) {
+    match BASH.iter().find(|p| Path::new(p).exists()) {
+        Some(b) => (b, true),
+        None => ("/bin/sh", false),
+    }
+}
+
+/// How a request becomes a process.
+enum Launch {
+    /// Exec the words directly.
+    Direct(Vec<String>),
+    /// Run a script with the shell.
+    Script(String),
+}
+
+/// Decide how to run the request, and with which environment.
+fn launch(req: &RunRequest, fast: bool) -> (Launch, &'static str, bool, Option<login::Env>) {
+    let (sh, is_bash) = shell();
+    let env = login::environment(sh, is_bash);
+    let prelude = if is_bash { "set -euo pipefail" } else { "set -eu" };
+    let how = match &req.command {
+        Command::Argv(argv) => Launch::Direct(argv.clone()),
+        Command::Shell(line) => match (fast, &env, simple_words(line)) {
+            (true, Some(_), Some(words)) => Launch::Direct(words),
+            (_, Some(_), _) => Launch::Script(format!("{prelude}\n{line}")),
+            // No cached login environment: source the profile in each command.
+            (_, None, _) => Launch::Script(format!(
+                "if [ -r /etc/profile ]; then . /etc/profile >/dev/null 2>&1 || true; fi\n{prelude}\n{line}"
+            )),
+        },
+    };
+    (how, sh, is_bash, env)
+}
+
+/// Build the process: program, login environment, directory, its own process group.
+pub(crate) fn command(req: &RunRequest, fast: bool) -> std::process::Command {
+    let (how, sh, is_bash, env) = launch(req, fast);
+    let mut cmd = match how {
+        Launch::Direct(argv) => {
+            let mut c = std::process::Command::new(argv.first().map_or("", String::as_str));
+            c.args(argv.iter().skip(1));
+            c
+        }
+        Launch::Script(script) => {
+            let mut c = std::process::Command::new(sh);
+            if is_bash {
+                c.args(["--noprofile", "--norc"]);
+            }
+            c.arg("-c").arg(script);
+            c
+        }
+    };
+    cmd.env_clear();
+    match &env {
+        Some(vars) => cmd.envs(vars.iter().map(|(k, v)| (k, v))),
+        None => cmd.envs(login::BASE_ENV.iter().copied()),
+    };
+    cmd.env("SHELL", sh).env("PAGER", "").env("SYSTEMD_PAGER", "").envs(&req.env);
+    let cwd = match &req.cwd {
+        Some(d) => d.as_str(),
+        None if Path::new("/tmp").is_dir() => "/tmp",
+        None => "/",
+    };
+    cmd.current_dir(cwd)
+        .process_group(0)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    cmd
+}

@@ -1,0 +1,98 @@
+//! Resolving what a node boots: an image directory (next to the test file, or built by name
+//! into the cache) or a NixOS toplevel with an executable `init`, optionally in a chroot store.
+
+use std::path::PathBuf;
+
+use super::raw::RawNode;
+use super::validate::{pick, At, Checker};
+use super::NodeRoot;
+
+impl Checker<'_> {
+    pub(super) fn root(&mut self, name: &str, n: &RawNode, d: &RawNode) -> Option<NodeRoot> {
+        let own = n.image.is_some() || n.toplevel.is_some();
+        let (src, prefix) = if own {
+            (n, format!("nodes.{name}"))
+        } else {
+            (d, "defaults".to_string())
+        };
+        let store = pick(&n.store, &d.store, name, "store");
+        let closure_only = n.closure_only.or(d.closure_only).unwrap_or(false);
+        match (&src.image, &src.toplevel) {
+            (Some(_), Some(_)) => {
+                self.problem(prefix, "sets both `image` and `toplevel`; a node boots one of them: keep one");
+                None
+            }
+            (None, None) => {
+                self.problem(
+                    format!("nodes.{name}"),
+                    "has neither `image` nor `toplevel`; set one on the node or in [defaults]",
+                );
+                None
+            }
+            (Some(image), None) => {
+                if n.store.is_some() || n.closure_only.is_some() {
+                    self.problem(
+                        format!("nodes.{name}"),
+                        "`store` and `closure_only` apply to `toplevel` nodes only; remove them or use `toplevel`",
+                    );
+                }
+                self.image(&format!("{prefix}.image"), image).map(|dir| NodeRoot::Image { dir })
+            }
+            (None, Some(top)) => {
+                let store = store.and_then(|At { value, key }| {
+                    let p = self.resolve(&value);
+                    if p.is_dir() {
+                        Some(p)
+                    } else {
+                        self.problem(
+                            key,
+                            format!(
+                                "{value:?} is not a directory ({}); point it at the directory that holds the store paths",
+                                p.display()
+                            ),
+                        );
+                        None
+                    }
+                });
+                let key = format!("{prefix}.toplevel");
+                let path = self.resolve(top);
+                if let Err(msg) = super::validate_names::check_init(&path, store.as_deref()) {
+                    self.problem(key, format!("{top:?}: {msg}"));
+                    return None;
+                }
+                Some(NodeRoot::Toplevel { path, store, closure_only })
+            }
+        }
+    }
+
+    fn image(&mut self, key: &str, image: &str) -> Option<PathBuf> {
+        let looks_like_path = image.contains('/') || image.starts_with('.');
+        let local = self.resolve(image);
+        if local.is_dir() {
+            return Some(local.canonicalize().unwrap_or(local));
+        }
+        if looks_like_path || image.is_empty() {
+            self.problem(
+                key,
+                format!(
+                    "{image:?} is not a directory ({}); the path is relative to the test file",
+                    local.display()
+                ),
+            );
+            return None;
+        }
+        let built = self.ctx.cache_dir.join("images").join(image);
+        if built.is_dir() {
+            return Some(built);
+        }
+        self.problem(
+            key,
+            format!(
+                "{image:?} is neither a directory next to the test file ({}) nor a built image ({}); build the image first, or point `image` at a root filesystem directory",
+                local.display(),
+                built.display()
+            ),
+        );
+        None
+    }
+}
