@@ -1,3 +1,4 @@
+#![warn(missing_docs)]
 //! hutch's test driver: test files (`plan`), the in-node agent (`agent`), the NixOS-compatible
 //! Machine API (`machine`), the Python script bridge (`bridge`) and a test run (`session`).
 

@@ -310,3 +310,40 @@ fn rust_tests_use_the_same_machines() {
     assert!(f.message.contains("`exit 5` failed (exit code 5)"), "{}", f.message);
     assert!(Path::new(&dir.0.join("out/machine.log")).exists());
 }
+
+#[test]
+fn polling_conditions_retry_and_join_all() {
+    let r = run(r#"
+flag = f"/tmp/hutch-poll-{os.getpid()}"
+machine.succeed(f"touch {flag}")
+
+@polling_condition(seconds_interval=0)
+def flag_exists():
+    "the flag file exists"
+    return machine.execute(f"test -e {flag}")[0] == 0
+
+calls = []
+retry(lambda last: calls.append(last) or len(calls) >= 3, timeout=5)
+assert calls == [False, False, False], calls
+with flag_exists:
+    machine.succeed("true")
+    machine.succeed(f"rm {flag}")
+    try:
+        machine.succeed("true")
+    except Exception as e:
+        assert "Polling condition failed: the flag file exists" in str(e), str(e)
+    else:
+        raise Exception("the polling condition did not fire")
+machine.succeed("true")
+# The node "powers off" by itself (its agent is killed from inside): calls say so, join_all waits.
+try:
+    machine.execute("kill -9 $PPID")
+except Exception as e:
+    assert "agent is gone" in str(e), str(e)
+else:
+    raise Exception("a dead agent went unnoticed")
+join_all()
+assert not machine.is_up()
+"#);
+    passed(&r);
+}
