@@ -1,1 +1,323 @@
-fn main() {}
+//! How fast hutch-netns wires a LAN: single-VLAN topologies of 2, 24, 200 and 1000 nodes, each
+//! node a bare network namespace. Prints one table: namespace creation, wiring (hub + every
+//! veth, address and link state), per-node cost, a reachability check (every node sends an ARP
+//! probe for node 1's address from a packet socket inside its namespace and waits for node 1's
+//! answer; see `reach` for why not ping) and teardown.
+//!
+//! Run as root, or inside a user namespace you own:
+//!   cargo bench --bench netns
+//!   unshare --user --map-root-user --net cargo bench --bench netns
+//! `HUTCH_BENCH_SIZES=2,24` picks sizes.
+
+use std::net::Ipv4Addr;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::time::{Duration, Instant};
+
+use hutch_netns::{bare_namespaces, Addressing, Hub, NodeSpec, Topology};
+use nix::sched::{setns, CloneFlags};
+
+fn main() {
+    if !nix::unistd::geteuid().is_root() {
+        println!("SKIP: needs root, or a user namespace where we are root (unshare --user --map-root-user --net)");
+        return;
+    }
+    let sizes: Vec<usize> = std::env::var("HUTCH_BENCH_SIZES")
+        .ok()
+        .map(|s| s.split(',').filter_map(|x| x.trim().parse().ok()).collect())
+        .unwrap_or_else(|| vec![2, 24, 200, 1000]);
+    println!(
+        "{:>5} | {:>9} | {:>9} | {:>9} | {:>9} | {:>9} | {:>10} | {:>9} | {:>9} | {:>9}",
+        "nodes", "netns", "wiring", "total", "wire/node", "all/node", "ARP to n1", "hub drop", "links gone", "netns drop"
+    );
+    for n in sizes {
+        match run(n) {
+            Ok(r) => println!(
+                "{:>5} | {:>9} | {:>9} | {:>9} | {:>9} | {:>9} | {:>10} | {:>9} | {:>9} | {:>9}",
+                n,
+                ms(r.netns),
+                ms(r.wiring),
+                ms(r.netns + r.wiring),
+                us(r.wiring / n as u32),
+                us((r.netns + r.wiring) / n as u32),
+                format!("{}/{} {}", r.reached, n - 1, ms(r.reach)),
+                ms(r.hub_drop),
+                ms(r.links_gone),
+                ms(r.netns_drop),
+            ),
+            Err(e) => println!("{n:>5} | failed: {e}"),
+        }
+    }
+    println!();
+    println!("one-by-one attach (as a driver starting nodes one at a time), 200 nodes:");
+    match one_by_one(200) {
+        Ok(t) => println!("  {} total, {} per node", ms(t), us(t / 200)),
+        Err(e) => println!("  failed: {e}"),
+    }
+}
+
+struct Row {
+    netns: Duration,
+    wiring: Duration,
+    reached: usize,
+    reach: Duration,
+    hub_drop: Duration,
+    links_gone: Duration,
+    netns_drop: Duration,
+}
+
+fn topology(n: usize) -> Result<Topology, String> {
+    let addressing = if n > 254 { Addressing::Large } else { Addressing::NixOs };
+    let nodes = (1..=n).map(|i| NodeSpec::new(format!("node{i:05}"), [1]));
+    Topology::with_addressing(nodes, addressing).map_err(|e| e.to_string())
+}
+
+fn run(n: usize) -> Result<Row, String> {
+    let topo = topology(n)?;
+    let t = Instant::now();
+    let ns = bare_namespaces(n).map_err(|e| e.to_string())?;
+    let netns = t.elapsed();
+
+    let t = Instant::now();
+    let hub = Hub::new(&topo).map_err(|e| e.to_string())?;
+    let names: Vec<&str> = topo.nodes().iter().map(|n| n.name.as_str()).collect();
+    let batch: Vec<(&str, BorrowedFd<'_>)> = names.iter().zip(&ns).map(|(name, fd)| (*name, fd.as_fd())).collect();
+    hub.attach_many(&batch).map_err(|e| e.to_string())?;
+    let wiring = t.elapsed();
+
+    let target = topo.nodes()[0].interfaces[0].ipv4;
+    let t = Instant::now();
+    let reached = reach(&ns[1..], target, Duration::from_secs(15))?;
+    let reach = t.elapsed();
+
+    let t = Instant::now();
+    drop(hub);
+    let hub_drop = t.elapsed();
+    // The kernel dismantles the hub namespace in the background; the node ends vanish with it.
+    let t = Instant::now();
+    let last = ns.last().ok_or("no nodes")?;
+    while has_link(last.as_fd(), "eth1")? {
+        if t.elapsed() > Duration::from_secs(60) {
+            return Err("node links still there 60 s after the hub was dropped".into());
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let links_gone = hub_drop + t.elapsed();
+    let t = Instant::now();
+    drop(ns);
+    let netns_drop = t.elapsed();
+    Ok(Row {
+        netns,
+        wiring,
+        reached,
+        reach,
+        hub_drop,
+        links_gone,
+        netns_drop,
+    })
+}
+
+fn one_by_one(n: usize) -> Result<Duration, String> {
+    let topo = topology(n)?;
+    let ns = bare_namespaces(n).map_err(|e| e.to_string())?;
+    let hub = Hub::new(&topo).map_err(|e| e.to_string())?;
+    let t = Instant::now();
+    for (node, fd) in topo.nodes().iter().zip(&ns) {
+        hub.attach(&node.name, fd.as_fd()).map_err(|e| e.to_string())?;
+    }
+    Ok(t.elapsed())
+}
+
+/// Whether `name` exists in the namespace `ns` (asked from a thread inside it).
+fn has_link(ns: BorrowedFd<'_>, name: &'static str) -> Result<bool, String> {
+    let fd = ns.try_clone_to_owned().map_err(|e| e.to_string())?;
+    std::thread::spawn(move || {
+        setns(&fd, CloneFlags::CLONE_NEWNET).map_err(|e| e.to_string())?;
+        let c = std::ffi::CString::new(name).map_err(|e| e.to_string())?;
+        // SAFETY: `c` is a valid NUL-terminated string for the duration of the call.
+        Ok(unsafe { libc::if_nametoindex(c.as_ptr()) } != 0)
+    })
+    .join()
+    .map_err(|_| "has_link thread panicked".to_string())?
+}
+
+/// Sends an ARP probe (sender address 0.0.0.0, as duplicate address detection does) from
+/// inside every namespace in `from` to `target` and counts the nodes that got node 1's answer,
+/// resending every second to the silent ones until `limit`.
+///
+/// Why ARP probes and not pings: the kernel's neighbour tables are shared by all namespaces and
+/// hold at most `net.ipv4.neigh.default.gc_thresh3` (1024 by default) dynamic entries, and every
+/// ping between two new peers adds two. A 1000-node LAN where everybody pings node 1 overflows
+/// it (measured: about 600 of 999 get through, the rest see "neighbor table overflow"). A node
+/// answers a probe without creating any entry, so the check proves every node's link and node
+/// 1's answer without touching that limit or the host's settings.
+fn reach(from: &[OwnedFd], target: Ipv4Addr, limit: Duration) -> Result<usize, String> {
+    let sockets = arp_sockets(from)?;
+    let mut answered = vec![false; sockets.len()];
+    let start = Instant::now();
+    let mut last_send = None::<Instant>;
+    let mut buf = [0u8; 128];
+    while answered.iter().any(|a| !a) && start.elapsed() < limit {
+        if last_send.is_none_or(|t| t.elapsed() > Duration::from_secs(1)) {
+            for (s, _) in sockets.iter().zip(&answered).filter(|(_, a)| !**a) {
+                send_probe(s, target)?;
+            }
+            last_send = Some(Instant::now());
+        }
+        let mut fds: Vec<libc::pollfd> = sockets
+            .iter()
+            .map(|s| libc::pollfd {
+                fd: s.fd.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            })
+            .collect();
+        // SAFETY: `fds` is a valid array of pollfd of the given length.
+        let rc = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, 100) };
+        if rc < 0 {
+            return Err(std::io::Error::last_os_error().to_string());
+        }
+        for (i, p) in fds.iter().enumerate() {
+            if p.revents & libc::POLLIN == 0 {
+                continue;
+            }
+            loop {
+                // SAFETY: `buf` is valid for writes of its length.
+                let got = unsafe {
+                    libc::recv(p.fd, buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT)
+                };
+                if got < 0 {
+                    break;
+                }
+                // An ARP reply (op 2) from the target, to us.
+                let a = &buf[..got as usize];
+                if a.len() >= 28 && a[6..8] == [0, 2] && a[14..18] == target.octets()
+                    && a[18..24] == sockets[i].mac
+                {
+                    answered[i] = true;
+                }
+            }
+        }
+    }
+    Ok(answered.iter().filter(|&&a| a).count())
+}
+
+/// An ARP socket on a node's `eth1`, with that interface's MAC.
+struct ArpSocket {
+    fd: OwnedFd,
+    ifindex: u32,
+    mac: [u8; 6],
+}
+
+/// One ARP packet socket inside each namespace, opened from a thread that visits them in turn.
+fn arp_sockets(from: &[OwnedFd]) -> Result<Vec<ArpSocket>, String> {
+    let fds: Vec<OwnedFd> = from
+        .iter()
+        .map(|f| f.try_clone())
+        .collect::<Result<_, _>>()
+        .map_err(|e| e.to_string())?;
+    std::thread::spawn(move || {
+        let mut out = Vec::with_capacity(fds.len());
+        let eth1 = std::ffi::CString::new("eth1").map_err(|e| e.to_string())?;
+        for fd in &fds {
+            setns(fd, CloneFlags::CLONE_NEWNET).map_err(|e| e.to_string())?;
+            // SAFETY: `eth1` is a valid NUL-terminated string.
+            let ifindex = unsafe { libc::if_nametoindex(eth1.as_ptr()) };
+            let proto = (libc::ETH_P_ARP as u16).to_be();
+            // SAFETY: plain socket(2); the result is checked.
+            let raw = unsafe {
+                libc::socket(
+                    libc::AF_PACKET,
+                    libc::SOCK_DGRAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+                    libc::c_int::from(proto),
+                )
+            };
+            if raw < 0 || ifindex == 0 {
+                return Err(format!("ARP socket on eth1: {}", std::io::Error::last_os_error()));
+            }
+            // SAFETY: `raw` is a fresh descriptor nothing else owns.
+            let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+            let mut addr = sockaddr_ll(ifindex, [0; 6]);
+            addr.sll_protocol = proto;
+            // SAFETY: `addr` is a valid sockaddr_ll and the length is its size.
+            let rc = unsafe {
+                libc::bind(
+                    fd.as_raw_fd(),
+                    (&addr as *const libc::sockaddr_ll).cast(),
+                    std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
+                )
+            };
+            if rc != 0 {
+                return Err(format!("bind ARP socket: {}", std::io::Error::last_os_error()));
+            }
+            let mac = std::fs::read_to_string("/sys/class/net/eth1/address")
+                .ok()
+                .and_then(|s| parse_mac(s.trim()))
+                .ok_or("reading eth1's MAC")?;
+            out.push(ArpSocket { fd, ifindex, mac });
+        }
+        Ok(out)
+    })
+    .join()
+    .map_err(|_| "socket thread panicked".to_string())?
+}
+
+fn parse_mac(s: &str) -> Option<[u8; 6]> {
+    let mut out = [0u8; 6];
+    let mut parts = s.split(':');
+    for b in &mut out {
+        *b = u8::from_str_radix(parts.next()?, 16).ok()?;
+    }
+    Some(out)
+}
+
+fn sockaddr_ll(ifindex: u32, dest: [u8; 6]) -> libc::sockaddr_ll {
+    // SAFETY: sockaddr_ll is plain data; all-zero is a valid value.
+    let mut a: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+    a.sll_family = libc::AF_PACKET as u16;
+    a.sll_protocol = (libc::ETH_P_ARP as u16).to_be();
+    a.sll_ifindex = ifindex as i32;
+    a.sll_halen = 6;
+    a.sll_addr[..6].copy_from_slice(&dest);
+    a
+}
+
+/// A broadcast ARP request for `target` with sender address 0.0.0.0.
+fn send_probe(s: &ArpSocket, target: Ipv4Addr) -> Result<(), String> {
+    let mut pkt = [0u8; 28];
+    pkt[0..2].copy_from_slice(&1u16.to_be_bytes()); // Ethernet
+    pkt[2..4].copy_from_slice(&0x0800u16.to_be_bytes()); // IPv4
+    pkt[4] = 6;
+    pkt[5] = 4;
+    pkt[6..8].copy_from_slice(&1u16.to_be_bytes()); // request
+    pkt[8..14].copy_from_slice(&s.mac);
+    // sender IP 0.0.0.0 (bytes 14..18), target MAC unknown (18..24)
+    pkt[24..28].copy_from_slice(&target.octets());
+    let addr = sockaddr_ll(s.ifindex, [0xff; 6]);
+    // SAFETY: `pkt` and `addr` are valid for the lengths passed.
+    let rc = unsafe {
+        libc::sendto(
+            s.fd.as_raw_fd(),
+            pkt.as_ptr().cast(),
+            pkt.len(),
+            libc::MSG_DONTWAIT,
+            (&addr as *const libc::sockaddr_ll).cast(),
+            std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
+        )
+    };
+    if rc < 0 {
+        let e = std::io::Error::last_os_error();
+        // A full queue drops the probe; the next round resends it.
+        if e.raw_os_error() != Some(libc::EAGAIN) && e.raw_os_error() != Some(libc::ENOBUFS) {
+            return Err(format!("ARP probe for {target}: {e}"));
+        }
+    }
+    Ok(())
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.1} ms", d.as_secs_f64() * 1e3)
+}
+
+fn us(d: Duration) -> String {
+    format!("{:.0} us", d.as_secs_f64() * 1e6)
+}

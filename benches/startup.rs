@@ -15,11 +15,18 @@ struct Contender {
 }
 
 fn installed(program: &str) -> bool {
-    Command::new("sh").args(["-c", &format!("command -v {program}")]).stdout(Stdio::null()).status().is_ok_and(|s| s.success())
+    Command::new("sh")
+        .args(["-c", &format!("command -v {program}")])
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
 }
 
 fn busybox_image() -> PathBuf {
-    let out = Command::new("bash").arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/busybox-image.sh")).output().expect("fixtures/busybox-image.sh");
+    let out = Command::new("bash")
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/busybox-image.sh"))
+        .output()
+        .expect("fixtures/busybox-image.sh");
     assert!(out.status.success(), "building the busybox image failed");
     PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
 }
@@ -29,7 +36,13 @@ fn runc_bundle(image: &Path) -> Option<PathBuf> {
     let dir = std::env::temp_dir().join(format!("hutch-bench-runc-{}", std::process::id()));
     std::fs::create_dir_all(&dir).ok()?;
     let _ = std::fs::remove_file(dir.join("config.json"));
-    Command::new("runc").arg("spec").current_dir(&dir).status().ok()?.success().then_some(())?;
+    Command::new("runc")
+        .arg("spec")
+        .current_dir(&dir)
+        .status()
+        .ok()?
+        .success()
+        .then_some(())?;
     let config = std::fs::read_to_string(dir.join("config.json")).ok()?;
     let config = config
         .replace("\"terminal\": true", "\"terminal\": false")
@@ -41,7 +54,13 @@ fn runc_bundle(image: &Path) -> Option<PathBuf> {
 
 fn time(cmd: &[String]) -> Option<Duration> {
     let start = Instant::now();
-    let status = Command::new(&cmd[0]).args(&cmd[1..]).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).status().ok()?;
+    let status = Command::new(&cmd[0])
+        .args(&cmd[1..])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .ok()?;
     let elapsed = start.elapsed();
     status.success().then_some(elapsed)
 }
@@ -56,28 +75,70 @@ fn main() {
     let img = image.display().to_string();
     let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
     let mut contenders = vec![
-        Contender { name: "unshare (floor)", cmd: s(&["unshare", "--user", "--map-root-user", "--pid", "--fork", "--mount", "--net", "--uts", "--ipc", "--mount-proc", "/bin/true"]) },
-        Contender { name: "hutch run", cmd: s(&[env!("CARGO_BIN_EXE_hutch"), "run", "--image", &img, "--", "/bin/true"]) },
+        Contender {
+            name: "unshare (floor)",
+            cmd: s(&[
+                "unshare",
+                "--user",
+                "--map-root-user",
+                "--pid",
+                "--fork",
+                "--mount",
+                "--net",
+                "--uts",
+                "--ipc",
+                "--mount-proc",
+                "/bin/true",
+            ]),
+        },
+        Contender {
+            name: "hutch run",
+            cmd: s(&[env!("CARGO_BIN_EXE_hutch"), "run", "--image", &img, "--", "/bin/true"]),
+        },
     ];
     if installed("bwrap") {
         contenders.push(Contender {
             name: "bwrap",
-            cmd: s(&["bwrap", "--unshare-all", "--ro-bind", &img, "/", "--proc", "/proc", "--dev", "/dev", "/bin/true"]),
+            cmd: s(&[
+                "bwrap",
+                "--unshare-all",
+                "--ro-bind",
+                &img,
+                "/",
+                "--proc",
+                "/proc",
+                "--dev",
+                "/dev",
+                "/bin/true",
+            ]),
         });
     }
-    let bundle = if installed("runc") && nix::unistd::Uid::effective().is_root() { runc_bundle(&image) } else { None };
+    let bundle = if installed("runc") && nix::unistd::Uid::effective().is_root() {
+        runc_bundle(&image)
+    } else {
+        None
+    };
     if let Some(b) = &bundle {
         let id = format!("hutch-bench-{}", std::process::id());
-        contenders.push(Contender { name: "runc", cmd: s(&["runc", "run", "--bundle", &b.display().to_string(), &id]) });
+        contenders.push(Contender {
+            name: "runc",
+            cmd: s(&["runc", "run", "--bundle", &b.display().to_string(), &id]),
+        });
     }
     if installed("crun") && nix::unistd::Uid::effective().is_root() {
         if let Some(b) = &bundle {
             let id = format!("hutch-bench-crun-{}", std::process::id());
-            contenders.push(Contender { name: "crun", cmd: s(&["crun", "run", "--bundle", &b.display().to_string(), &id]) });
+            contenders.push(Contender {
+                name: "crun",
+                cmd: s(&["crun", "run", "--bundle", &b.display().to_string(), &id]),
+            });
         }
     }
     if installed("systemd-nspawn") && nix::unistd::Uid::effective().is_root() {
-        contenders.push(Contender { name: "systemd-nspawn", cmd: s(&["systemd-nspawn", "-q", "--register=no", "--keep-unit", "-D", &img, "/bin/true"]) });
+        contenders.push(Contender {
+            name: "systemd-nspawn",
+            cmd: s(&["systemd-nspawn", "-q", "--register=no", "--keep-unit", "-D", &img, "/bin/true"]),
+        });
     }
     // Drop contenders that do not work on this host (e.g. crun on a hybrid cgroup layout).
     contenders.retain(|c| {
@@ -109,7 +170,14 @@ fn main() {
         d.sort();
         let med = percentile(&d, 0.5);
         let ms = |x: Duration| x.as_secs_f64() * 1e3;
-        println!("{:<18} {:>8.2} {:>8.2} {:>8.2} {:>8.2}x", c.name, ms(med), ms(percentile(&d, 0.95)), ms(d[0]), med.as_secs_f64() / floor.as_secs_f64());
+        println!(
+            "{:<18} {:>8.2} {:>8.2} {:>8.2} {:>8.2}x",
+            c.name,
+            ms(med),
+            ms(percentile(&d, 0.95)),
+            ms(d[0]),
+            med.as_secs_f64() / floor.as_secs_f64()
+        );
     }
     if let Some(b) = bundle {
         let _ = std::fs::remove_dir_all(b);
