@@ -284,3 +284,37 @@ fn round_trip_is_about_a_fork_and_exec() {
     eprintln!("median round trip: argv true {:?}, shell true {:?}", argv[25], shell[25]);
     assert!(argv[25] < Duration::from_millis(50));
 }
+
+#[test]
+fn the_agent_needs_nothing_from_the_nodes_filesystem() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: chroot needs root");
+        return;
+    }
+    // An empty root, like a NixOS node before its /etc, /bin or /lib64 exist.
+    let root = scratch("emptyroot");
+    let (ours, pid) = common::fork_agent_in(Some(&root));
+    let a = Agent {
+        client: Some(AgentClient::new(ours).unwrap()),
+        pid,
+    };
+    a.client().ping(Duration::from_secs(5)).unwrap();
+    a.client().write_file("/etc/hostname", b"node\n".to_vec(), None).unwrap();
+    assert_eq!(a.client().read_file("/etc/hostname").unwrap(), b"node\n");
+    assert_eq!(std::fs::read(root.join("etc/hostname")).unwrap(), b"node\n");
+    // No shell and no programs: every command is a clear exit 127, never a dead agent.
+    let r = a.sh("echo hello | grep hello");
+    assert_eq!(r.status, ExitStatus::Code(127));
+    assert!(text(&r.stderr).contains("cannot run"), "{}", text(&r.stderr));
+    assert_eq!(a.sh("true").status, ExitStatus::Code(127));
+    assert_eq!(a.run(Command::Argv(vec!["/bin/true".into()])).status, ExitStatus::Code(127));
+    std::thread::scope(|s| {
+        for _ in 0..4 {
+            s.spawn(|| assert_eq!(a.sh("true").status, ExitStatus::Code(127)));
+        }
+    });
+    assert_eq!(a.client().probe_tcp("localhost", 1).unwrap(), Some(false));
+    drop(a);
+    let _ = std::fs::remove_dir_all(root);
+}

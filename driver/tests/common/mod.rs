@@ -15,6 +15,12 @@ use hutch_driver::machine::{ConsoleLog, NodeControl, NodeError};
 /// Fork a process that serves the agent protocol on one end of a socketpair; returns the
 /// other end and the pid. The child keeps no other descriptor of this process.
 pub fn fork_agent() -> (UnixStream, libc::pid_t) {
+    fork_agent_in(None)
+}
+
+/// `fork_agent`, with the agent chrooted into `root` first (needs root).
+pub fn fork_agent_in(root: Option<&std::path::Path>) -> (UnixStream, libc::pid_t) {
+    let root = root.map(|r| std::ffi::CString::new(r.as_os_str().as_encoded_bytes()).unwrap());
     let (ours, theirs) = UnixStream::pair().unwrap();
     // SAFETY: the child only closes fds, serves and _exits; the parent just records the pid.
     let pid = unsafe { libc::fork() };
@@ -27,6 +33,14 @@ pub fn fork_agent() -> (UnixStream, libc::pid_t) {
         unsafe {
             libc::syscall(libc::SYS_close_range, 3u32, keep - 1, 0u32);
             libc::syscall(libc::SYS_close_range, keep + 1, u32::MAX, 0u32);
+        }
+        if let Some(r) = &root {
+            // SAFETY: chroot and chdir with NUL-terminated paths; failure exits the child.
+            unsafe {
+                if libc::chroot(r.as_ptr()) != 0 || libc::chdir(c"/".as_ptr()) != 0 {
+                    libc::_exit(3);
+                }
+            }
         }
         let code = if serve(theirs).is_ok() { 0 } else { 1 };
         // SAFETY: leave the forked test process without running the harness's exit code.
