@@ -318,3 +318,18 @@ fn the_agent_needs_nothing_from_the_nodes_filesystem() {
     drop(a);
     let _ = std::fs::remove_dir_all(root);
 }
+
+#[test]
+fn commands_inherit_no_stray_descriptors() {
+    // A descriptor without close-on-exec, as a runtime might hold when it forks the agent.
+    // SAFETY: open(2) with a NUL-terminated literal path; we close the result below.
+    let fd = unsafe { libc::open(c"/dev/null".as_ptr(), libc::O_RDONLY) };
+    assert!(fd >= 0);
+    let a = Agent::start();
+    // SAFETY: closing the descriptor opened above.
+    unsafe { libc::close(fd) };
+    let r = a.run(Command::Argv(vec!["ls".into(), "/proc/self/fd".into()]));
+    let fds = text(&r.stdout);
+    // stdio and the one ls opened to list the directory.
+    assert_eq!(fds.split_whitespace().collect::<Vec<_>>(), ["0", "1", "2", "3"], "{fds}");
+}

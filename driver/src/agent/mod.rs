@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 
 pub use client::{AgentClient, AgentError};
 pub use frame::{read_frame, write_frame, MAX_FRAME};
-pub use server::serve;
+pub use server::{agent_main, serve};
 
 /// How many bytes of each output stream the agent keeps; the rest is counted and dropped.
 pub const OUTPUT_CAP: usize = 16 << 20;

@@ -2,6 +2,7 @@
 //! lock in whatever order requests finish.
 
 use std::io::{self, BufReader};
+use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::sync::{Arc, Mutex};
 
@@ -43,6 +44,25 @@ pub fn serve(stream: UnixStream) -> io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The whole life of the agent process that a node's PID 1 forks just before it execs the
+/// init: close every descriptor but `stream` and stdio (nothing of the runtime may leak into
+/// the node's commands), serve until the driver hangs up, exit. Never returns.
+pub fn agent_main(stream: UnixStream) -> ! {
+    let keep = stream.as_raw_fd() as u32;
+    // SAFETY: close_range only closes descriptors. This process is a fresh fork that never
+    // returns to its caller (we _exit below), so no Rust owner of a closed fd runs again.
+    unsafe {
+        if keep > 3 {
+            libc::syscall(libc::SYS_close_range, 3u32, keep - 1, 0u32);
+        }
+        libc::syscall(libc::SYS_close_range, keep.max(2) + 1, u32::MAX, 0u32);
+    }
+    let code = if serve(stream).is_ok() { 0 } else { 1 };
+    // SAFETY: _exit ends the process without running the parent's atexit handlers or
+    // flushing stdio buffers it copied at fork.
+    unsafe { libc::_exit(code) }
 }
 
 /// Make the forked process fit to serve, whatever PID 1 had set before forking it.

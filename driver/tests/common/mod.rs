@@ -3,13 +3,12 @@
 
 #![allow(dead_code)]
 
-use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use hutch_driver::agent::serve;
+use hutch_driver::agent::agent_main;
 use hutch_driver::machine::{ConsoleLog, NodeControl, NodeError};
 
 /// Fork a process that serves the agent protocol on one end of a socketpair; returns the
@@ -27,13 +26,6 @@ pub fn fork_agent_in(root: Option<&std::path::Path>) -> (UnixStream, libc::pid_t
     assert!(pid >= 0, "fork failed");
     if pid == 0 {
         drop(ours);
-        let keep = theirs.as_raw_fd() as u32;
-        // Another test's socket must not stay open in this agent: close everything else.
-        // SAFETY: close_range only closes descriptors; the kept one is skipped.
-        unsafe {
-            libc::syscall(libc::SYS_close_range, 3u32, keep - 1, 0u32);
-            libc::syscall(libc::SYS_close_range, keep + 1, u32::MAX, 0u32);
-        }
         if let Some(r) = &root {
             // SAFETY: chroot and chdir with NUL-terminated paths; failure exits the child.
             unsafe {
@@ -42,9 +34,8 @@ pub fn fork_agent_in(root: Option<&std::path::Path>) -> (UnixStream, libc::pid_t
                 }
             }
         }
-        let code = if serve(theirs).is_ok() { 0 } else { 1 };
-        // SAFETY: leave the forked test process without running the harness's exit code.
-        unsafe { libc::_exit(code) };
+        // Closes every other descriptor (another test's socket must not stay open here).
+        agent_main(theirs);
     }
     drop(theirs);
     (ours, pid)
