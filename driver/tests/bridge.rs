@@ -347,3 +347,23 @@ assert not machine.is_up()
 "#);
     passed(&r);
 }
+
+#[test]
+fn a_panicking_rust_test_still_stops_its_nodes() {
+    let dir = Scratch::new("panic");
+    std::fs::create_dir_all(dir.0.join("img")).unwrap();
+    let toml = "[test]\nname = \"p\"\ntestScript = \"\"\n[nodes.machine]\nimage = \"img\"\n";
+    let ctx = PlanContext { cache_dir: dir.0.clone() };
+    let plan = TestPlan::parse(toml, &dir.0.join("t.toml"), Format::Toml, &ctx).unwrap();
+    let mut opts = SessionOptions::new(dir.0.join("out"));
+    opts.quiet = true;
+    let session = Session::new(&plan, vec![("machine".into(), Box::new(LocalNode::new()))], opts).unwrap();
+    let machine = std::sync::Arc::clone(&session.machines()[0]);
+    let r = session.run_rust(|ms| {
+        ms[0].start()?;
+        assert!(ms[0].is_up());
+        panic!("the test's own assertion");
+    });
+    assert!(failure(&r).message.contains("the test's own assertion"));
+    assert!(!machine.is_up(), "the node outlived a panicking test");
+}

@@ -368,6 +368,13 @@ def subtest(name):
         _call(None, "subtest_end", name=name, error=None, traceback=None)
 
 
+def create_machine(*args, **kwargs):
+    """The NixOS driver's way to add a VM from the script; hutch nodes come from the test file."""
+    raise NotImplementedError(
+        "create_machine(): hutch nodes are declared in the test file ([nodes.<name>]), "
+        "not created from the script")
+
+
 class _LazyAssertions:
     """`t`: a unittest.TestCase for its assert methods, made on first use (saves the import)."""
 
@@ -427,6 +434,7 @@ def _globals(hello):
         "t": _LazyAssertions(),
         "os": os,
         "Machine": Machine,
+        "create_machine": create_machine,
         "RequestedAssertionFailed": RequestedAssertionFailed,
     }
     for n, m in zip(hello["nodes"], machines):

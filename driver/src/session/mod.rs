@@ -180,6 +180,7 @@ impl Session {
         }
         .filter(|d| !d.as_os_str().is_empty())
         .unwrap_or_else(|| ".".into());
+        let base_dir = base_dir.canonicalize().unwrap_or(base_dir);
         let bopts = BridgeOptions {
             python: self.opts.python.clone(),
             interactive: self.opts.interactive,
@@ -239,7 +240,24 @@ impl Session {
         self.log.info(&format!("test {:?}: {} nodes", self.plan.name, self.machines.len()));
         let done = Arc::new((Mutex::new(false), Condvar::new()));
         let watchdog = self.watchdog(Arc::clone(&done));
-        let script = body(&self);
+        // A panic in a Rust test (or in the driver) still ends with every node stopped.
+        let script = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| body(&self))).unwrap_or_else(|panic| {
+            let what = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "a panic".into());
+            ScriptReport {
+                failure: Some(bridge::ScriptFailure {
+                    kind: "panic".into(),
+                    message: what,
+                    line: None,
+                    traceback: String::new(),
+                    call: None,
+                }),
+                ..ScriptReport::default()
+            }
+        });
         {
             let (m, c) = &*done;
             *m.lock().unwrap_or_else(|p| p.into_inner()) = true;
