@@ -367,3 +367,87 @@ fn a_panicking_rust_test_still_stops_its_nodes() {
     assert!(failure(&r).message.contains("the test's own assertion"));
     assert!(!machine.is_up(), "the node outlived a panicking test");
 }
+
+/// A stand-in for systemctl (units are files holding their ActiveState), seen by the agent as
+/// /usr/local/bin/systemctl through a private bind mount: systemd itself is tested by the
+/// integration tests; this checks how the driver reads and waits on what systemctl says.
+const SYSTEMCTL: &str = r#"#!/bin/sh
+d=/usr/local/bin/units
+[ "$1" = --no-pager ] && shift
+case "$1" in
+show)
+  state=$(cat "$d/$2" 2>/dev/null || echo inactive)
+  case "${3:-}" in
+  --property=*) p=${3#--property=}; [ "$p" = ActiveState ] && echo "ActiveState=$state" || echo "$p=";;
+  *) printf 'Id=%s\nActiveState=%s\nSubState=running\nDescription=a = b\n' "$2" "$state";;
+  esac;;
+list-jobs) if [ -e "$d/jobs" ]; then echo "1 late.service start waiting"; else echo "No jobs running."; fi;;
+start) echo active > "$d/$2";;
+stop) echo inactive > "$d/$2";;
+*) echo "Unknown command verb $1." >&2; exit 1;;
+esac
+"#;
+
+#[test]
+fn units_are_waited_for_and_failures_are_fast() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: the private bind mount needs root");
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let fake = Scratch::new("systemctl");
+    std::fs::create_dir_all(fake.0.join("units")).unwrap();
+    std::fs::write(fake.0.join("systemctl"), SYSTEMCTL).unwrap();
+    std::fs::set_permissions(fake.0.join("systemctl"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let dir = Scratch::new("units");
+    std::fs::create_dir_all(dir.0.join("img")).unwrap();
+    let toml = r#"[test]
+name = "units"
+testScript = '''
+import time
+u = "/usr/local/bin/units"
+machine.succeed(f"echo failed > {u}/broken.service")
+t0 = time.monotonic()
+try:
+    machine.wait_for_unit("broken.service", timeout=30)
+except Exception as e:
+    assert 'unit "broken.service" reached state "failed"' in str(e), str(e)
+else:
+    raise Exception("a failed unit was waited for")
+try:
+    machine.wait_for_unit("idle.service", timeout=30)
+except Exception as e:
+    assert "inactive and there are no pending jobs" in str(e), str(e)
+else:
+    raise Exception("an inactive unit without jobs was waited for")
+assert time.monotonic() - t0 < 5, "failures were not fast"
+machine.succeed(f"touch {u}/jobs; (sleep 0.5; echo active > {u}/late.service; rm {u}/jobs) >/dev/null 2>&1 &")
+machine.wait_for_unit("late.service", timeout=10)
+info = machine.get_unit_info("late.service")
+assert info["ActiveState"] == "active" and info["Description"] == "a = b", info
+assert machine.get_unit_property("late.service", "ActiveState") == "active"
+machine.require_unit_state("late.service")
+machine.stop_job("late.service")
+try:
+    machine.require_unit_state("late.service", "active")
+except RequestedAssertionFailed as e:
+    assert 'but it is in state "inactive"' in str(e), str(e)
+machine.start_job("late.service")
+machine.require_unit_state("late.service", "active")
+status, _ = machine.systemctl("frobnicate")
+assert status == 1, status
+'''
+[nodes.machine]
+image = "img"
+"#;
+    let ctx = PlanContext { cache_dir: dir.0.clone() };
+    let plan = TestPlan::parse(toml, &dir.0.join("t.toml"), Format::Toml, &ctx).unwrap();
+    let mut node = LocalNode::new();
+    let src = fake.0.clone();
+    node.setup = Some(std::sync::Arc::new(move || common::bind_privately(&src, "/usr/local/bin")));
+    let mut opts = SessionOptions::new(dir.0.join("out"));
+    opts.quiet = true;
+    let r = Session::new(&plan, vec![("machine".into(), Box::new(node))], opts).unwrap().run();
+    passed(&r);
+}

@@ -19,6 +19,14 @@ pub fn fork_agent() -> (UnixStream, libc::pid_t) {
 
 /// `fork_agent`, with the agent chrooted into `root` first (needs root).
 pub fn fork_agent_in(root: Option<&std::path::Path>) -> (UnixStream, libc::pid_t) {
+    fork_agent_with(root, None)
+}
+
+/// Code run in the forked agent process before it serves (e.g. to set up its own mounts).
+pub type Setup = Arc<dyn Fn() + Send + Sync>;
+
+/// `fork_agent_in`, running `setup` in the child first.
+pub fn fork_agent_with(root: Option<&std::path::Path>, setup: Option<&Setup>) -> (UnixStream, libc::pid_t) {
     let root = root.map(|r| std::ffi::CString::new(r.as_os_str().as_encoded_bytes()).unwrap());
     let (ours, theirs) = UnixStream::pair().unwrap();
     // SAFETY: the child only closes fds, serves and _exits; the parent just records the pid.
@@ -33,6 +41,9 @@ pub fn fork_agent_in(root: Option<&std::path::Path>) -> (UnixStream, libc::pid_t
                     libc::_exit(3);
                 }
             }
+        }
+        if let Some(f) = setup {
+            f();
         }
         // Closes every other descriptor (another test's socket must not stay open here).
         agent_main(theirs);
@@ -64,6 +75,7 @@ pub struct LocalNode {
     console: Arc<ConsoleLog>,
     pub blocked: AtomicBool,
     pub boot_delay: Duration,
+    pub setup: Option<Setup>,
 }
 
 impl LocalNode {
@@ -73,6 +85,7 @@ impl LocalNode {
             console: Arc::new(ConsoleLog::new()),
             blocked: AtomicBool::new(false),
             boot_delay: Duration::ZERO,
+            setup: None,
         }
     }
 
@@ -96,7 +109,7 @@ impl LocalNode {
 impl NodeControl for LocalNode {
     fn start(&self) -> Result<UnixStream, NodeError> {
         std::thread::sleep(self.boot_delay);
-        let (stream, pid) = fork_agent();
+        let (stream, pid) = fork_agent_with(None, self.setup.as_ref());
         self.pid.store(pid, Ordering::SeqCst);
         self.console.push(format!("Welcome to local node {pid}\n").as_bytes());
         Ok(stream)
@@ -164,5 +177,27 @@ impl Scratch {
 impl Drop for Scratch {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Mount `dir` over `target` in a private mount namespace of the calling process (the forked
+/// agent): the host's mounts are untouched and the namespace ends with the process.
+pub fn bind_privately(dir: &std::path::Path, target: &str) {
+    let src = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()).unwrap();
+    let dst = std::ffi::CString::new(target).unwrap();
+    // SAFETY: unshare and mount with NUL-terminated paths; any failure exits the child.
+    unsafe {
+        let ok = libc::unshare(libc::CLONE_NEWNS) == 0
+            && libc::mount(
+                std::ptr::null(),
+                c"/".as_ptr(),
+                std::ptr::null(),
+                libc::MS_REC | libc::MS_PRIVATE,
+                std::ptr::null(),
+            ) == 0
+            && libc::mount(src.as_ptr(), dst.as_ptr(), std::ptr::null(), libc::MS_BIND, std::ptr::null()) == 0;
+        if !ok {
+            libc::_exit(4);
+        }
     }
 }
