@@ -81,3 +81,15 @@ fn a_user_without_a_range_gets_one_id_and_a_warning() {
     let r = run_as(Some(NO_RANGE), &["run", "--toplevel", &top, "--", "sh", "-c", "echo nix-ok"]).ok();
     assert!(r.stdout.contains("nix-ok"), "{}", r.stdout);
 }
+
+#[test]
+fn systemd_without_a_delegated_cgroup_is_refused_with_the_fix() {
+    if skip_unless_root("rootless_no_cgroup") {
+        return;
+    }
+    let img = debian_image().display().to_string();
+    let r = run_as(Some(NO_RANGE), &["run", "--image", &img, "--boot"]);
+    assert_eq!(r.code, 125, "{}", r.stderr);
+    assert!(r.stderr.contains("systemd needs a cgroup2 subtree it can write"), "{}", r.stderr);
+    assert!(r.stderr.contains("Delegate=yes"), "{}", r.stderr);
+}

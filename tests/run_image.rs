@@ -307,3 +307,15 @@ fn bad_input_gets_one_line_and_exit_125() {
     }
     std::fs::remove_file(&file).ok();
 }
+
+#[test]
+fn sigterm_powers_off_a_busybox_init_cleanly() {
+    if skip_unless_root("busybox_stop") {
+        return;
+    }
+    let img = image();
+    let mut node = boot(None, &["--image", &img, "--boot", "--setenv", "HUTCH_STAY_UP=1"]);
+    assert!(node.wait_for("hutch-busybox: staying up", 10), "{}", node.console());
+    node.signal(nix::sys::signal::Signal::SIGTERM);
+    assert_eq!(node.finish(10), Some(0));
+}

@@ -73,6 +73,8 @@ pub(crate) struct Request<'a> {
     pub memory: Option<u64>,
     pub pids_max: Option<u64>,
     pub root: bool,
+    /// The node boots an init that manages cgroups (worth a note when none can be had).
+    pub boot: bool,
 }
 
 /// Warnings the caller should print (limits skipped and why).
@@ -207,6 +209,9 @@ fn delegated_dir(mount: &Path, req: &Request, warnings: &mut Warnings) -> Result
         let own = own_cgroup2().unwrap_or_default();
         let dir = mount.join(own.trim_start_matches('/'));
         if nix::unistd::access(&dir, nix::unistd::AccessFlags::W_OK).is_err() {
+            if !req.boot {
+                return Ok(None);
+            }
             warnings.push(format!(
                 "note: {} is not writable by this user: the node gets no cgroup of its own \
                  (systemd inside will run without cgroup delegation)",

@@ -16,6 +16,7 @@ use crate::cgroup::{NodeCgroup, Request};
 use crate::child::{self, ChildPlan};
 use crate::console::Console;
 use crate::idmap::{IdMap, IdMapKind};
+use crate::init::InitKind;
 use crate::plan::{self, ConsolePath, Context};
 use crate::spec::{NodeSpec, RootFs};
 use crate::sync::{self, ToChild, ToParent};
@@ -64,6 +65,7 @@ pub struct Container {
     pid: Pid,
     pidfd: OwnedFd,
     boot: bool,
+    init: InitKind,
     console: Option<Console>,
     notify: Option<OwnedFd>,
     cgroup: Option<NodeCgroup>,
@@ -100,8 +102,21 @@ impl Container {
             memory: spec.memory,
             pids_max: spec.pids_max,
             root: idmap.kind == IdMapKind::Identity,
+            boot: spec.boot,
         };
+        let init = InitKind::of(spec);
         let (cgroup, warnings) = NodeCgroup::create(&req)?;
+        if init == InitKind::Systemd && cgroup.as_ref().is_none_or(|c| c.unified.is_none()) {
+            return Err(Error::Host {
+                problem: format!(
+                    "node {}: systemd needs a cgroup2 subtree it can write, and this user has none",
+                    spec.name
+                ),
+                fix: "run hutch inside a delegated cgroup (systemd-run --user --scope -p Delegate=yes hutch ...), \
+                      or as root; without systemd on the host, have root create one under the cgroup2 mount and chown it to you"
+                    .into(),
+            });
+        }
         let cx = Context {
             spec,
             closure,
@@ -137,6 +152,7 @@ impl Container {
             pid,
             pidfd,
             boot: spec.boot,
+            init,
             console,
             notify: None,
             cgroup,
@@ -269,14 +285,15 @@ impl Container {
         self.cgroup.as_ref().and_then(NodeCgroup::memory_peak)
     }
 
-    /// The signal that asks this node to stop cleanly: SIGRTMIN+3 for a booted init (systemd's
-    /// poweroff), SIGTERM for a command.
+    /// The signal that asks this node to stop cleanly: SIGRTMIN+3 for systemd, SIGUSR2 for
+    /// busybox init, SIGTERM for anything else.
     pub fn stop_signal(&self) -> i32 {
-        if self.boot {
-            libc::SIGRTMIN() + 3
-        } else {
-            libc::SIGTERM
-        }
+        self.init.stop_signal()
+    }
+
+    /// Which init the node booted.
+    pub fn init(&self) -> InitKind {
+        self.init
     }
 
     /// Sends a signal to PID 1 through its pidfd (no pid reuse race).

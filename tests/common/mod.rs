@@ -96,23 +96,7 @@ pub fn hutch_run(args: &[&str]) -> Run {
 
 /// Runs `hutch ARGS` as `user` (a uid, via setpriv) when given, then checks nothing remains.
 pub fn run_as(user: Option<u32>, args: &[&str]) -> Run {
-    let mut cmd = match user {
-        Some(uid) => {
-            let mut c = Command::new("setpriv");
-            c.args([
-                format!("--reuid={uid}"),
-                format!("--regid={uid}"),
-                "--clear-groups".into(),
-                hutch().into(),
-            ]);
-            c
-        }
-        None => Command::new(hutch()),
-    };
-    let child = cmd
-        .args(args)
-        .env("HUTCH_CACHE", cache())
-        .stdin(Stdio::null())
+    let child = hutch_command(user, args)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
