@@ -451,3 +451,20 @@ image = "img"
     let r = Session::new(&plan, vec![("machine".into(), Box::new(node))], opts).unwrap().run();
     passed(&r);
 }
+
+#[test]
+fn the_whole_test_timeout_cuts_a_hanging_boot_short() {
+    let dir = Scratch::new("hang");
+    std::fs::create_dir_all(dir.0.join("img")).unwrap();
+    let toml = "[test]\nname = \"hang\"\ntimeout = 1\ntestScript = \"start_all()\"\n[nodes.machine]\nimage = \"img\"\n";
+    let ctx = PlanContext { cache_dir: dir.0.clone() };
+    let plan = TestPlan::parse(toml, &dir.0.join("t.toml"), Format::Toml, &ctx).unwrap();
+    let mut opts = SessionOptions::new(dir.0.join("out"));
+    opts.quiet = true;
+    let mut node = LocalNode::new();
+    node.boot_delay = Duration::from_secs(60);
+    let t = Instant::now();
+    let r = Session::new(&plan, vec![("machine".into(), Box::new(node))], opts).unwrap().run();
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+    assert!(failure(&r).message.contains("whole-test timeout"), "{}", failure(&r).message);
+}

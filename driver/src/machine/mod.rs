@@ -28,7 +28,9 @@ pub trait NodeControl: Send + Sync {
     fn start(&self) -> Result<UnixStream, NodeError>;
     /// Clean poweroff; returns once the node is down, or `Timeout` (the node still running).
     fn shutdown(&self, timeout: Duration) -> Result<(), NodeError>;
-    /// SIGKILL the node; returns once it is down and its resources are gone.
+    /// SIGKILL the node; returns once it is down and its resources are gone. May be called
+    /// from another thread while `start` is in progress (the run is being aborted): `start`
+    /// must then return promptly with an error. On a node that is not running: `Ok`, nothing.
     fn crash(&self) -> Result<(), NodeError>;
     /// Wait for the node to stop by itself (e.g. `poweroff` inside it).
     fn wait_for_shutdown(&self, timeout: Duration) -> Result<(), NodeError>;
@@ -161,10 +163,12 @@ impl Machine {
         self.control.crash().map_err(|e| self.err_node("crash", e))
     }
 
-    /// Stop the node at once because the run is over (a crash, logged as a stop).
+    /// Stop the node at once because the run is over or aborted (a crash, logged as a stop).
+    /// Does not wait for a lifecycle call in progress: an abort must end a boot that hangs.
     pub fn terminate(&self) -> Result<(), MachineError> {
-        let _g = lock(&self.lifecycle);
-        self.log("stopping");
+        if self.control.is_up() {
+            self.log("stopping");
+        }
         lock(&self.agent).take();
         self.control.crash().map_err(|e| self.err_node("stop", e))
     }

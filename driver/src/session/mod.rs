@@ -292,8 +292,8 @@ impl Session {
             if !*finished {
                 drop(finished);
                 log.info(&format!("aborting: {}", abort.reason().unwrap_or_default()));
-                // Killing the nodes ends every call still waiting on them.
-                kill_all(&machines, &log);
+                // Killing the nodes ends every call still waiting on them, boots included.
+                kill_all(&machines, &log, true);
             }
         })
     }
@@ -303,15 +303,16 @@ impl Session {
         if self.machines.iter().any(|m| m.is_up()) {
             self.log.info("stopping all nodes");
         }
-        kill_all(&self.machines, &self.log);
+        kill_all(&self.machines, &self.log, false);
     }
 }
 
-fn kill_all(machines: &[Arc<Machine>], log: &Log) {
+/// Kill the running nodes (`all`: every node, also one whose boot is still in progress).
+fn kill_all(machines: &[Arc<Machine>], log: &Log, all: bool) {
     std::thread::scope(|s| {
         for m in machines {
             s.spawn(move || {
-                if m.is_up() {
+                if all || m.is_up() {
                     if let Err(e) = m.terminate() {
                         log.node(m.name(), &format!("could not stop the node: {e}"));
                     }

@@ -76,6 +76,7 @@ pub struct LocalNode {
     pub blocked: AtomicBool,
     pub boot_delay: Duration,
     pub setup: Option<Setup>,
+    cancel: AtomicBool,
 }
 
 impl LocalNode {
@@ -86,6 +87,7 @@ impl LocalNode {
             blocked: AtomicBool::new(false),
             boot_delay: Duration::ZERO,
             setup: None,
+            cancel: AtomicBool::new(false),
         }
     }
 
@@ -108,7 +110,15 @@ impl LocalNode {
 
 impl NodeControl for LocalNode {
     fn start(&self) -> Result<UnixStream, NodeError> {
-        std::thread::sleep(self.boot_delay);
+        // A slow boot that a crash from another thread cuts short.
+        self.cancel.store(false, Ordering::SeqCst);
+        let end = Instant::now() + self.boot_delay;
+        while Instant::now() < end {
+            if self.cancel.load(Ordering::SeqCst) {
+                return Err(NodeError::Failed("the boot was cut short by a crash".into()));
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
         let (stream, pid) = fork_agent_with(None, self.setup.as_ref());
         self.pid.store(pid, Ordering::SeqCst);
         self.console.push(format!("Welcome to local node {pid}\n").as_bytes());
@@ -120,6 +130,7 @@ impl NodeControl for LocalNode {
     }
 
     fn crash(&self) -> Result<(), NodeError> {
+        self.cancel.store(true, Ordering::SeqCst);
         self.stop(libc::SIGKILL, Duration::from_secs(5))
     }
 
