@@ -138,13 +138,43 @@ fn launch(req: &RunRequest, fast: bool) -> (Launch, &'static str, bool, Option<l
     (how, sh, is_bash, env)
 }
 
+fn lookup<'a>(env: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    env.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+}
+
+/// The executable `program` names in `path`, as the shell would find it.
+fn find_program(program: &str, path: &str) -> Option<std::path::PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    if program.is_empty() || program.contains('/') {
+        return None;
+    }
+    path.split(':').find_map(|dir| {
+        let dir = if dir.is_empty() { "." } else { dir };
+        let p = Path::new(dir).join(program);
+        let m = std::fs::metadata(&p).ok()?;
+        (m.is_file() && m.permissions().mode() & 0o111 != 0).then_some(p)
+    })
+}
+
 /// Build the process: program, login environment, directory, its own process group.
 pub(crate) fn command(req: &RunRequest, fast: bool) -> std::process::Command {
     let (how, sh, is_bash, env) = launch(req, fast);
     let mut cmd = match how {
         Launch::Direct(argv) => {
-            let mut c = std::process::Command::new(argv.first().map_or("", String::as_str));
-            c.args(argv.iter().skip(1));
+            let program = argv.first().map_or("", String::as_str);
+            let path = req
+                .env
+                .get("PATH")
+                .map(String::as_str)
+                .or_else(|| env.as_ref().and_then(|e| lookup(e, "PATH")))
+                .unwrap_or(DEFAULT_PATH);
+            // An absolute program lets std use posix_spawn (vfork) instead of fork + exec per
+            // PATH entry: a few hundred microseconds less per command.
+            let mut c = match find_program(program, path) {
+                Some(p) => std::process::Command::new(p),
+                None => std::process::Command::new(program),
+            };
+            c.arg0(program).args(argv.iter().skip(1));
             c
         }
         Launch::Script(script) => {
