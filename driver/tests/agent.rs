@@ -3,7 +3,6 @@
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 mod common;
@@ -65,11 +64,9 @@ fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
 
-fn scratch(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("hutch-agent-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+/// A scratch directory, removed when dropped (also when the test fails).
+fn scratch(tag: &str) -> common::Scratch {
+    common::Scratch::new(&format!("agent-{tag}"))
 }
 
 #[test]
@@ -136,7 +133,7 @@ fn stdout_stderr_stdin_and_env_are_separate() {
 fn a_command_past_its_timeout_is_killed_with_its_group() {
     let a = Agent::start();
     let dir = scratch("timeout");
-    let pidfile = dir.join("pid");
+    let pidfile = dir.0.join("pid");
     let t = Instant::now();
     let r = a.request(Command::Shell(format!("sleep 30 & echo $! > {}; wait", pidfile.display())), |q| {
         q.timeout_ms = Some(300)
@@ -149,7 +146,6 @@ fn a_command_past_its_timeout_is_killed_with_its_group() {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     // Gone, or a zombie waiting for its new parent to reap it.
     assert!(stat.is_empty() || stat.contains(") Z "), "the group's sleep survived: {stat}");
-    let _ = std::fs::remove_dir_all(dir);
 }
 
 #[test]
@@ -200,7 +196,7 @@ fn a_daemon_holding_stdout_does_not_hang_the_reply() {
 fn files_and_trees_round_trip() {
     let a = Agent::start();
     let dir = scratch("files");
-    let f = dir.join("sub/dir/file");
+    let f = dir.0.join("sub/dir/file");
     let fs = f.to_str().unwrap();
     a.client().write_file(fs, b"contents\n".to_vec(), Some(0o600)).unwrap();
     assert_eq!(a.client().read_file(fs).unwrap(), b"contents\n");
@@ -209,15 +205,14 @@ fn files_and_trees_round_trip() {
     let err = a.client().read_file("/no/such/file").unwrap_err();
     assert!(matches!(&err, AgentError::Remote(m) if m.contains("/no/such/file")), "{err}");
 
-    std::os::unix::fs::symlink("file", dir.join("sub/dir/link")).unwrap();
-    let tree = a.client().read_tree(dir.join("sub").to_str().unwrap()).unwrap();
+    std::os::unix::fs::symlink("file", dir.0.join("sub/dir/link")).unwrap();
+    let tree = a.client().read_tree(dir.0.join("sub").to_str().unwrap()).unwrap();
     let paths: Vec<&str> = tree.iter().map(|e| e.path.as_str()).collect();
     assert_eq!(paths, ["", "dir", "dir/file", "dir/link"]);
     assert!(matches!(&tree[3].kind, EntryKind::Symlink { target } if target == "file"));
-    let copy = dir.join("copy/here");
+    let copy = dir.0.join("copy/here");
     a.client().write_tree(copy.to_str().unwrap(), tree).unwrap();
     assert_eq!(std::fs::read(copy.join("dir/link")).unwrap(), b"contents\n");
-    let _ = std::fs::remove_dir_all(dir);
 }
 
 #[test]
@@ -231,13 +226,12 @@ fn probes_see_listening_sockets() {
     assert_eq!(a.client().probe_tcp("127.0.0.1", port).unwrap(), Some(false));
     assert_eq!(a.client().probe_tcp("no-such-host.invalid", 80).unwrap(), None);
     let dir = scratch("unix");
-    let path = dir.join("sock");
+    let path = dir.0.join("sock");
     let u = std::os::unix::net::UnixListener::bind(&path).unwrap();
     assert!(a.client().probe_unix(path.to_str().unwrap(), false).unwrap());
     drop(u);
     let _ = std::fs::remove_file(&path);
     assert!(!a.client().probe_unix(path.to_str().unwrap(), false).unwrap());
-    let _ = std::fs::remove_dir_all(dir);
 }
 
 #[test]
@@ -294,7 +288,7 @@ fn the_agent_needs_nothing_from_the_nodes_filesystem() {
     }
     // An empty root, like a NixOS node before its /etc, /bin or /lib64 exist.
     let root = scratch("emptyroot");
-    let (ours, pid) = common::fork_agent_in(Some(&root));
+    let (ours, pid) = common::fork_agent_in(Some(&root.0));
     let a = Agent {
         client: Some(AgentClient::new(ours).unwrap()),
         pid,
@@ -302,7 +296,7 @@ fn the_agent_needs_nothing_from_the_nodes_filesystem() {
     a.client().ping(Duration::from_secs(5)).unwrap();
     a.client().write_file("/etc/hostname", b"node\n".to_vec(), None).unwrap();
     assert_eq!(a.client().read_file("/etc/hostname").unwrap(), b"node\n");
-    assert_eq!(std::fs::read(root.join("etc/hostname")).unwrap(), b"node\n");
+    assert_eq!(std::fs::read(root.0.join("etc/hostname")).unwrap(), b"node\n");
     // No shell and no programs: every command is a clear exit 127, never a dead agent.
     let r = a.sh("echo hello | grep hello");
     assert_eq!(r.status, ExitStatus::Code(127));
@@ -316,7 +310,6 @@ fn the_agent_needs_nothing_from_the_nodes_filesystem() {
     });
     assert_eq!(a.client().probe_tcp("localhost", 1).unwrap(), Some(false));
     drop(a);
-    let _ = std::fs::remove_dir_all(root);
 }
 
 #[test]
