@@ -2,7 +2,10 @@
 //!
 //! The binary parses arguments and calls the library crates; see `run` for `hutch run`.
 
+mod node;
 mod run;
+mod spawner;
+mod test_cmd;
 
 use clap::{Parser, Subcommand};
 
@@ -22,12 +25,15 @@ struct Cli {
 enum Command {
     /// Start one node: a command or an init as PID 1 in namespaces hutch makes itself.
     Run(run::RunArgs),
+    /// Run a test: its nodes on virtual LANs and its Python test script (NixOS driver API).
+    Test(test_cmd::TestArgs),
 }
 
 fn main() {
     let cli = Cli::parse();
     let code = match cli.command {
         Command::Run(args) => run::main(args),
+        Command::Test(args) => test_cmd::main(args),
     };
     std::process::exit(code);
 }

@@ -25,6 +25,7 @@ pub(crate) const STEP_IDS: u32 = u32::MAX - 4;
 pub(crate) const STEP_NETWORK: u32 = u32::MAX - 3;
 pub(crate) const STEP_CONFINE: u32 = u32::MAX - 2;
 pub(crate) const STEP_EXEC: u32 = u32::MAX - 1;
+pub(crate) const STEP_AGENT: u32 = u32::MAX - 5;
 
 /// Everything the child needs, prepared by the parent before clone.
 pub(crate) struct ChildPlan {
@@ -39,11 +40,17 @@ pub(crate) struct ChildPlan {
     pub env: Vec<CString>,
     /// Open /dev/console as stdin/stdout/stderr and make it the controlling terminal.
     pub console_stdio: bool,
+    /// Fork this agent just before exec.
+    pub agent: Option<crate::spec::AgentHook>,
 }
 
 /// Runs the child's steps and execs; never returns.
 pub(crate) fn run(plan: &ChildPlan, sock: OwnedFd) -> ! {
     let (step, errno) = match setup(plan, sock.as_fd()) {
+        Ok(()) if plan.program.is_empty() => {
+            drop(sock);
+            minimal_init()
+        }
         Ok(()) => exec(plan),
         Err(failed) => failed,
     };
@@ -87,6 +94,9 @@ fn setup(plan: &ChildPlan, sock: BorrowedFd) -> StepResult {
         console_stdio().map_err(at(STEP_EXEC))?;
     }
     SigSet::empty().thread_set_mask().map_err(at(STEP_EXEC))?;
+    if let Some(agent) = plan.agent {
+        fork_agent(agent).map_err(at(STEP_AGENT))?;
+    }
     stamps[4] = now_ns();
     sync::send_parent(sock, &ToParent::Stamps(stamps)).map_err(at(STEP_EXEC))
 }
@@ -204,6 +214,35 @@ fn console_stdio() -> Result<(), Errno> {
         Errno::result(unsafe { libc::dup2(fd.as_raw_fd(), target) })?;
     }
     Ok(())
+}
+
+/// Forks the agent: it runs in every namespace of the node, confined like the init, and is
+/// the init's child (it dies with the node). The init keeps no copy of the agent's socket.
+fn fork_agent(agent: crate::spec::AgentHook) -> Result<(), Errno> {
+    // SAFETY: this process is single-threaded (a fresh clone of a single-threaded runtime).
+    match unsafe { nix::unistd::fork() }? {
+        nix::unistd::ForkResult::Child => {
+            // A session of its own: systemd hangs up the console as it starts, which would
+            // SIGHUP everything whose controlling terminal it is.
+            let _ = nix::unistd::setsid();
+            // SAFETY: the fd was handed to this node by the caller and is owned by the agent now.
+            let stream = unsafe { <std::os::unix::net::UnixStream as std::os::fd::FromRawFd>::from_raw_fd(agent.fd) };
+            (agent.main)(stream)
+        }
+        nix::unistd::ForkResult::Parent { .. } => nix::unistd::close(agent.fd),
+    }
+}
+
+/// PID 1 of a node without an init: reap every child until none is left, then exit.
+fn minimal_init() -> ! {
+    loop {
+        match nix::sys::wait::wait() {
+            Err(Errno::ECHILD) => break,
+            _ => continue,
+        }
+    }
+    // SAFETY: ends this process without running the runtime's atexit handlers.
+    unsafe { libc::_exit(0) }
 }
 
 /// Execs the first candidate program that exists; returns only on failure.

@@ -136,6 +136,7 @@ impl Container {
             argv: argv(spec),
             env: environment(spec),
             console_stdio: spec.boot,
+            agent: spec.agent,
         };
         let (parent_sock, child_sock) = sync::pair().map_err(Error::sys("creating the node's socketpair"))?;
         let cgroup_dir = match cgroup.as_ref().and_then(|c| c.unified.as_ref()) {
@@ -199,6 +200,7 @@ impl Container {
             child::STEP_WAIT => "waiting for the runtime".to_string(),
             child::STEP_IDS => "becoming root in the node".into(),
             child::STEP_NETWORK => "setting hostname and loopback".into(),
+            child::STEP_AGENT => "forking the agent".into(),
             child::STEP_CONFINE => "dropping capabilities and installing the seccomp filter".into(),
             child::STEP_EXEC => {
                 let cmd = cplan.argv.first().map(|a| a.to_string_lossy().to_string()).unwrap_or_default();
@@ -475,6 +477,9 @@ fn search_path(spec: &NodeSpec) -> String {
 
 /// The paths to try to exec, in order: the init in boot mode, else the command looked up on PATH.
 fn program_candidates(spec: &NodeSpec) -> Vec<CString> {
+    if spec.runs_no_init() {
+        return Vec::new();
+    }
     match (&spec.root, spec.boot || spec.args.is_empty()) {
         (RootFs::Nix { toplevel, .. }, true) => vec![cstr(toplevel.join("init").to_string_lossy())],
         (RootFs::Image(_), true) => IMAGE_INITS.iter().map(cstr).collect(),

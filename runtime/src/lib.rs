@@ -24,5 +24,5 @@ pub use container::{Container, Exit, StopReason};
 pub use error::Error;
 pub use idmap::{IdMap, IdMapKind};
 pub use init::InitKind;
-pub use spec::{Bind, NodeSpec, RootFs, Size};
+pub use spec::{AgentHook, Bind, NodeSpec, RootFs, Size};
 pub use timings::{Phase, Timings};

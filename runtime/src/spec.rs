@@ -90,6 +90,17 @@ impl std::str::FromStr for Size {
     }
 }
 
+/// A process forked by the node's first process just before the init execs: it lives in all
+/// of the node's namespaces and confinement, and needs nothing from the node's filesystem
+/// (the driver's agent).
+#[derive(Debug, Clone, Copy)]
+pub struct AgentHook {
+    /// The agent's end of a socket; the runtime hands it over and the init never sees it.
+    pub fd: std::os::fd::RawFd,
+    /// What the forked process runs; it never returns.
+    pub main: fn(std::os::unix::net::UnixStream) -> !,
+}
+
 /// Everything the runtime needs to start one node.
 #[derive(Debug, Clone)]
 pub struct NodeSpec {
@@ -116,6 +127,8 @@ pub struct NodeSpec {
     pub pids_max: Option<u64>,
     /// How long a stop waits for a clean exit before SIGKILL.
     pub stop_timeout: Duration,
+    /// An agent to fork inside the node before the init execs.
+    pub agent: Option<AgentHook>,
 }
 
 impl NodeSpec {
@@ -133,7 +146,14 @@ impl NodeSpec {
             memory: None,
             pids_max: None,
             stop_timeout: Duration::from_secs(10),
+            agent: None,
         }
+    }
+
+    /// True when the node runs only its agent: no init and no command. Its first process then
+    /// stays as a minimal PID 1 that reaps orphans until the agent is gone.
+    pub fn runs_no_init(&self) -> bool {
+        !self.boot && self.args.is_empty() && self.agent.is_some()
     }
 
     /// Checks what can be checked before anything is created, so that bad input leaves nothing
@@ -159,7 +179,7 @@ impl NodeSpec {
                 check_dir("--store", store, "give the directory holding the store paths, e.g. /nix/store")?;
                 let host = host_store_path(toplevel, store);
                 check_dir("--toplevel", &host, "give a store path of a built system")?;
-                if self.boot || self.args.is_empty() {
+                if self.boot || (self.args.is_empty() && self.agent.is_none()) {
                     let init = host.join("init");
                     if !is_executable(&init) {
                         return Err(Error::Invalid {
@@ -171,7 +191,7 @@ impl NodeSpec {
                 }
             }
         }
-        if !self.boot && self.args.is_empty() && matches!(self.root, RootFs::Image(_)) {
+        if !self.boot && self.args.is_empty() && self.agent.is_none() && matches!(self.root, RootFs::Image(_)) {
             return Err(Error::Invalid {
                 field: "CMD",
                 problem: "no command given".into(),

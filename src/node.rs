@@ -1,0 +1,198 @@
+//! A test node for the driver: the runtime's container (through the spawner), its console,
+//! its readiness and its place on the test network, behind the driver's `NodeControl`.
+
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use hutch_driver::machine::{ConsoleLog, NodeControl, NodeError};
+use hutch_netns::Hub;
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+
+use crate::spawner::{Spawner, StartRequest};
+
+/// How long a start waits for systemd's READY=1 before it calls the boot failed.
+const BOOT_LIMIT: Duration = Duration::from_secs(300);
+
+/// One node of a test run.
+pub struct RuntimeNode {
+    request: StartRequest,
+    spawner: Arc<Spawner>,
+    hub: Option<Arc<Hub>>,
+    console: Arc<ConsoleLog>,
+    state: Mutex<Option<Running>>,
+    /// Start phase timings of the last start, for `--timings`.
+    pub last_start: Mutex<Vec<(String, f64)>>,
+}
+
+struct Running {
+    pidfd: OwnedFd,
+}
+
+fn failed(e: impl std::fmt::Display) -> NodeError {
+    NodeError::Failed(e.to_string())
+}
+
+impl RuntimeNode {
+    /// A node that starts from `request` through `spawner`, wired to `hub` when it has VLANs.
+    pub fn new(request: StartRequest, spawner: Arc<Spawner>, hub: Option<Arc<Hub>>) -> RuntimeNode {
+        RuntimeNode {
+            request,
+            spawner,
+            hub,
+            console: Arc::new(ConsoleLog::new()),
+            state: Mutex::new(None),
+            last_start: Mutex::new(Vec::new()),
+        }
+    }
+
+    fn name(&self) -> &str {
+        &self.request.name
+    }
+
+    /// Copies the console into the log until the node's console goes away.
+    fn relay_console(&self, fd: OwnedFd) {
+        let console = Arc::clone(&self.console);
+        std::thread::Builder::new()
+            .name(format!("console-{}", self.name()))
+            .spawn(move || {
+                let mut buf = vec![0u8; 16 * 1024];
+                loop {
+                    match nix::unistd::read(&fd, &mut buf) {
+                        Ok(0) => break,
+                        Ok(n) => console.push(&buf[..n]),
+                        Err(nix::errno::Errno::EINTR | nix::errno::Errno::EAGAIN) => continue,
+                        Err(_) => break,
+                    }
+                }
+            })
+            .map(drop)
+            .unwrap_or_default();
+    }
+
+    /// Waits for READY=1 on the notify socket, failing early if the node dies.
+    fn wait_ready(&self, notify: &OwnedFd, pidfd: &OwnedFd) -> Result<(), NodeError> {
+        let deadline = Instant::now() + BOOT_LIMIT;
+        let mut buf = [0u8; 4096];
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(NodeError::Timeout {
+                    what: "READY=1 from systemd".into(),
+                    after: BOOT_LIMIT,
+                });
+            }
+            let mut fds = [
+                PollFd::new(notify.as_fd(), PollFlags::POLLIN),
+                PollFd::new(pidfd.as_fd(), PollFlags::POLLIN),
+            ];
+            let ms = PollTimeout::try_from(left.as_millis().min(1000) as i32).unwrap_or(PollTimeout::MAX);
+            match poll(&mut fds, ms) {
+                Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+                Err(e) => return Err(failed(e)),
+            }
+            if fds[1].revents().is_some_and(|r| !r.is_empty()) {
+                let how = self.spawner.reap(self.name()).ok().flatten().unwrap_or_default();
+                return Err(failed(format!("the node stopped while booting ({how})")));
+            }
+            if fds[0].revents().is_some_and(|r| !r.is_empty()) {
+                if let Ok(n) = nix::sys::socket::recv(
+                    std::os::fd::AsRawFd::as_raw_fd(notify),
+                    &mut buf,
+                    nix::sys::socket::MsgFlags::MSG_DONTWAIT,
+                ) {
+                    if String::from_utf8_lossy(&buf[..n]).lines().any(|l| l == "READY=1") {
+                        return Ok(());
+                    }
+                }
+            }
+        }
+    }
+
+    fn pidfd_ready(&self, timeout: Duration) -> bool {
+        let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(running) = state.as_ref() else { return true };
+        let mut fds = [PollFd::new(running.pidfd.as_fd(), PollFlags::POLLIN)];
+        let ms = PollTimeout::try_from(timeout.as_millis().min(i32::MAX as u128) as i32).unwrap_or(PollTimeout::MAX);
+        matches!(poll(&mut fds, ms), Ok(n) if n > 0)
+    }
+
+    fn wait_down(&self, timeout: Duration, what: &str) -> Result<(), NodeError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if self.pidfd_ready(left.min(Duration::from_millis(500))) {
+                self.spawner.reap(self.name()).map_err(failed)?;
+                *self.state.lock().unwrap_or_else(|e| e.into_inner()) = None;
+                return Ok(());
+            }
+            if left.is_zero() {
+                return Err(NodeError::Timeout {
+                    what: what.into(),
+                    after: timeout,
+                });
+            }
+        }
+    }
+}
+
+impl NodeControl for RuntimeNode {
+    fn start(&self) -> Result<UnixStream, NodeError> {
+        let (started, fds) = self.spawner.start(self.request.clone()).map_err(failed)?;
+        *self.last_start.lock().unwrap_or_else(|e| e.into_inner()) = started.phases_ms.clone();
+        if let Some(hub) = &self.hub {
+            // A restarted node has a new namespace: unplug what the old one left first.
+            let _ = hub.detach(self.name());
+            hub.attach(self.name(), fds.netns.as_fd()).map_err(failed)?;
+        }
+        if let Some(console) = fds.console {
+            self.relay_console(console);
+        }
+        if let (Some(notify), "systemd") = (&fds.notify, started.init.as_str()) {
+            self.wait_ready(notify, &fds.pidfd)?;
+        }
+        *self.state.lock().unwrap_or_else(|e| e.into_inner()) = Some(Running { pidfd: fds.pidfd });
+        Ok(fds.agent)
+    }
+
+    fn shutdown(&self, timeout: Duration) -> Result<(), NodeError> {
+        if !self.is_up() {
+            return Ok(());
+        }
+        self.spawner.stop(self.name()).map_err(failed)?;
+        self.wait_down(timeout, "the shutdown")
+    }
+
+    fn crash(&self) -> Result<(), NodeError> {
+        self.spawner.kill(self.name()).map_err(failed)?;
+        *self.state.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        Ok(())
+    }
+
+    fn wait_for_shutdown(&self, timeout: Duration) -> Result<(), NodeError> {
+        self.wait_down(timeout, "the node stopping by itself")
+    }
+
+    fn is_up(&self) -> bool {
+        self.state.lock().unwrap_or_else(|e| e.into_inner()).is_some() && !self.pidfd_ready(Duration::ZERO)
+    }
+
+    fn block(&self) -> Result<(), NodeError> {
+        match &self.hub {
+            Some(hub) => hub.block(self.name(), None).map_err(failed),
+            None => Err(failed("the node is on no VLAN")),
+        }
+    }
+
+    fn unblock(&self) -> Result<(), NodeError> {
+        match &self.hub {
+            Some(hub) => hub.unblock(self.name(), None).map_err(failed),
+            None => Err(failed("the node is on no VLAN")),
+        }
+    }
+
+    fn console(&self) -> Arc<ConsoleLog> {
+        Arc::clone(&self.console)
+    }
+}

@@ -1,0 +1,330 @@
+//! The spawner: a single-threaded process, forked before the driver starts any thread, that
+//! owns every node of a test run. Cloning a node from a multi-threaded process is unsafe (the
+//! child runs code that may need a lock another thread held), so the driver asks the spawner.
+//!
+//! Requests and replies are typed JSON messages, one per SOCK_SEQPACKET packet; a started
+//! node's descriptors (agent socket, pidfd, network namespace, console, notify socket) travel
+//! with its reply as SCM_RIGHTS. When the driver goes away the spawner drops every node and
+//! exits, so nothing outlives the run.
+
+use std::collections::HashMap;
+use std::io::{IoSlice, IoSliceMut};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::sync::Mutex;
+
+use anyhow::{bail, Context, Result};
+use hutch_runtime::{AgentHook, Container, IdMap, InitKind, NodeSpec, RootFs};
+use nix::sys::socket::{recvmsg, sendmsg, socketpair, AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags, SockFlag, SockType};
+use serde::{Deserialize, Serialize};
+
+/// What a node is made of, as the driver sends it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StartRequest {
+    pub name: String,
+    pub hostname: String,
+    pub image: Option<PathBuf>,
+    pub toplevel: Option<PathBuf>,
+    pub store: Option<PathBuf>,
+    pub closure_only: bool,
+    pub boot: bool,
+    pub args: Vec<String>,
+    pub env: Vec<(String, String)>,
+    /// (path inside the node, host file to copy).
+    pub files: Vec<(PathBuf, PathBuf)>,
+    /// (path inside the node, contents), e.g. /etc/hosts.
+    pub texts: Vec<(PathBuf, String)>,
+    pub memory: Option<u64>,
+    pub pids_max: Option<u64>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+enum Request {
+    Start(Box<StartRequest>),
+    /// Ask the node to stop cleanly (its init's stop signal).
+    Stop {
+        name: String,
+    },
+    /// SIGKILL it and reap it.
+    Kill {
+        name: String,
+    },
+    /// Reap it if it has exited.
+    Reap {
+        name: String,
+    },
+}
+
+/// How a start went, with the node's descriptors alongside.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Started {
+    pub init: String,
+    pub has_console: bool,
+    pub has_notify: bool,
+    pub phases_ms: Vec<(String, f64)>,
+    pub warnings: Vec<String>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+enum Reply {
+    Started(Started),
+    /// The node has exited (or was never there): how it ended.
+    Exited {
+        how: String,
+    },
+    Running,
+    Done,
+    Error {
+        message: String,
+    },
+}
+
+/// The driver's handle on the spawner process.
+pub struct Spawner {
+    sock: Mutex<OwnedFd>,
+    pid: nix::unistd::Pid,
+}
+
+/// A started node's descriptors.
+pub struct NodeFds {
+    pub agent: UnixStream,
+    pub pidfd: OwnedFd,
+    pub netns: OwnedFd,
+    pub console: Option<OwnedFd>,
+    pub notify: Option<OwnedFd>,
+}
+
+impl Spawner {
+    /// Forks the spawner. Call before the process starts any thread.
+    pub fn fork() -> Result<Spawner> {
+        let (ours, theirs) =
+            socketpair(AddressFamily::Unix, SockType::SeqPacket, None, SockFlag::SOCK_CLOEXEC).context("spawner socketpair")?;
+        // SAFETY: the caller guarantees no other thread exists yet; the child runs `serve` and
+        // exits without returning.
+        match unsafe { nix::unistd::fork() }.context("forking the spawner")? {
+            nix::unistd::ForkResult::Child => {
+                drop(ours);
+                // The spawner dies with the driver (and takes every node with it).
+                // SAFETY: prctl with a signal number.
+                unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
+                let code = match serve(theirs) {
+                    Ok(()) => 0,
+                    Err(e) => {
+                        eprintln!("hutch spawner: {e:#}");
+                        1
+                    }
+                };
+                std::process::exit(code);
+            }
+            nix::unistd::ForkResult::Parent { child } => Ok(Spawner {
+                sock: Mutex::new(ours),
+                pid: child,
+            }),
+        }
+    }
+
+    fn call(&self, req: &Request) -> Result<(Reply, Vec<OwnedFd>)> {
+        let sock = self.sock.lock().unwrap_or_else(|e| e.into_inner());
+        send(sock.as_fd(), &serde_json::to_vec(req)?, &[])?;
+        let (bytes, fds) = recv(sock.as_fd())?.context("the spawner went away")?;
+        Ok((serde_json::from_slice(&bytes)?, fds))
+    }
+
+    /// Starts a node; returns once its init exec'd, with its descriptors.
+    pub fn start(&self, req: StartRequest) -> Result<(Started, NodeFds)> {
+        match self.call(&Request::Start(Box::new(req)))? {
+            (Reply::Started(s), fds) => {
+                let mut it = fds.into_iter();
+                let mut next = || it.next().context("missing descriptor from the spawner");
+                let agent = UnixStream::from(next()?);
+                let pidfd = next()?;
+                let netns = next()?;
+                let console = if s.has_console { Some(next()?) } else { None };
+                let notify = if s.has_notify { Some(next()?) } else { None };
+                Ok((
+                    s,
+                    NodeFds {
+                        agent,
+                        pidfd,
+                        netns,
+                        console,
+                        notify,
+                    },
+                ))
+            }
+            (Reply::Error { message }, _) => bail!("{message}"),
+            (other, _) => bail!("unexpected spawner reply {other:?}"),
+        }
+    }
+
+    fn exit_call(&self, req: Request) -> Result<Option<String>> {
+        match self.call(&req)? {
+            (Reply::Exited { how }, _) => Ok(Some(how)),
+            (Reply::Running | Reply::Done, _) => Ok(None),
+            (Reply::Error { message }, _) => bail!("{message}"),
+            (other, _) => bail!("unexpected spawner reply {other:?}"),
+        }
+    }
+
+    /// Sends the node's clean-stop signal.
+    pub fn stop(&self, name: &str) -> Result<()> {
+        self.exit_call(Request::Stop { name: name.into() }).map(drop)
+    }
+
+    /// Kills and reaps the node; how it ended.
+    pub fn kill(&self, name: &str) -> Result<Option<String>> {
+        self.exit_call(Request::Kill { name: name.into() })
+    }
+
+    /// Reaps the node if it exited; how it ended.
+    pub fn reap(&self, name: &str) -> Result<Option<String>> {
+        self.exit_call(Request::Reap { name: name.into() })
+    }
+}
+
+impl Drop for Spawner {
+    fn drop(&mut self) {
+        // Closing our end makes the spawner drop every node and exit.
+        let sock = self.sock.get_mut().unwrap_or_else(|e| e.into_inner());
+        let _ = nix::sys::socket::shutdown(sock.as_raw_fd(), nix::sys::socket::Shutdown::Both);
+        let _ = nix::sys::wait::waitpid(self.pid, None);
+    }
+}
+
+fn send(fd: BorrowedFd, bytes: &[u8], fds: &[RawFd]) -> Result<()> {
+    let cmsgs: Vec<ControlMessage> = if fds.is_empty() {
+        vec![]
+    } else {
+        vec![ControlMessage::ScmRights(fds)]
+    };
+    sendmsg::<()>(fd.as_raw_fd(), &[IoSlice::new(bytes)], &cmsgs, MsgFlags::empty(), None).context("sending to the spawner")?;
+    Ok(())
+}
+
+fn recv(fd: BorrowedFd) -> Result<Option<(Vec<u8>, Vec<OwnedFd>)>> {
+    let mut buf = vec![0u8; 1 << 20];
+    let mut space = nix::cmsg_space!([RawFd; 8]);
+    let mut iov = [IoSliceMut::new(&mut buf)];
+    let msg = loop {
+        match recvmsg::<()>(fd.as_raw_fd(), &mut iov, Some(&mut space), MsgFlags::MSG_CMSG_CLOEXEC) {
+            Err(nix::errno::Errno::EINTR) => continue,
+            other => break other.context("reading from the spawner")?,
+        }
+    };
+    let mut fds = Vec::new();
+    for cmsg in msg.cmsgs()? {
+        if let ControlMessageOwned::ScmRights(raw) = cmsg {
+            // SAFETY: the kernel installed these descriptors for us with this message.
+            fds.extend(raw.into_iter().map(|r| unsafe { OwnedFd::from_raw_fd(r) }));
+        }
+    }
+    let n = msg.bytes;
+    if n == 0 {
+        return Ok(None);
+    }
+    buf.truncate(n);
+    Ok(Some((buf, fds)))
+}
+
+/// The spawner's loop: one request at a time until the driver hangs up.
+fn serve(sock: OwnedFd) -> Result<()> {
+    let idmap = IdMap::detect();
+    let mut nodes: HashMap<String, Container> = HashMap::new();
+    while let Some((bytes, _)) = recv(sock.as_fd())? {
+        let req: Request = serde_json::from_slice(&bytes)?;
+        let (reply, fds): (Reply, Vec<OwnedFd>) = match req {
+            Request::Start(start) => match start_node(&start, &idmap) {
+                Ok((node, started, fds)) => {
+                    nodes.insert(start.name.clone(), node);
+                    (Reply::Started(started), fds)
+                }
+                Err(e) => (Reply::Error { message: format!("{e:#}") }, vec![]),
+            },
+            Request::Stop { name } => match nodes.get(&name) {
+                Some(node) => match node.signal(node.stop_signal()) {
+                    Ok(()) => (Reply::Done, vec![]),
+                    Err(e) => (Reply::Error { message: e.to_string() }, vec![]),
+                },
+                None => (Reply::Exited { how: "not running".into() }, vec![]),
+            },
+            Request::Kill { name } => match nodes.remove(&name) {
+                Some(mut node) => {
+                    let _ = node.signal(libc::SIGKILL);
+                    let how = node.wait().map(|e| format!("{e:?}")).unwrap_or_else(|e| e.to_string());
+                    (Reply::Exited { how }, vec![])
+                }
+                None => (Reply::Exited { how: "not running".into() }, vec![]),
+            },
+            Request::Reap { name } => match nodes.get_mut(&name).map(|n| n.try_wait()) {
+                Some(Ok(Some(exit))) => {
+                    nodes.remove(&name);
+                    (Reply::Exited { how: format!("{exit:?}") }, vec![])
+                }
+                Some(Ok(None)) => (Reply::Running, vec![]),
+                Some(Err(e)) => (Reply::Error { message: e.to_string() }, vec![]),
+                None => (Reply::Exited { how: "not running".into() }, vec![]),
+            },
+        };
+        let raw: Vec<RawFd> = fds.iter().map(|f| f.as_raw_fd()).collect();
+        send(sock.as_fd(), &serde_json::to_vec(&reply)?, &raw)?;
+    }
+    Ok(())
+}
+
+fn start_node(req: &StartRequest, idmap: &IdMap) -> Result<(Container, Started, Vec<OwnedFd>)> {
+    let root = match (&req.image, &req.toplevel) {
+        (Some(dir), _) => RootFs::Image(dir.clone()),
+        (None, Some(top)) => RootFs::Nix {
+            toplevel: top.clone(),
+            store: req.store.clone().unwrap_or_else(|| "/nix/store".into()),
+            closure_only: req.closure_only,
+        },
+        (None, None) => bail!("node {}: neither image nor toplevel", req.name),
+    };
+    let mut spec = NodeSpec::new(&req.name, root);
+    spec.hostname = req.hostname.clone();
+    spec.boot = req.boot;
+    spec.args = req.args.clone();
+    spec.env = req.env.clone();
+    spec.memory = req.memory;
+    spec.pids_max = req.pids_max;
+    for (guest, host) in &req.files {
+        let data = std::fs::read(host).with_context(|| format!("node {}: reading {}", req.name, host.display()))?;
+        spec.files.push((guest.clone(), data));
+    }
+    for (guest, text) in &req.texts {
+        spec.files.push((guest.clone(), text.clone().into_bytes()));
+    }
+    let (driver_end, node_end) = UnixStream::pair().context("agent socketpair")?;
+    spec.agent = Some(AgentHook {
+        fd: node_end.as_raw_fd(),
+        main: hutch_driver::agent::agent_main,
+    });
+    let node = Container::spawn(&spec, idmap)?;
+    drop(node_end);
+    let netns = std::fs::File::open(node.netns_path()).context("opening the node's network namespace")?;
+    let mut fds: Vec<OwnedFd> = vec![driver_end.into(), node.pidfd().try_clone_to_owned()?, netns.into()];
+    if let Some(c) = node.console() {
+        fds.push(c.try_clone_to_owned()?);
+    }
+    if let Some(n) = node.notify_socket() {
+        fds.push(n.try_clone_to_owned()?);
+    }
+    let init = match node.init() {
+        InitKind::Systemd => "systemd",
+        InitKind::Busybox => "busybox",
+        InitKind::Other => "other",
+    };
+    let started = Started {
+        init: init.into(),
+        has_console: node.console().is_some(),
+        has_notify: node.notify_socket().is_some(),
+        phases_ms: hutch_runtime::Phase::ALL
+            .iter()
+            .map(|p| (p.name().to_string(), node.timings().get(*p).as_secs_f64() * 1e3))
+            .collect(),
+        warnings: node.warnings().to_vec(),
+    };
+    Ok((node, started, fds))
+}

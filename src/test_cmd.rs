@@ -1,0 +1,153 @@
+//! `hutch test`: a test file's nodes on their virtual LANs, and its Python test script.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use clap::Args;
+use hutch_driver::machine::NodeControl;
+use hutch_driver::plan::{NodeRoot, TestPlan};
+use hutch_driver::session::{Session, SessionOptions, EXIT_BAD_TEST};
+use hutch_netns::{Hub, Topology};
+
+use crate::node::RuntimeNode;
+use crate::spawner::{Spawner, StartRequest};
+
+/// Options of `hutch test`.
+#[derive(Args, Debug)]
+pub struct TestArgs {
+    /// The test file (TOML, or JSON as flake.nix writes it).
+    file: PathBuf,
+    /// Also write a JUnit XML report here.
+    #[arg(long)]
+    junit_xml: Option<PathBuf>,
+    /// Logs and copied files go here (default: ./hutch-out/<test name>).
+    #[arg(long)]
+    output_dir: Option<PathBuf>,
+    /// Open a Python REPL with the test's globals instead of running the script.
+    #[arg(long)]
+    interactive: bool,
+    /// A failing subtest does not stop the script (the run still fails).
+    #[arg(long)]
+    keep_going: bool,
+    /// Print each node's start phase timings.
+    #[arg(long)]
+    timings: bool,
+}
+
+/// Runs `hutch test`; returns the exit code (0 pass, 1 fail, 2 bad test file).
+pub fn main(args: TestArgs) -> i32 {
+    let plan = match TestPlan::load(&args.file) {
+        Ok(plan) => plan,
+        Err(e) => {
+            eprintln!("{e}");
+            return EXIT_BAD_TEST;
+        }
+    };
+    // The spawner must exist before any thread (the network hub and the driver start some).
+    let spawner = match Spawner::fork() {
+        Ok(s) => Arc::new(s),
+        Err(e) => {
+            eprintln!("hutch: {e:#}");
+            return crate::run::EXIT_HUTCH;
+        }
+    };
+    match run(&args, &plan, spawner) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("hutch: {e:#}");
+            crate::run::EXIT_HUTCH
+        }
+    }
+}
+
+fn run(args: &TestArgs, plan: &TestPlan, spawner: Arc<Spawner>) -> Result<i32> {
+    let topology = Topology::new(
+        plan.nodes
+            .iter()
+            .map(|n| hutch_netns::NodeSpec::new(n.name.clone(), n.vlans.iter().map(|v| *v as u32))),
+    )
+    .context("the test's network")?;
+    let hub = if plan.vlans.is_empty() {
+        None
+    } else {
+        Some(Arc::new(Hub::new(&topology).context("creating the test network")?))
+    };
+    let hosts = topology.hosts_file();
+    let mut nodes: Vec<(String, Arc<RuntimeNode>)> = Vec::new();
+    for n in &plan.nodes {
+        let (image, toplevel, store, closure_only) = match &n.root {
+            NodeRoot::Image { dir } => (Some(dir.clone()), None, None, false),
+            NodeRoot::Toplevel { path, store, closure_only } => (None, Some(path.clone()), store.clone(), *closure_only),
+        };
+        let request = StartRequest {
+            name: n.name.clone(),
+            hostname: n.hostname.clone(),
+            image,
+            toplevel,
+            store,
+            closure_only,
+            boot: n.boot,
+            args: Vec::new(),
+            env: n.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            files: n.files.iter().map(|f| (f.guest.clone(), f.host.clone())).collect(),
+            texts: vec![("/etc/hosts".into(), hosts.clone())],
+            memory: n.memory,
+            pids_max: n.pids_max,
+        };
+        let on_lan = if n.vlans.is_empty() { None } else { hub.clone() };
+        nodes.push((n.name.clone(), Arc::new(RuntimeNode::new(request, Arc::clone(&spawner), on_lan))));
+    }
+    let output_dir = args
+        .output_dir
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("hutch-out").join(&plan.name));
+    let mut opts = SessionOptions::new(output_dir);
+    opts.junit_xml = args.junit_xml.clone();
+    opts.interactive = args.interactive;
+    opts.keep_going = args.keep_going;
+    let controls: Vec<(String, Box<dyn NodeControl>)> = nodes
+        .iter()
+        .map(|(name, node)| (name.clone(), Box::new(Shared(Arc::clone(node))) as Box<dyn NodeControl>))
+        .collect();
+    let session = Session::new(plan, controls, opts)?;
+    let report = session.run();
+    if args.timings {
+        for (name, node) in &nodes {
+            let phases = node.last_start.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            let text: Vec<String> = phases.iter().map(|(p, ms)| format!("{p} {ms:.2}")).collect();
+            eprintln!("hutch: {name}: start phases (ms): {}", text.join(", "));
+        }
+    }
+    Ok(report.exit_code())
+}
+
+/// Lets the CLI keep a handle on each node (for timings) while the session owns its control.
+struct Shared(Arc<RuntimeNode>);
+
+impl NodeControl for Shared {
+    fn start(&self) -> Result<std::os::unix::net::UnixStream, hutch_driver::machine::NodeError> {
+        self.0.start()
+    }
+    fn shutdown(&self, timeout: std::time::Duration) -> Result<(), hutch_driver::machine::NodeError> {
+        self.0.shutdown(timeout)
+    }
+    fn crash(&self) -> Result<(), hutch_driver::machine::NodeError> {
+        self.0.crash()
+    }
+    fn wait_for_shutdown(&self, timeout: std::time::Duration) -> Result<(), hutch_driver::machine::NodeError> {
+        self.0.wait_for_shutdown(timeout)
+    }
+    fn is_up(&self) -> bool {
+        self.0.is_up()
+    }
+    fn block(&self) -> Result<(), hutch_driver::machine::NodeError> {
+        self.0.block()
+    }
+    fn unblock(&self) -> Result<(), hutch_driver::machine::NodeError> {
+        self.0.unblock()
+    }
+    fn console(&self) -> Arc<hutch_driver::machine::ConsoleLog> {
+        self.0.console()
+    }
+}
