@@ -24,10 +24,30 @@ fn main() {
     let hutch = env!("CARGO_BIN_EXE_hutch");
     let mut contenders = Vec::new();
     if installed("systemd-nspawn") {
-        let cmd = argv(&["systemd-nspawn", "-q", "--register=no", "--keep-unit", "--volatile=overlay", "-D", &image, "-b", wants]);
-        contenders.push(Contender { name: "systemd-nspawn", cmd, walls: vec![], peaks: vec![] });
+        let cmd = argv(&[
+            "systemd-nspawn",
+            "-q",
+            "--register=no",
+            "--keep-unit",
+            "--volatile=overlay",
+            "-D",
+            &image,
+            "-b",
+            wants,
+        ]);
+        contenders.push(Contender {
+            name: "systemd-nspawn",
+            cmd,
+            walls: vec![],
+            peaks: vec![],
+        });
     }
-    contenders.push(Contender { name: "hutch --image", cmd: argv(&[hutch, "run", "--image", &image, "--boot", "--", wants]), walls: vec![], peaks: vec![] });
+    contenders.push(Contender {
+        name: "hutch --image",
+        cmd: argv(&[hutch, "run", "--image", &image, "--boot", "--", wants]),
+        walls: vec![],
+        peaks: vec![],
+    });
     contenders.push(Contender {
         name: "hutch --toplevel",
         cmd: argv(&[hutch, "run", "--toplevel", &nixos, "--closure-only", "--boot", "--", wants]),
@@ -51,7 +71,10 @@ fn main() {
         (!w.is_empty()).then(|| percentile(&w, 0.5))
     });
     println!("systemd boot to multi-user.target and poweroff, {rounds} paired rounds");
-    println!("{:<18} {:>10} {:>10} {:>10} {:>14}", "runtime", "median s", "p95 s", "vs nspawn", "peak MiB/node");
+    println!(
+        "{:<18} {:>10} {:>10} {:>10} {:>14}",
+        "runtime", "median s", "p95 s", "vs nspawn", "peak MiB/node"
+    );
     for c in &mut contenders {
         if c.walls.is_empty() {
             continue;
@@ -59,8 +82,21 @@ fn main() {
         c.walls.sort();
         c.peaks.sort();
         let med = percentile(&c.walls, 0.5);
-        let ratio = nspawn_median.map(|n| format!("{:.2}x", med.as_secs_f64() / n.as_secs_f64())).unwrap_or_else(|| "-".into());
-        let peak = if c.peaks.is_empty() { "-".to_string() } else { format!("{:.1}", percentile(&c.peaks, 0.5) as f64 / (1 << 20) as f64) };
-        println!("{:<18} {:>10.3} {:>10.3} {:>10} {:>14}", c.name, med.as_secs_f64(), percentile(&c.walls, 0.95).as_secs_f64(), ratio, peak);
+        let ratio = nspawn_median
+            .map(|n| format!("{:.2}x", med.as_secs_f64() / n.as_secs_f64()))
+            .unwrap_or_else(|| "-".into());
+        let peak = if c.peaks.is_empty() {
+            "-".to_string()
+        } else {
+            format!("{:.1}", percentile(&c.peaks, 0.5) as f64 / (1 << 20) as f64)
+        };
+        println!(
+            "{:<18} {:>10.3} {:>10.3} {:>10} {:>14}",
+            c.name,
+            med.as_secs_f64(),
+            percentile(&c.walls, 0.95).as_secs_f64(),
+            ratio,
+            peak
+        );
     }
 }

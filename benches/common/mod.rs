@@ -21,7 +21,11 @@ pub fn fixture(script: &str, args: &[&str]) -> PathBuf {
 
 /// True when `program` is on PATH.
 pub fn installed(program: &str) -> bool {
-    Command::new("sh").args(["-c", &format!("command -v {program}")]).stdout(Stdio::null()).status().is_ok_and(|s| s.success())
+    Command::new("sh")
+        .args(["-c", &format!("command -v {program}")])
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
 }
 
 /// One measured run: wall time and the memory peak of the whole process tree, when known.
@@ -36,7 +40,11 @@ struct MemoryCgroup(PathBuf);
 impl MemoryCgroup {
     fn new() -> Option<MemoryCgroup> {
         static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-        let name = format!("hutch-bench-{}-{}", std::process::id(), N.fetch_add(1, std::sync::atomic::Ordering::SeqCst));
+        let name = format!(
+            "hutch-bench-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+        );
         for base in ["/sys/fs/cgroup/memory", "/sys/fs/cgroup"] {
             let dir = Path::new(base).join(&name);
             if std::fs::create_dir(&dir).is_ok() {
@@ -50,7 +58,9 @@ impl MemoryCgroup {
     }
 
     fn peak(&self) -> Option<u64> {
-        ["memory.max_usage_in_bytes", "memory.peak"].iter().find_map(|f| std::fs::read_to_string(self.0.join(f)).ok()?.trim().parse().ok())
+        ["memory.max_usage_in_bytes", "memory.peak"]
+            .iter()
+            .find_map(|f| std::fs::read_to_string(self.0.join(f)).ok()?.trim().parse().ok())
     }
 }
 
