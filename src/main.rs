@@ -6,6 +6,7 @@ mod node;
 mod run;
 mod spawner;
 mod test_cmd;
+mod userns;
 
 use clap::{Parser, Subcommand};
 

@@ -44,6 +44,11 @@ pub fn main(args: TestArgs) -> i32 {
             return EXIT_BAD_TEST;
         }
     };
+    // Rootless: become root of a user namespace of our own first (see userns.rs).
+    if let Err(e) = crate::userns::enter() {
+        eprintln!("hutch: {e:#}");
+        return crate::run::EXIT_HUTCH;
+    }
     // The spawner must exist before any thread (the network hub and the driver start some).
     let spawner = match Spawner::fork() {
         Ok(s) => Arc::new(s),

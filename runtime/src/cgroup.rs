@@ -103,7 +103,9 @@ impl NodeCgroup {
                     let v2 = Cgroup::load(Box::new(V2::new()), rel);
                     set_limits(&v2, req)?;
                 }
-                (CgroupMode::Hybrid | CgroupMode::Legacy, _, true) => {
+                (CgroupMode::Hybrid | CgroupMode::Legacy, _, true)
+                    if nix::unistd::access("/sys/fs/cgroup/memory", nix::unistd::AccessFlags::W_OK).is_ok() =>
+                {
                     let controllers = Some(vec!["memory".to_string(), "pids".to_string()]);
                     let path = format!("hutch/{}", req.leaf);
                     let v1 = Cgroup::new_with_specified_controllers(Box::new(V1::new()), path, controllers).map_err(|e| Error::Host {
@@ -199,31 +201,42 @@ fn set_limits(cg: &Cgroup, req: &Request) -> Result<(), Error> {
 /// Makes the node's cgroup2 directory: under `<mount>/hutch` as root, under the caller's own
 /// cgroup when it is delegated to the caller (writable), else none.
 fn delegated_dir(mount: &Path, req: &Request, warnings: &mut Warnings) -> Result<Option<PathBuf>, Error> {
-    let parent = if req.root {
-        let parent = mount.join("hutch");
-        match std::fs::create_dir(&parent) {
-            Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => return Err(Error::io("creating cgroup", parent)(e)),
-            _ => parent,
-        }
-    } else {
-        let own = own_cgroup2().unwrap_or_default();
-        let dir = mount.join(own.trim_start_matches('/'));
-        if nix::unistd::access(&dir, nix::unistd::AccessFlags::W_OK).is_err() {
-            if !req.boot {
+    let parent = match req.root.then(|| host_parent(mount)).transpose()? {
+        Some(Some(parent)) => parent,
+        // Not root of the host (e.g. root of a rootless driver's own user namespace).
+        _ => {
+            let own = own_cgroup2().unwrap_or_default();
+            let dir = mount.join(own.trim_start_matches('/'));
+            if nix::unistd::access(&dir, nix::unistd::AccessFlags::W_OK).is_err() {
+                if !req.boot {
+                    return Ok(None);
+                }
+                warnings.push(format!(
+                    "note: {} is not writable by this user: the node gets no cgroup of its own \
+                     (systemd inside will run without cgroup delegation)",
+                    dir.display()
+                ));
                 return Ok(None);
             }
-            warnings.push(format!(
-                "note: {} is not writable by this user: the node gets no cgroup of its own \
-                 (systemd inside will run without cgroup delegation)",
-                dir.display()
-            ));
-            return Ok(None);
+            dir
         }
-        dir
     };
     let dir = parent.join(req.leaf);
     std::fs::create_dir(&dir).map_err(Error::io("creating cgroup", &dir))?;
     Ok(Some(dir))
+}
+
+/// `<mount>/hutch`, made if needed; `None` when we may not (not root of the host).
+fn host_parent(mount: &Path) -> Result<Option<PathBuf>, Error> {
+    let parent = mount.join("hutch");
+    match std::fs::create_dir(&parent) {
+        Ok(()) => Ok(Some(parent)),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(nix::unistd::access(&parent, nix::unistd::AccessFlags::W_OK)
+            .is_ok()
+            .then_some(parent)),
+        Err(e) if matches!(e.raw_os_error(), Some(libc::EACCES | libc::EPERM | libc::EROFS)) => Ok(None),
+        Err(e) => Err(Error::io("creating cgroup", parent)(e)),
+    }
 }
 
 /// The caller's cgroup2 path, from /proc/self/cgroup's `0::` line.

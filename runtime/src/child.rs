@@ -233,8 +233,17 @@ fn fork_agent(agent: crate::spec::AgentHook) -> Result<(), Errno> {
     }
 }
 
-/// PID 1 of a node without an init: reap every child until none is left, then exit.
+/// PID 1 of a node without an init: reap every child until none is left, then exit. A stop
+/// signal ends it (and with it the node): PID 1 ignores signals it has no handler for.
 fn minimal_init() -> ! {
+    extern "C" fn stop(_: libc::c_int) {
+        // SAFETY: _exit is async-signal-safe.
+        unsafe { libc::_exit(0) }
+    }
+    for sig in [libc::SIGTERM, libc::SIGINT, libc::SIGRTMIN() + 3] {
+        // SAFETY: installs a handler that only calls _exit.
+        unsafe { libc::signal(sig, stop as *const () as libc::sighandler_t) };
+    }
     loop {
         match nix::sys::wait::wait() {
             Err(Errno::ECHILD) => break,

@@ -49,7 +49,12 @@ impl IdMap {
         let uid = Uid::effective().as_raw();
         let gid = Gid::effective().as_raw();
         let kind = if uid == 0 {
-            IdMapKind::Identity
+            // Root of the host, or of a user namespace with fewer ids (rootless `hutch test`).
+            if mapped_ids() >= FULL as u64 {
+                IdMapKind::Identity
+            } else {
+                IdMapKind::Single
+            }
         } else {
             let name = User::from_uid(Uid::from_raw(uid)).ok().flatten().map(|u| u.name);
             let sub_u = subordinate_start("/etc/subuid", uid, name.as_deref());
@@ -97,11 +102,11 @@ impl IdMap {
 
     /// Writes the maps for the process `pid`, which must be in a fresh user namespace and
     /// waiting: directly as root, through newuidmap/newgidmap otherwise.
-    pub(crate) fn apply(&self, pid: Pid) -> Result<(), Error> {
+    pub fn apply(&self, pid: Pid) -> Result<(), Error> {
         match self.kind {
             IdMapKind::Identity => {
-                write_proc(pid, "uid_map", &format!("0 0 {FULL}\n"))?;
-                write_proc(pid, "gid_map", &format!("0 0 {FULL}\n"))
+                write_proc(pid, "uid_map", &identity_map("uid_map"))?;
+                write_proc(pid, "gid_map", &identity_map("gid_map"))
             }
             IdMapKind::Subordinate { uid_start, gid_start } => {
                 // Both helpers at once: each is a setuid exec of a few milliseconds.
@@ -116,6 +121,34 @@ impl IdMap {
             }
         }
     }
+}
+
+/// Our own map's ranges (first id inside, count), cut to 0..65536.
+fn own_ranges(file: &str) -> Vec<(u64, u64)> {
+    let text = std::fs::read_to_string(format!("/proc/self/{file}")).unwrap_or_default();
+    text.lines()
+        .filter_map(|l| {
+            let mut f = l.split_whitespace().map(|x| x.parse::<u64>().ok());
+            let (inside, count) = (f.next()??, f.nth(1)??);
+            let count = count.min((FULL as u64).saturating_sub(inside));
+            (count > 0).then_some((inside, count))
+        })
+        .collect()
+}
+
+/// How many ids of 0..65536 our own user namespace maps.
+fn mapped_ids() -> u64 {
+    own_ranges("uid_map").iter().map(|(_, n)| n).sum()
+}
+
+/// The identity map of 0..65536, one line per range of our own map: the kernel wants each
+/// line of a child's map inside a single line of its parent's (a rootless driver's own
+/// namespace maps root and the subordinate range on two lines).
+fn identity_map(file: &str) -> String {
+    own_ranges(file)
+        .iter()
+        .map(|(first, count)| format!("{first} {first} {count}\n"))
+        .collect()
 }
 
 fn write_proc(pid: Pid, file: &str, text: &str) -> Result<(), Error> {

@@ -81,7 +81,14 @@ impl Checker<'_> {
             );
             return None;
         }
-        let built = self.ctx.cache_dir.join("images").join(image);
+        // A user's own copy (shifted into the user's id map by the image builder) wins.
+        let images = self.ctx.cache_dir.join("images");
+        let uid = nix::unistd::Uid::effective();
+        let own = images.join(format!("{image}@{uid}"));
+        if !uid.is_root() && own.is_dir() {
+            return Some(own);
+        }
+        let built = images.join(image);
         if built.is_dir() {
             return Some(built);
         }
