@@ -76,6 +76,9 @@ fn run(n: usize) -> Result<Row, String> {
     let t = Instant::now();
     let ns = bare_namespaces(n).map_err(|e| e.to_string())?;
     let netns = t.elapsed();
+    if std::env::var_os("HUTCH_BENCH_QUIET_NODES").is_some() {
+        quiet_nodes(&ns)?;
+    }
 
     let t = Instant::now();
     let hub = Hub::new(&topo).map_err(|e| e.to_string())?;
@@ -85,9 +88,12 @@ fn run(n: usize) -> Result<Row, String> {
     let wiring = t.elapsed();
 
     let target = topo.nodes()[0].interfaces[0].ipv4;
+    let target_mac = topo.nodes()[0].interfaces[0].mac.0;
     let t = Instant::now();
-    let reached = reach(&ns[1..], target, Duration::from_secs(15))?;
+    let macs = topo.nodes()[1..].iter().map(|n| n.interfaces[0].mac.0).collect();
+    let (reached, sockets) = reach(&ns[1..], macs, target, target_mac, Duration::from_secs(15))?;
     let reach = t.elapsed();
+    close_all(sockets);
 
     let t = Instant::now();
     drop(hub);
@@ -114,6 +120,32 @@ fn run(n: usize) -> Result<Row, String> {
         links_gone,
         netns_drop,
     })
+}
+
+/// Experiment (HUTCH_BENCH_QUIET_NODES=1): nodes that send no IPv6 chatter of their own when
+/// their link comes up (no DAD, no router solicitations, MLDv1), to separate
+/// the hub's wiring cost from the cost of every node's multicast being flooded to every port.
+fn quiet_nodes(ns: &[OwnedFd]) -> Result<(), String> {
+    let fds: Vec<OwnedFd> = ns
+        .iter()
+        .map(|f| f.try_clone())
+        .collect::<Result<_, _>>()
+        .map_err(|e| e.to_string())?;
+    std::thread::spawn(move || {
+        for fd in &fds {
+            setns(fd, CloneFlags::CLONE_NEWNET).map_err(|e| e.to_string())?;
+            for (k, v) in [
+                ("ipv6/conf/default/dad_transmits", "0"),
+                ("ipv6/conf/default/router_solicitations", "0"),
+                ("ipv6/conf/default/force_mld_version", "1"),
+            ] {
+                std::fs::write(format!("/proc/sys/net/{k}"), v).map_err(|e| format!("{k}: {e}"))?;
+            }
+        }
+        Ok(())
+    })
+    .join()
+    .map_err(|_| "quiet thread panicked".to_string())?
 }
 
 fn one_by_one(n: usize) -> Result<Duration, String> {
@@ -150,18 +182,27 @@ fn has_link(ns: BorrowedFd<'_>, name: &'static str) -> Result<bool, String> {
 /// it (measured: about 600 of 999 get through, the rest see "neighbor table overflow"). A node
 /// answers a probe without creating any entry, so the check proves every node's link and node
 /// 1's answer without touching that limit or the host's settings.
-fn reach(from: &[OwnedFd], target: Ipv4Addr, limit: Duration) -> Result<usize, String> {
-    let sockets = arp_sockets(from)?;
+fn reach(
+    from: &[OwnedFd],
+    macs: Vec<[u8; 6]>,
+    target: Ipv4Addr,
+    target_mac: [u8; 6],
+    limit: Duration,
+) -> Result<(usize, Vec<ArpSocket>), String> {
+    let sockets = arp_sockets(from, macs)?;
     let mut answered = vec![false; sockets.len()];
     let start = Instant::now();
-    let mut last_send = None::<Instant>;
+    // Probes go out in small bursts: a burst of all 999 at once would overflow node 1's veth
+    // ring (256 frames) and lose most of them.
+    let mut sent_at: Vec<Option<Instant>> = vec![None; sockets.len()];
     let mut buf = [0u8; 128];
     while answered.iter().any(|a| !a) && start.elapsed() < limit {
-        if last_send.is_none_or(|t| t.elapsed() > Duration::from_secs(1)) {
-            for (s, _) in sockets.iter().zip(&answered).filter(|(_, a)| !**a) {
-                send_probe(s, target)?;
-            }
-            last_send = Some(Instant::now());
+        let due = (0..sockets.len())
+            .filter(|&i| !answered[i] && sent_at[i].is_none_or(|t| t.elapsed() > Duration::from_millis(200)))
+            .take(BURST);
+        for i in due.collect::<Vec<_>>() {
+            send_probe(&sockets[i], target, target_mac)?;
+            sent_at[i] = Some(Instant::now());
         }
         let mut fds: Vec<libc::pollfd> = sockets
             .iter()
@@ -172,7 +213,7 @@ fn reach(from: &[OwnedFd], target: Ipv4Addr, limit: Duration) -> Result<usize, S
             })
             .collect();
         // SAFETY: `fds` is a valid array of pollfd of the given length.
-        let rc = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, 100) };
+        let rc = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, 5) };
         if rc < 0 {
             return Err(std::io::Error::last_os_error().to_string());
         }
@@ -182,24 +223,37 @@ fn reach(from: &[OwnedFd], target: Ipv4Addr, limit: Duration) -> Result<usize, S
             }
             loop {
                 // SAFETY: `buf` is valid for writes of its length.
-                let got = unsafe {
-                    libc::recv(p.fd, buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT)
-                };
+                let got = unsafe { libc::recv(p.fd, buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) };
                 if got < 0 {
                     break;
                 }
                 // An ARP reply (op 2) from the target, to us.
                 let a = &buf[..got as usize];
-                if a.len() >= 28 && a[6..8] == [0, 2] && a[14..18] == target.octets()
-                    && a[18..24] == sockets[i].mac
-                {
+                if a.len() >= 28 && a[6..8] == [0, 2] && a[14..18] == target.octets() && a[18..24] == sockets[i].mac {
                     answered[i] = true;
                 }
             }
         }
     }
-    Ok(answered.iter().filter(|&&a| a).count())
+    Ok((answered.iter().filter(|&&a| a).count(), sockets))
 }
+
+/// Closes many packet sockets at once. Each close waits for an RCU grace period (the kernel
+/// unhooks the socket); closing from many threads lets those waits overlap.
+fn close_all(sockets: Vec<ArpSocket>) {
+    let mut rest = sockets;
+    let mut threads = Vec::new();
+    while !rest.is_empty() {
+        let chunk: Vec<ArpSocket> = rest.drain(..rest.len().min(16)).collect();
+        threads.push(std::thread::spawn(move || drop(chunk)));
+    }
+    for t in threads {
+        let _ = t.join();
+    }
+}
+
+/// Probes sent before the next look for answers.
+const BURST: usize = 64;
 
 /// An ARP socket on a node's `eth1`, with that interface's MAC.
 struct ArpSocket {
@@ -209,7 +263,7 @@ struct ArpSocket {
 }
 
 /// One ARP packet socket inside each namespace, opened from a thread that visits them in turn.
-fn arp_sockets(from: &[OwnedFd]) -> Result<Vec<ArpSocket>, String> {
+fn arp_sockets(from: &[OwnedFd], macs: Vec<[u8; 6]>) -> Result<Vec<ArpSocket>, String> {
     let fds: Vec<OwnedFd> = from
         .iter()
         .map(|f| f.try_clone())
@@ -218,26 +272,21 @@ fn arp_sockets(from: &[OwnedFd]) -> Result<Vec<ArpSocket>, String> {
     std::thread::spawn(move || {
         let mut out = Vec::with_capacity(fds.len());
         let eth1 = std::ffi::CString::new("eth1").map_err(|e| e.to_string())?;
-        for fd in &fds {
+        for (fd, mac) in fds.iter().zip(macs) {
             setns(fd, CloneFlags::CLONE_NEWNET).map_err(|e| e.to_string())?;
             // SAFETY: `eth1` is a valid NUL-terminated string.
             let ifindex = unsafe { libc::if_nametoindex(eth1.as_ptr()) };
-            let proto = (libc::ETH_P_ARP as u16).to_be();
+            // Protocol 0 now, ETH_P_ARP at bind: a socket created with a protocol is hooked in at
+            // once, and bind then unhooks it with a full RCU grace period (~20 ms here).
             // SAFETY: plain socket(2); the result is checked.
-            let raw = unsafe {
-                libc::socket(
-                    libc::AF_PACKET,
-                    libc::SOCK_DGRAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
-                    libc::c_int::from(proto),
-                )
-            };
+            let raw = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_DGRAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC, 0) };
             if raw < 0 || ifindex == 0 {
                 return Err(format!("ARP socket on eth1: {}", std::io::Error::last_os_error()));
             }
             // SAFETY: `raw` is a fresh descriptor nothing else owns.
             let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-            let mut addr = sockaddr_ll(ifindex, [0; 6]);
-            addr.sll_protocol = proto;
+            only_arp_replies(&fd)?;
+            let addr = sockaddr_ll(ifindex, [0; 6]);
             // SAFETY: `addr` is a valid sockaddr_ll and the length is its size.
             let rc = unsafe {
                 libc::bind(
@@ -249,10 +298,6 @@ fn arp_sockets(from: &[OwnedFd]) -> Result<Vec<ArpSocket>, String> {
             if rc != 0 {
                 return Err(format!("bind ARP socket: {}", std::io::Error::last_os_error()));
             }
-            let mac = std::fs::read_to_string("/sys/class/net/eth1/address")
-                .ok()
-                .and_then(|s| parse_mac(s.trim()))
-                .ok_or("reading eth1's MAC")?;
             out.push(ArpSocket { fd, ifindex, mac });
         }
         Ok(out)
@@ -261,13 +306,57 @@ fn arp_sockets(from: &[OwnedFd]) -> Result<Vec<ArpSocket>, String> {
     .map_err(|_| "socket thread panicked".to_string())?
 }
 
-fn parse_mac(s: &str) -> Option<[u8; 6]> {
-    let mut out = [0u8; 6];
-    let mut parts = s.split(':');
-    for b in &mut out {
-        *b = u8::from_str_radix(parts.next()?, 16).ok()?;
+/// A socket filter that keeps only ARP replies: other ARP traffic on the LAN (the nodes' own
+/// broadcasts) would otherwise fill the receive buffers and push out the replies.
+fn only_arp_replies(fd: &OwnedFd) -> Result<(), String> {
+    let code = [
+        // ldh [6]: the ARP operation (a SOCK_DGRAM packet socket sees the ARP header first)
+        libc::sock_filter {
+            code: 0x28,
+            jt: 0,
+            jf: 0,
+            k: 6,
+        },
+        // jeq #2 (reply), else skip one
+        libc::sock_filter {
+            code: 0x15,
+            jt: 0,
+            jf: 1,
+            k: 2,
+        },
+        // ret #65535: keep
+        libc::sock_filter {
+            code: 0x06,
+            jt: 0,
+            jf: 0,
+            k: 0xffff,
+        },
+        // ret #0: drop
+        libc::sock_filter {
+            code: 0x06,
+            jt: 0,
+            jf: 0,
+            k: 0,
+        },
+    ];
+    let prog = libc::sock_fprog {
+        len: code.len() as u16,
+        filter: code.as_ptr() as *mut libc::sock_filter,
+    };
+    // SAFETY: `prog` points at `code`, both alive for the call; the kernel copies the program.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_ATTACH_FILTER,
+            (&prog as *const libc::sock_fprog).cast(),
+            std::mem::size_of::<libc::sock_fprog>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(format!("socket filter: {}", std::io::Error::last_os_error()));
     }
-    Some(out)
+    Ok(())
 }
 
 fn sockaddr_ll(ifindex: u32, dest: [u8; 6]) -> libc::sockaddr_ll {
@@ -281,8 +370,11 @@ fn sockaddr_ll(ifindex: u32, dest: [u8; 6]) -> libc::sockaddr_ll {
     a
 }
 
-/// A broadcast ARP request for `target` with sender address 0.0.0.0.
-fn send_probe(s: &ArpSocket, target: Ipv4Addr) -> Result<(), String> {
+/// An ARP request for `target` with sender address 0.0.0.0, sent straight to `target_mac`:
+/// a broadcast would cost a delivery to every one of the LAN's ports (1000 probes on a
+/// 1000-port LAN: a million deliveries, seconds of CPU), while the bridge already knows
+/// where node 1's MAC lives.
+fn send_probe(s: &ArpSocket, target: Ipv4Addr, target_mac: [u8; 6]) -> Result<(), String> {
     let mut pkt = [0u8; 28];
     pkt[0..2].copy_from_slice(&1u16.to_be_bytes()); // Ethernet
     pkt[2..4].copy_from_slice(&0x0800u16.to_be_bytes()); // IPv4
@@ -292,7 +384,7 @@ fn send_probe(s: &ArpSocket, target: Ipv4Addr) -> Result<(), String> {
     pkt[8..14].copy_from_slice(&s.mac);
     // sender IP 0.0.0.0 (bytes 14..18), target MAC unknown (18..24)
     pkt[24..28].copy_from_slice(&target.octets());
-    let addr = sockaddr_ll(s.ifindex, [0xff; 6]);
+    let addr = sockaddr_ll(s.ifindex, target_mac);
     // SAFETY: `pkt` and `addr` are valid for the lengths passed.
     let rc = unsafe {
         libc::sendto(

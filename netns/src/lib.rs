@@ -16,6 +16,7 @@
 
 mod addressing;
 mod error;
+mod ethtool;
 mod hub;
 mod messages;
 mod ns;

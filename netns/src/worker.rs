@@ -12,10 +12,10 @@ use tokio::sync::mpsc::UnboundedReceiver;
 use crate::addressing::Vlan;
 use crate::error::HubError;
 use crate::messages::{self as msg, request, ACK, CREATE};
-use crate::ns;
 use crate::shape::{Shape, ShapingBackend};
 use crate::shaping::Relay;
 use crate::topology::Node;
+use crate::{ethtool, ns};
 
 /// How many requests the thread keeps in flight on one connection. The kernel handles each
 /// request inside sendmsg; the window only saves wake-ups while keeping the replies well inside
@@ -170,6 +170,16 @@ impl Worker {
             .buffer_unordered(WINDOW)
             .try_collect::<()>()
             .await?;
+        // Offloads so that no flooded frame goes through the shared backlog (see
+        // crate::ethtool). This thread is in the hub namespace. Best effort.
+        let hub_ends: Vec<String> = nodes
+            .iter()
+            .flat_map(|n| {
+                let number = n.node.number;
+                n.node.interfaces.iter().map(move |i| hub_link_name(number, i.vlan))
+            })
+            .collect();
+        let _ = ethtool::tune_hub_ends(hub_ends.iter().map(String::as_str));
         // 2. Inside each node: lo up, addresses. Each node needs a socket opened in its
         //    namespace; opening happens synchronously (setns, socket, setns back) when the
         //    stream pulls the next node, so no other task ever runs while the thread is away.
@@ -179,7 +189,11 @@ impl Worker {
                 // SAFETY: `n.netns` is an fd the caller of attach keeps open until this job's
                 // reply is sent, which happens after this stream is finished.
                 let fd = unsafe { BorrowedFd::borrow_raw(n.netns) };
-                let opened = ns::with_netns(fd, home, rtnetlink::new_connection);
+                let opened = ns::with_netns(fd, home, || {
+                    // Best effort: without it the LAN works, only floods on big LANs suffer.
+                    let _ = ethtool::tune_node_ends(n.node.interfaces.iter().map(|i| i.name.as_str()));
+                    rtnetlink::new_connection()
+                });
                 async move {
                     let (conn, handle, _) = opened?.map_err(nl(format!("opening a socket in node {}", n.node.name)))?;
                     let work = Box::pin(configure_node(handle, &n.node));

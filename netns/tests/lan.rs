@@ -29,6 +29,12 @@ fn ping_both_ways_ipv4_and_ipv6() {
     assert!(!routes.contains("default"), "{routes}");
     let lo = String::from_utf8_lossy(&run_in(&ns[1], &["ip", "-o", "link", "show", "lo"]).stdout).to_string();
     assert!(lo.contains("UP"), "{lo}");
+    // GRO on the node end (its own NAPI ring: floods on big LANs do not overflow the backlog).
+    if std::path::Path::new("/usr/sbin/ethtool").exists() {
+        let k = run_in(&ns[1], &["/usr/sbin/ethtool", "-k", "eth1"]);
+        let k = String::from_utf8_lossy(&k.stdout).to_string();
+        assert!(k.contains("generic-receive-offload: on"), "{k}");
+    }
 }
 
 #[test]
