@@ -61,6 +61,12 @@ pub struct RunArgs {
     /// Print how long each start phase took.
     #[arg(long)]
     timings: bool,
+    /// Put the node on this VLAN (repeatable): eth1, eth2, ... with NixOS test addressing.
+    #[arg(long = "vlan", value_name = "N")]
+    vlans: Vec<u32>,
+    /// The node's number n in the addresses 192.168.<vlan>.<n> (with --vlan).
+    #[arg(long, default_value_t = 1, requires = "vlans")]
+    node_number: u32,
     /// The command to run as PID 1, or the init's arguments with --boot.
     #[arg(last = true)]
     args: Vec<String>,
@@ -115,7 +121,18 @@ fn spec(args: &RunArgs) -> Result<NodeSpec> {
 }
 
 fn run(args: RunArgs) -> Result<i32> {
-    let spec = spec(&args)?;
+    let mut spec = spec(&args)?;
+    let lan = match args.vlans.is_empty() {
+        true => None,
+        false => {
+            let node = hutch_netns::Node::standalone(&spec.name, args.node_number, &args.vlans, hutch_netns::Addressing::default())
+                .map_err(|e| anyhow::anyhow!("--vlan/--node-number: {e}"))?;
+            spec.files.push(("/etc/hosts".into(), hosts_for(&node).into_bytes()));
+            // Rootless, building the LAN needs a user namespace of our own (see userns.rs).
+            crate::userns::enter()?;
+            Some(node)
+        }
+    };
     let idmap = IdMap::detect();
     if let Some(w) = idmap.warning() {
         eprintln!("hutch: {w}");
@@ -136,6 +153,11 @@ fn run(args: RunArgs) -> Result<i32> {
         for w in node.warnings() {
             eprintln!("hutch: {w}");
         }
+        // After the spawn: the hub runs a thread, and nodes are cloned from one thread only.
+        let _hub = match &lan {
+            Some(lan_node) => Some(wire(lan_node, &node)?),
+            None => None,
+        };
         if args.timings {
             print_timings(&node);
         }
@@ -154,6 +176,25 @@ fn run(args: RunArgs) -> Result<i32> {
         }
         return Ok(exit.code());
     }
+}
+
+/// Builds the LAN's hub and plugs the node in; dropping the hub removes it all.
+fn wire(lan_node: &hutch_netns::Node, node: &Container) -> Result<hutch_netns::Hub> {
+    let vlans: Vec<u32> = lan_node.interfaces.iter().map(|i| i.vlan.get() as u32).collect();
+    let topology = hutch_netns::Topology::new([hutch_netns::NodeSpec::new(lan_node.name.clone(), vlans)])?;
+    let hub = hutch_netns::Hub::new(&topology).context("creating the LAN")?;
+    let netns = File::open(node.netns_path()).context("opening the node's network namespace")?;
+    hub.attach_node(lan_node, netns.as_fd()).context("plugging the node into its LAN")?;
+    Ok(hub)
+}
+
+/// /etc/hosts for a node alone on its LANs.
+fn hosts_for(node: &hutch_netns::Node) -> String {
+    let mut text = String::from("127.0.0.1 localhost\n::1 localhost\n");
+    if let Some(first) = node.interfaces.first() {
+        text.push_str(&format!("{} {}\n{} {}\n", first.ipv4, node.name, first.ipv6, node.name));
+    }
+    text
 }
 
 fn print_timings(node: &Container) {

@@ -319,3 +319,31 @@ fn sigterm_powers_off_a_busybox_init_cleanly() {
     node.signal(nix::sys::signal::Signal::SIGTERM);
     assert_eq!(node.finish(10), Some(0));
 }
+
+#[test]
+fn vlans_give_the_node_eth_links_with_nixos_test_addresses() {
+    if skip_unless_root("vlans") {
+        return;
+    }
+    let r = sh(
+        &["--name", "web", "--vlan", "1", "--vlan", "3", "--node-number", "7"],
+        "ip addr; cat /etc/hosts",
+    )
+    .ok();
+    for want in [
+        "eth1",
+        "192.168.1.7/24",
+        "eth2",
+        "192.168.3.7/24",
+        "2001:db8:3::7/64",
+        "52:54:00:12:01:07",
+        "192.168.1.7 web",
+    ] {
+        assert!(r.stdout.contains(want), "missing {want}:\n{}", r.stdout);
+    }
+    let links = std::process::Command::new("ip").args(["-o", "link"]).output().unwrap();
+    assert!(
+        !String::from_utf8_lossy(&links.stdout).contains("hutch"),
+        "a link reached the host's namespace"
+    );
+}
