@@ -25,7 +25,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Start one node: a command or an init as PID 1 in namespaces hutch makes itself.
-    Run(run::RunArgs),
+    Run(Box<run::RunArgs>),
     /// Run a test: its nodes on virtual LANs and its Python test script (NixOS driver API).
     Test(test_cmd::TestArgs),
 }
@@ -33,7 +33,7 @@ enum Command {
 fn main() {
     let cli = Cli::parse();
     let code = match cli.command {
-        Command::Run(args) => run::main(args),
+        Command::Run(args) => run::main(*args),
         Command::Test(args) => test_cmd::main(args),
     };
     std::process::exit(code);
