@@ -68,6 +68,16 @@ pub enum TopologyError {
         /// Extra advice (empty when none applies).
         hint: &'static str,
     },
+    /// A node number given directly (a node run on its own) outside the plan's range.
+    #[error("node {node:?}: node number {number} is outside 1..={max}: give a number in that range")]
+    InvalidNodeNumber {
+        /// The node.
+        node: String,
+        /// The number given.
+        number: u32,
+        /// The plan's limit.
+        max: u32,
+    },
 }
 
 /// A failure while creating or driving the hub's network.

@@ -47,11 +47,10 @@ impl Node {
         let vlans = check_vlans(&spec)?;
         let max = addressing.max_node_number();
         if number == 0 || (number > max && !vlans.is_empty()) {
-            return Err(TopologyError::NodeNumberTooHigh {
+            return Err(TopologyError::InvalidNodeNumber {
                 node: spec.name,
                 number,
                 max,
-                hint: "",
             });
         }
         Ok(build_node(spec.name, number, &vlans, addressing))

@@ -89,7 +89,8 @@ fn a_standalone_node_gets_the_same_addresses() {
     let n = Node::standalone("solo", 7, &[5, 6], Addressing::NixOs).unwrap();
     assert_eq!(n.interfaces[1].ipv4.to_string(), "192.168.6.7");
     assert_eq!(n.interfaces[1].mac.to_string(), "52:54:00:12:06:07");
-    assert!(Node::standalone("solo", 0, &[1], Addressing::NixOs).is_err());
+    let err = Node::standalone("solo", 0, &[1], Addressing::NixOs).unwrap_err();
+    assert!(err.to_string().contains("1..=254"), "{err}");
     assert!(Node::standalone("solo", 255, &[1], Addressing::NixOs).is_err());
     assert!(Node::standalone("solo", 3, &[300], Addressing::NixOs).is_err());
 }
