@@ -274,16 +274,6 @@ impl Drop for Hub {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    /// The driver shares one hub between threads (and `spawn_blocking` tasks).
-    #[test]
-    fn hub_is_send_and_sync() {
-        fn check<T: Send + Sync>() {}
-        check::<super::Hub>();
-    }
-}
-
 /// Settings of the hub namespace that make its bridges plain switches. Best effort: a hub
 /// without them works the same, only slower. /proc/sys/net shows the namespace of the thread
 /// that opens it: this thread's, the hub's, so nothing outside the hub changes.
@@ -295,5 +285,15 @@ fn tune_hub_sysctls() {
     // and the hooks cost a route lookup per frame and port (half the CPU of a busy 1000-port LAN).
     for table in ["iptables", "ip6tables", "arptables"] {
         let _ = std::fs::write(format!("/proc/sys/net/bridge/bridge-nf-call-{table}"), "0");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// The driver shares one hub between threads (and `spawn_blocking` tasks).
+    #[test]
+    fn hub_is_send_and_sync() {
+        fn check<T: Send + Sync>() {}
+        check::<super::Hub>();
     }
 }
