@@ -65,6 +65,8 @@ pub(crate) struct NodeCgroup {
     v1: Option<Cgroup>,
     /// Write end of the reaper's pipe: closing it (or dying) tells the reaper to clean up.
     reaper: Option<(Pid, OwnedFd)>,
+    /// The unified directory is shared by every command node and outlives them.
+    shared: bool,
 }
 
 /// What a node asks of its cgroups.
@@ -87,6 +89,28 @@ impl NodeCgroup {
         let mode = CgroupMode::detect();
         let mut warnings = Warnings::new();
         let wants_limits = req.memory.is_some() || req.pids_max.is_some();
+        // A command without limits still needs a cgroup namespace rooted away from the host's
+        // tree, but not a cgroup of its own: one shared directory, made once, costs no mkdir,
+        // rmdir or reaper per node.
+        if !wants_limits && !req.boot && req.root {
+            if let Some(parent) = mode.unified_mount().map(host_parent).transpose()?.flatten() {
+                let dir = parent.join("shared");
+                match std::fs::create_dir(&dir) {
+                    Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => return Err(Error::io("creating cgroup", dir)(e)),
+                    _ => {
+                        return Ok((
+                            Some(NodeCgroup {
+                                unified: Some(dir),
+                                v1: None,
+                                reaper: None,
+                                shared: true,
+                            }),
+                            warnings,
+                        ))
+                    }
+                }
+            }
+        }
         let unified = match mode.unified_mount() {
             Some(mount) => delegated_dir(mount, req, &mut warnings)?,
             None => None,
@@ -95,6 +119,7 @@ impl NodeCgroup {
             unified,
             v1: None,
             reaper: None,
+            shared: false,
         };
         if wants_limits {
             match (&mode, &cg.unified, req.root) {
@@ -133,7 +158,7 @@ impl NodeCgroup {
 
     /// Every directory the node owns, deepest first.
     fn dirs(&self) -> Vec<PathBuf> {
-        let mut dirs: Vec<PathBuf> = self.unified.iter().cloned().collect();
+        let mut dirs: Vec<PathBuf> = self.unified.iter().filter(|_| !self.shared).cloned().collect();
         if let Some(v1) = &self.v1 {
             for sub in v1.subsystems() {
                 dirs.push(sub.to_controller().path().to_path_buf());
