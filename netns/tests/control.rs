@@ -71,12 +71,19 @@ fn delay_shows_in_rtt_changes_and_goes() {
     hub.shape("b", 1, shorter).unwrap();
     let (_, text) = ping(&ns[0], "192.168.1.2", &["-c", "3", "-i", "0.2", "-W", "2"]);
     let r = rtts(&text);
-    assert!(r.iter().all(|&t| (30.0..100.0).contains(&t)), "RTTs {r:?} after change to 30 ms");
+    // Lower bounds hold for every packet; upper bounds only for the fastest (a busy machine
+    // may delay any single one).
+    let fastest = r.iter().cloned().fold(f64::MAX, f64::min);
+    assert!(
+        r.len() == 3 && r.iter().all(|&t| t >= 30.0) && fastest < 100.0,
+        "RTTs {r:?} after change to 30 ms"
+    );
     hub.unshape("b", 1).unwrap();
     hub.unshape("b", 1).unwrap(); // removing twice is fine
     let (_, text) = ping(&ns[0], "192.168.1.2", &["-c", "3", "-i", "0.2", "-W", "2"]);
     let r = rtts(&text);
-    assert!(r.iter().all(|&t| t < 20.0), "RTTs {r:?} after unshape");
+    let fastest = r.iter().cloned().fold(f64::MAX, f64::min);
+    assert!(!r.is_empty() && fastest < 20.0, "RTTs {r:?} after unshape");
 }
 
 #[test]
@@ -125,7 +132,7 @@ fn rate_and_jitter() {
     let r = rtts(&text);
     let min = r.iter().cloned().fold(f64::MAX, f64::min);
     let max = r.iter().cloned().fold(0.0, f64::max);
-    assert!(r.len() >= 18 && min >= 10.0 && max <= 100.0 && max - min > 10.0, "RTTs {r:?}");
+    assert!(r.len() >= 18 && min >= 10.0 && min < 60.0 && max - min > 10.0, "RTTs {r:?}");
 }
 
 #[test]
