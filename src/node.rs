@@ -139,13 +139,20 @@ impl RuntimeNode {
 
 impl NodeControl for RuntimeNode {
     fn start(&self) -> Result<UnixStream, NodeError> {
-        let (started, fds) = self.spawner.start(self.request.clone()).map_err(failed)?;
+        // The node is plugged into its LANs before its init runs.
+        let wire = |netns: std::os::fd::BorrowedFd| -> anyhow::Result<()> {
+            if let Some(hub) = &self.hub {
+                // A restarted node has a new namespace: unplug what the old one left first.
+                let _ = hub.detach(self.name());
+                hub.attach(self.name(), netns)?;
+            }
+            Ok(())
+        };
+        let (started, fds) = self
+            .spawner
+            .start(self.request.clone(), wire)
+            .map_err(|e| failed(format!("{e:#}")))?;
         *self.last_start.lock().unwrap_or_else(|e| e.into_inner()) = started.phases_ms.clone();
-        if let Some(hub) = &self.hub {
-            // A restarted node has a new namespace: unplug what the old one left first.
-            let _ = hub.detach(self.name());
-            hub.attach(self.name(), fds.netns.as_fd()).map_err(failed)?;
-        }
         if let Some(console) = fds.console {
             self.relay_console(console);
         }

@@ -149,15 +149,16 @@ fn run(args: RunArgs) -> Result<i32> {
         None => None,
     };
     loop {
-        let mut node = Container::spawn(&spec, &idmap)?;
+        let pending = Container::prepare(&spec, &idmap)?;
+        // Plugged in before the init runs. The hub runs a thread: fine now, the clone is done.
+        let _hub = match &lan {
+            Some(lan_node) => Some(wire(lan_node, &pending.netns_path())?),
+            None => None,
+        };
+        let mut node = pending.start()?;
         for w in node.warnings() {
             eprintln!("hutch: {w}");
         }
-        // After the spawn: the hub runs a thread, and nodes are cloned from one thread only.
-        let _hub = match &lan {
-            Some(lan_node) => Some(wire(lan_node, &node)?),
-            None => None,
-        };
         if args.timings {
             print_timings(&node);
         }
@@ -179,11 +180,11 @@ fn run(args: RunArgs) -> Result<i32> {
 }
 
 /// Builds the LAN's hub and plugs the node in; dropping the hub removes it all.
-fn wire(lan_node: &hutch_netns::Node, node: &Container) -> Result<hutch_netns::Hub> {
+fn wire(lan_node: &hutch_netns::Node, netns_path: &std::path::Path) -> Result<hutch_netns::Hub> {
     let vlans: Vec<u32> = lan_node.interfaces.iter().map(|i| i.vlan.get() as u32).collect();
     let topology = hutch_netns::Topology::new([hutch_netns::NodeSpec::new(lan_node.name.clone(), vlans)])?;
     let hub = hutch_netns::Hub::new(&topology).context("creating the LAN")?;
-    let netns = File::open(node.netns_path()).context("opening the node's network namespace")?;
+    let netns = File::open(netns_path).context("opening the node's network namespace")?;
     hub.attach_node(lan_node, netns.as_fd()).context("plugging the node into its LAN")?;
     Ok(hub)
 }

@@ -15,7 +15,7 @@ use std::path::PathBuf;
 use std::sync::Mutex;
 
 use anyhow::{bail, Context, Result};
-use hutch_runtime::{AgentHook, Container, IdMap, InitKind, NodeSpec, RootFs};
+use hutch_runtime::{AgentHook, Container, IdMap, InitKind, NodeSpec, Pending, RootFs};
 use nix::sys::socket::{recvmsg, sendmsg, socketpair, AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags, SockFlag, SockType};
 use serde::{Deserialize, Serialize};
 
@@ -41,19 +41,18 @@ pub struct StartRequest {
 
 #[derive(Debug, Serialize, Deserialize)]
 enum Request {
+    /// Clone the node and map its ids; it waits (reply: Prepared, with its netns).
     Start(Box<StartRequest>),
+    /// Let a prepared node go on to exec its init (reply: Started, with its descriptors).
+    Go { name: String },
+    /// Drop a prepared node (wiring it failed).
+    Abort { name: String },
     /// Ask the node to stop cleanly (its init's stop signal).
-    Stop {
-        name: String,
-    },
+    Stop { name: String },
     /// SIGKILL it and reap it.
-    Kill {
-        name: String,
-    },
+    Kill { name: String },
     /// Reap it if it has exited.
-    Reap {
-        name: String,
-    },
+    Reap { name: String },
 }
 
 /// How a start went, with the node's descriptors alongside.
@@ -68,6 +67,7 @@ pub struct Started {
 
 #[derive(Debug, Serialize, Deserialize)]
 enum Reply {
+    Prepared,
     Started(Started),
     /// The node has exited (or was never there): how it ended.
     Exited {
@@ -90,7 +90,6 @@ pub struct Spawner {
 pub struct NodeFds {
     pub agent: UnixStream,
     pub pidfd: OwnedFd,
-    pub netns: OwnedFd,
     pub console: Option<OwnedFd>,
     pub notify: Option<OwnedFd>,
 }
@@ -131,15 +130,34 @@ impl Spawner {
         Ok((serde_json::from_slice(&bytes)?, fds))
     }
 
-    /// Starts a node; returns once its init exec'd, with its descriptors.
-    pub fn start(&self, req: StartRequest) -> Result<(Started, NodeFds)> {
-        match self.call(&Request::Start(Box::new(req)))? {
+    /// Starts a node: once it exists, `wire` gets its network namespace (to plug it into its
+    /// LANs before the init runs); returns once its init exec'd, with its descriptors.
+    pub fn start(&self, req: StartRequest, wire: impl FnOnce(BorrowedFd) -> Result<()>) -> Result<(Started, NodeFds)> {
+        let name = req.name.clone();
+        // One node's two steps go together: hold the socket across both.
+        let sock = self.sock.lock().unwrap_or_else(|e| e.into_inner());
+        let ask = |req: &Request| -> Result<(Reply, Vec<OwnedFd>)> {
+            send(sock.as_fd(), &serde_json::to_vec(req)?, &[])?;
+            let (bytes, fds) = recv(sock.as_fd())?.context("the spawner went away")?;
+            Ok((serde_json::from_slice(&bytes)?, fds))
+        };
+        match ask(&Request::Start(Box::new(req)))? {
+            (Reply::Prepared, fds) => {
+                let netns = fds.into_iter().next().context("missing the node's network namespace")?;
+                if let Err(e) = wire(netns.as_fd()) {
+                    let _ = ask(&Request::Abort { name });
+                    return Err(e);
+                }
+            }
+            (Reply::Error { message }, _) => bail!("{message}"),
+            (other, _) => bail!("unexpected spawner reply {other:?}"),
+        }
+        match ask(&Request::Go { name })? {
             (Reply::Started(s), fds) => {
                 let mut it = fds.into_iter();
                 let mut next = || it.next().context("missing descriptor from the spawner");
                 let agent = UnixStream::from(next()?);
                 let pidfd = next()?;
-                let netns = next()?;
                 let console = if s.has_console { Some(next()?) } else { None };
                 let notify = if s.has_notify { Some(next()?) } else { None };
                 Ok((
@@ -147,7 +165,6 @@ impl Spawner {
                     NodeFds {
                         agent,
                         pidfd,
-                        netns,
                         console,
                         notify,
                     },
@@ -231,16 +248,42 @@ fn recv(fd: BorrowedFd) -> Result<Option<(Vec<u8>, Vec<OwnedFd>)>> {
 fn serve(sock: OwnedFd) -> Result<()> {
     let idmap = IdMap::detect();
     let mut nodes: HashMap<String, Container> = HashMap::new();
+    let mut pending: HashMap<String, (Pending, UnixStream)> = HashMap::new();
     while let Some((bytes, _)) = recv(sock.as_fd())? {
         let req: Request = serde_json::from_slice(&bytes)?;
         let (reply, fds): (Reply, Vec<OwnedFd>) = match req {
-            Request::Start(start) => match start_node(&start, &idmap) {
-                Ok((node, started, fds)) => {
-                    nodes.insert(start.name.clone(), node);
-                    (Reply::Started(started), fds)
-                }
+            Request::Start(start) => match prepare_node(&start, &idmap) {
+                Ok((node, agent)) => match std::fs::File::open(node.netns_path()) {
+                    Ok(netns) => {
+                        pending.insert(start.name.clone(), (node, agent));
+                        (Reply::Prepared, vec![netns.into()])
+                    }
+                    Err(e) => (
+                        Reply::Error {
+                            message: format!("opening the node's network namespace: {e}"),
+                        },
+                        vec![],
+                    ),
+                },
                 Err(e) => (Reply::Error { message: format!("{e:#}") }, vec![]),
             },
+            Request::Go { name } => match pending.remove(&name).map(|(node, agent)| start_node(node, agent)) {
+                Some(Ok((node, started, fds))) => {
+                    nodes.insert(name, node);
+                    (Reply::Started(started), fds)
+                }
+                Some(Err(e)) => (Reply::Error { message: format!("{e:#}") }, vec![]),
+                None => (
+                    Reply::Error {
+                        message: format!("no prepared node {name}"),
+                    },
+                    vec![],
+                ),
+            },
+            Request::Abort { name } => {
+                pending.remove(&name);
+                (Reply::Done, vec![])
+            }
             Request::Stop { name } => match nodes.get(&name) {
                 Some(node) => match node.signal(node.stop_signal()) {
                     Ok(()) => (Reply::Done, vec![]),
@@ -272,7 +315,8 @@ fn serve(sock: OwnedFd) -> Result<()> {
     Ok(())
 }
 
-fn start_node(req: &StartRequest, idmap: &IdMap) -> Result<(Container, Started, Vec<OwnedFd>)> {
+/// Clones the node (it waits) with the agent's socket handed over; returns our end.
+fn prepare_node(req: &StartRequest, idmap: &IdMap) -> Result<(Pending, UnixStream)> {
     let root = match (&req.image, &req.toplevel) {
         (Some(dir), _) => RootFs::Image(dir.clone()),
         (None, Some(top)) => RootFs::Nix {
@@ -301,10 +345,14 @@ fn start_node(req: &StartRequest, idmap: &IdMap) -> Result<(Container, Started, 
         fd: node_end.as_raw_fd(),
         main: hutch_driver::agent::agent_main,
     });
-    let node = Container::spawn(&spec, idmap)?;
-    drop(node_end);
-    let netns = std::fs::File::open(node.netns_path()).context("opening the node's network namespace")?;
-    let mut fds: Vec<OwnedFd> = vec![driver_end.into(), node.pidfd().try_clone_to_owned()?, netns.into()];
+    let node = Container::prepare(&spec, idmap)?;
+    Ok((node, driver_end))
+}
+
+/// Lets a prepared node exec its init; returns it with the descriptors for the driver.
+fn start_node(node: Pending, driver_end: UnixStream) -> Result<(Container, Started, Vec<OwnedFd>)> {
+    let node = node.start()?;
+    let mut fds: Vec<OwnedFd> = vec![driver_end.into(), node.pidfd().try_clone_to_owned()?];
     if let Some(c) = node.console() {
         fds.push(c.try_clone_to_owned()?);
     }

@@ -84,6 +84,14 @@ impl Container {
     /// nothing behind). Call from a single-threaded process: the child of the clone runs Rust
     /// code until its exec, which is only safe when no other thread can hold a lock.
     pub fn spawn(spec: &NodeSpec, idmap: &IdMap) -> Result<Container, Error> {
+        Container::prepare(spec, idmap)?.start()
+    }
+
+    /// The first half of [`Container::spawn`]: the node exists in its namespaces with its ids
+    /// mapped and waits before building its filesystem. What must be in place before its
+    /// init runs (its network) is added now; [`Pending::start`] lets it go on. Threads may be
+    /// started meanwhile: the clone is done.
+    pub fn prepare(spec: &NodeSpec, idmap: &IdMap) -> Result<Pending, Error> {
         let t0 = now_ns();
         let started = Instant::now();
         spec.validate()?;
@@ -148,7 +156,7 @@ impl Container {
             child::run(&cplan, child_sock);
         };
         drop(child_sock);
-        let mut node = Container {
+        let node = Container {
             name: spec.name.clone(),
             pid,
             pidfd,
@@ -168,32 +176,14 @@ impl Container {
         if let Some(cg) = &node.cgroup {
             cg.add_v1(pid)?;
         }
-        sync::send_child(parent_sock.as_fd(), ToChild::Go).map_err(Error::sys("starting the node"))?;
-        let mut stamps = None;
-        loop {
-            match sync::recv_parent(parent_sock.as_fd()).map_err(Error::sys("reading the node's start"))? {
-                Some(ToParent::Stamps(s)) => stamps = Some(s),
-                Some(ToParent::NotifySocket(fd)) => node.notify = Some(fd),
-                Some(ToParent::Failed { step, errno }) => return Err(node.setup_error(&cplan, step, errno)),
-                None => break,
-            }
-        }
-        let Some(s) = stamps else {
-            return Err(Error::Setup {
-                node: spec.name.clone(),
-                step: "start (the node died before exec)".into(),
-                errno: Errno::ECHILD,
-            });
-        };
-        let t_exec = now_ns();
-        let points = [t0, t1, s[0], s[1], s[2], s[3], t_exec];
-        for (i, w) in points.windows(2).enumerate().take(6) {
-            // Phase i spans points[i]..points[i+1], except idmap which also covers the wait.
-            node.timings.phases[i] = Duration::from_nanos(w[1].saturating_sub(w[0]));
-        }
-        Ok(node)
+        Ok(Pending {
+            node,
+            sock: parent_sock,
+            cplan,
+            t0,
+            t1,
+        })
     }
-
     fn setup_error(&mut self, cplan: &ChildPlan, step: u32, errno: Errno) -> Error {
         let _ = self.wait();
         let what = match step {
@@ -390,6 +380,63 @@ impl Container {
             WaitStatus::Signaled(_, sig, _) => Some(Exit::Signaled(sig as i32)),
             _ => None,
         }
+    }
+}
+
+/// A node cloned into its namespaces, ids mapped, waiting to build its root and exec its init
+/// (see [`Container::prepare`]). Dropping it kills the node.
+pub struct Pending {
+    node: Container,
+    sock: OwnedFd,
+    cplan: ChildPlan,
+    t0: u64,
+    t1: u64,
+}
+
+impl Pending {
+    /// PID 1 of the waiting node.
+    pub fn pid(&self) -> Pid {
+        self.node.pid
+    }
+
+    /// The node's network namespace, to wire it before its init runs.
+    pub fn netns_path(&self) -> PathBuf {
+        self.node.netns_path()
+    }
+
+    /// Lets the node go on: it builds its filesystem, confines itself and execs its init.
+    pub fn start(self) -> Result<Container, Error> {
+        let Pending {
+            mut node,
+            sock: parent_sock,
+            cplan,
+            t0,
+            t1,
+        } = self;
+        sync::send_child(parent_sock.as_fd(), ToChild::Go).map_err(Error::sys("starting the node"))?;
+        let mut stamps = None;
+        loop {
+            match sync::recv_parent(parent_sock.as_fd()).map_err(Error::sys("reading the node's start"))? {
+                Some(ToParent::Stamps(s)) => stamps = Some(s),
+                Some(ToParent::NotifySocket(fd)) => node.notify = Some(fd),
+                Some(ToParent::Failed { step, errno }) => return Err(node.setup_error(&cplan, step, errno)),
+                None => break,
+            }
+        }
+        let Some(s) = stamps else {
+            return Err(Error::Setup {
+                node: node.name.clone(),
+                step: "start (the node died before exec)".into(),
+                errno: Errno::ECHILD,
+            });
+        };
+        let t_exec = now_ns();
+        let points = [t0, t1, s[0], s[1], s[2], s[3], t_exec];
+        for (i, w) in points.windows(2).enumerate().take(6) {
+            // Phase i spans points[i]..points[i+1], except idmap which also covers the wait.
+            node.timings.phases[i] = Duration::from_nanos(w[1].saturating_sub(w[0]));
+        }
+        Ok(node)
     }
 }
 

@@ -20,7 +20,7 @@ mod sync;
 mod timings;
 
 pub use cgroup::CgroupMode;
-pub use container::{Container, Exit, StopReason};
+pub use container::{Container, Exit, Pending, StopReason};
 pub use error::Error;
 pub use idmap::{IdMap, IdMapKind};
 pub use init::InitKind;
