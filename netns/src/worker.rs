@@ -133,53 +133,49 @@ impl Worker {
         vlans.sort();
         vlans.dedup();
         self.bridges(&vlans).await?;
-        let result = self.wire(&nodes).await;
+        let mut created = Vec::new();
+        let result = self.wire(&nodes, &mut created).await;
         if result.is_err() {
-            // All or nothing: take back every hub-side link of the batch.
-            let links = nodes
-                .iter()
-                .flat_map(|n| {
-                    let number = n.node.number;
-                    n.node.interfaces.iter().map(move |i| hub_link_name(number, i.vlan))
-                })
-                .collect();
-            let _ = self.delete(links).await;
+            // All or nothing: take back the hub-side links this batch made (only those: a
+            // name that already existed belongs to someone else).
+            let _ = self.delete(created).await;
         }
         result
     }
 
-    async fn wire(&self, nodes: &[AttachNode]) -> Result<(), HubError> {
+    /// Wires `nodes`; `created` collects the hub-side links made, for cleanup on failure.
+    async fn wire(&self, nodes: &[AttachNode], created: &mut Vec<String>) -> Result<(), HubError> {
         // 1. Veths from the hub side, node ends created inside the nodes.
         let veths = nodes.iter().flat_map(|n| n.node.interfaces.iter().map(move |i| (n, i)));
-        stream::iter(veths)
+        let mut results = stream::iter(veths)
             .map(|(n, iface)| async move {
                 let hub_name = hub_link_name(n.node.number, iface.vlan);
                 let bridge = self.bridges[&iface.vlan];
-                request(
-                    &self.handle,
-                    msg::new_veth(&hub_name, bridge, msg::peer_in_node(iface, n.netns)),
-                    CREATE,
-                )
-                .await
-                .map(drop)
-                .map_err(nl(format!(
-                    "creating veth {hub_name} <-> {}:{} on VLAN {}",
-                    n.node.name, iface.name, iface.vlan
-                )))
+                let msg = msg::new_veth(&hub_name, bridge, msg::peer_in_node(iface, n.netns));
+                match request(&self.handle, msg, CREATE).await {
+                    Ok(_) => Ok(hub_name),
+                    Err(e) => Err(nl(format!(
+                        "creating veth {hub_name} <-> {}:{} on VLAN {}",
+                        n.node.name, iface.name, iface.vlan
+                    ))(e)),
+                }
             })
-            .buffer_unordered(WINDOW)
-            .try_collect::<()>()
-            .await?;
+            .buffer_unordered(WINDOW);
+        let mut first_error = None;
+        while let Some(r) = results.next().await {
+            match r {
+                Ok(name) => created.push(name),
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        if let Some(e) = first_error {
+            return Err(e);
+        }
         // Offloads so that no flooded frame goes through the shared backlog (see
         // crate::ethtool). This thread is in the hub namespace. Best effort.
-        let hub_ends: Vec<String> = nodes
-            .iter()
-            .flat_map(|n| {
-                let number = n.node.number;
-                n.node.interfaces.iter().map(move |i| hub_link_name(number, i.vlan))
-            })
-            .collect();
-        let _ = ethtool::tune_hub_ends(hub_ends.iter().map(String::as_str));
+        let _ = ethtool::tune_hub_ends(created.iter().map(String::as_str));
         // 2. Inside each node: lo up, addresses. Each node needs a socket opened in its
         //    namespace; opening happens synchronously (setns, socket, setns back) when the
         //    stream pulls the next node, so no other task ever runs while the thread is away.

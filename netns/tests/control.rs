@@ -230,3 +230,20 @@ fn netem_backend_works_or_names_the_missing_kernel_option() {
         Err(e) => panic!("netem shaping failed: {e}"),
     }
 }
+
+#[test]
+fn a_failed_attach_leaves_other_nodes_alone() {
+    if !can_run("a_failed_attach_leaves_other_nodes_alone") {
+        return;
+    }
+    let (hub, ns) = pair();
+    // A node described outside the topology with b's number collides with b's hub-side link.
+    let clash = hutch_netns::Node::standalone("clash", 2, &[1], hutch_netns::Addressing::NixOs).unwrap();
+    let fresh = bare_namespaces(1).unwrap();
+    let err = hub.attach_node(&clash, fresh[0].as_fd()).unwrap_err();
+    assert!(err.to_string().contains("n2v1"), "{err}");
+    // b keeps its link, and the failed node got nothing.
+    assert_ping(&ns[0], "192.168.1.2");
+    let links = String::from_utf8_lossy(&run_in(&fresh[0], &["ip", "-o", "link"]).stdout).to_string();
+    assert!(!links.contains("eth1"), "{links}");
+}
