@@ -49,6 +49,14 @@ pub fn main(args: TestArgs) -> i32 {
         eprintln!("hutch: {e:#}");
         return crate::run::EXIT_HUTCH;
     }
+    // Ctrl-C and SIGTERM become an orderly abort (see `watch_signals`): blocked here, before
+    // any thread exists, so every thread inherits the mask and only the watcher takes them.
+    let mut signals = nix::sys::signal::SigSet::empty();
+    signals.add(nix::sys::signal::Signal::SIGINT);
+    signals.add(nix::sys::signal::Signal::SIGTERM);
+    if !args.interactive {
+        let _ = signals.thread_block();
+    }
     // The spawner must exist before any thread (the network hub and the driver start some).
     let spawner = match Spawner::fork() {
         Ok(s) => Arc::new(s),
@@ -116,6 +124,9 @@ fn run(args: &TestArgs, plan: &TestPlan, spawner: Arc<Spawner>) -> Result<i32> {
         .map(|(name, node)| (name.clone(), Box::new(Shared(Arc::clone(node))) as Box<dyn NodeControl>))
         .collect();
     let session = Session::new(plan, controls, opts)?;
+    if !args.interactive {
+        watch_signals(session.abort_handle());
+    }
     let report = session.run();
     if args.timings {
         for (name, node) in &nodes {
@@ -125,6 +136,23 @@ fn run(args: &TestArgs, plan: &TestPlan, spawner: Arc<Spawner>) -> Result<i32> {
         }
     }
     Ok(report.exit_code())
+}
+
+/// Turns the first SIGINT/SIGTERM into an abort of the run (nodes stopped, report written);
+/// a second one ends hutch at once (the spawner and every node die with it).
+fn watch_signals(abort: hutch_driver::session::AbortHandle) {
+    let _ = std::thread::Builder::new().name("signals".into()).spawn(move || {
+        let mut set = nix::sys::signal::SigSet::empty();
+        set.add(nix::sys::signal::Signal::SIGINT);
+        set.add(nix::sys::signal::Signal::SIGTERM);
+        if let Ok(sig) = set.wait() {
+            eprintln!("hutch: {sig}: stopping the test");
+            abort.abort(&format!("interrupted by {sig}"));
+        }
+        if set.wait().is_ok() {
+            std::process::exit(130);
+        }
+    });
 }
 
 /// Lets the CLI keep a handle on each node (for timings) while the session owns its control.
