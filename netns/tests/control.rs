@@ -63,6 +63,15 @@ fn delay_shows_in_rtt_changes_and_goes() {
     let r = rtts(&text);
     assert_eq!(r.len(), 3, "{text}");
     assert!(r.iter().all(|&t| t >= 100.0), "RTTs {r:?} under 100 ms");
+    // A shaped link can be cut and restored like any other.
+    hub.block("b", Some(1)).unwrap();
+    assert!(
+        !ping(&ns[0], "192.168.1.2", &["-c", "1", "-W", "1"]).0,
+        "blocked shaped link carried a ping"
+    );
+    hub.unblock("b", Some(1)).unwrap();
+    let back = wait_for(3.0, || ping(&ns[0], "192.168.1.2", &["-c", "1", "-W", "1"]).0);
+    assert!(back, "shaped link did not come back after unblock");
     // Changed in place, at any time.
     let shorter = Shape {
         delay: Duration::from_millis(30),
