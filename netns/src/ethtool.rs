@@ -4,7 +4,7 @@
 //! (`netdev_max_backlog`, 1000 frames). A broadcast on a bridge with more ports than that (an
 //! ARP request on a 1000-node LAN) overflows it and frames are lost at random ports. A veth with
 //! GRO requested has its own NAPI ring instead, but the kernel uses it only for frames whose
-//! sending veth has no TSO (or that come straight from a local socket). So: GRO on both ends,
+//! sending veth has no TSO (or that come straight from a local socket). So: GRO on the node ends,
 //! TSO off on the hub ends (big TCP frames towards a node are then cut in software, once).
 
 use std::io;
@@ -32,9 +32,10 @@ pub(crate) fn tune_node_ends<'a>(links: impl IntoIterator<Item = &'a str>) -> io
     set(links, &[(ETHTOOL_SGRO, 1)])
 }
 
-/// GRO on, TSO off for each named hub end, in the calling thread's network namespace.
+/// TSO off for each named hub end, in the calling thread's network namespace. (GRO on a hub
+/// end would not help: frames from a node come from a sender with TSO.)
 pub(crate) fn tune_hub_ends<'a>(links: impl IntoIterator<Item = &'a str>) -> io::Result<()> {
-    set(links, &[(ETHTOOL_SGRO, 1), (ETHTOOL_STSO, 0)])
+    set(links, &[(ETHTOOL_STSO, 0)])
 }
 
 fn set<'a>(links: impl IntoIterator<Item = &'a str>, settings: &[(u32, u32)]) -> io::Result<()> {
