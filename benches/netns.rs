@@ -29,10 +29,21 @@ fn main() {
     let runs: usize = std::env::var("HUTCH_BENCH_RUNS").ok().and_then(|s| s.parse().ok()).unwrap_or(3);
     println!("load average before: {}", loadavg());
     println!("each row: best of {runs} runs; times in ms unless marked");
-    println!("wiring = Hub::new + attach_many; attach/node = attach_many / nodes (median of the runs in brackets)");
+    println!("wiring = Hub::new + attach_many; attach/node = attach_many / nodes (median of the runs in brackets);");
+    println!("cpu/node = CPU time of this process in attach_many / nodes; all/node = (netns + wiring) / nodes");
     println!(
-        "{:>5} | {:>8} | {:>8} | {:>8} | {:>18} | {:>9} | {:>14} | {:>8} | {:>10} | {:>10}",
-        "nodes", "netns", "wiring", "total", "attach/node (med)", "all/node", "ARP to n1", "hub drop", "links gone", "netns drop"
+        "{:>5} | {:>8} | {:>8} | {:>8} | {:>18} | {:>8} | {:>9} | {:>14} | {:>8} | {:>10} | {:>10}",
+        "nodes",
+        "netns",
+        "wiring",
+        "total",
+        "attach/node (med)",
+        "cpu/node",
+        "all/node",
+        "ARP to n1",
+        "hub drop",
+        "links gone",
+        "netns drop"
     );
     for &n in &sizes {
         let mut rows = Vec::new();
@@ -51,12 +62,13 @@ fn main() {
         let median = attach[attach.len() / 2];
         let reached = rows.iter().map(|r| r.reached).min().unwrap_or(0);
         println!(
-            "{:>5} | {:>8} | {:>8} | {:>8} | {:>18} | {:>9} | {:>14} | {:>8} | {:>10} | {:>10}",
+            "{:>5} | {:>8} | {:>8} | {:>8} | {:>18} | {:>8} | {:>9} | {:>14} | {:>8} | {:>10} | {:>10}",
             n,
             ms(best(&|r| r.netns)),
             ms(best(&|r| r.wiring)),
             ms(best(&|r| r.netns + r.wiring)),
             format!("{} ({})", us(best(&|r| r.attach) / n as u32), us(median / n as u32)),
+            us(best(&|r| r.attach_cpu) / n as u32),
             us(best(&|r| r.netns + r.wiring) / n as u32),
             format!("{}/{} {}", reached, n - 1, ms(best(&|r| r.reach))),
             ms(best(&|r| r.hub_drop)),
@@ -76,6 +88,16 @@ fn main() {
     println!("load average after: {}", loadavg());
 }
 
+/// User + system CPU time of this process so far.
+fn cpu_time() -> Duration {
+    // SAFETY: rusage is plain data and getrusage fills it.
+    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: `u` is a valid rusage to write.
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) };
+    let tv = |t: libc::timeval| Duration::from_secs(t.tv_sec as u64) + Duration::from_micros(t.tv_usec as u64);
+    tv(u.ru_utime) + tv(u.ru_stime)
+}
+
 fn loadavg() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .unwrap_or_default()
@@ -91,6 +113,9 @@ struct Row {
     wiring: Duration,
     /// attach_many alone: the per-node part.
     attach: Duration,
+    /// CPU time (user + system, all threads of this process) spent in attach_many: less
+    /// sensitive than wall time to other work on the machine.
+    attach_cpu: Duration,
     reached: usize,
     reach: Duration,
     hub_drop: Duration,
@@ -118,7 +143,9 @@ fn run(n: usize) -> Result<Row, String> {
     let hub_new = t.elapsed();
     let names: Vec<&str> = topo.nodes().iter().map(|n| n.name.as_str()).collect();
     let batch: Vec<(&str, BorrowedFd<'_>)> = names.iter().zip(&ns).map(|(name, fd)| (*name, fd.as_fd())).collect();
+    let cpu0 = cpu_time();
     hub.attach_many(&batch).map_err(|e| e.to_string())?;
+    let attach_cpu = cpu_time().saturating_sub(cpu0);
     let wiring = t.elapsed();
     let attach = wiring - hub_new;
 
@@ -150,6 +177,7 @@ fn run(n: usize) -> Result<Row, String> {
         netns,
         wiring,
         attach,
+        attach_cpu,
         reached,
         reach,
         hub_drop,
