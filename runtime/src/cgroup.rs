@@ -63,6 +63,8 @@ pub(crate) struct NodeCgroup {
     pub unified: Option<PathBuf>,
     /// Limits on v1 controllers (hybrid hosts).
     v1: Option<Cgroup>,
+    /// Where the node's processes live under `v1` (its cgroup namespace root there).
+    v1_node: Option<Cgroup>,
     /// Write end of the reaper's pipe: closing it (or dying) tells the reaper to clean up.
     reaper: Option<(Pid, OwnedFd)>,
     /// The unified directory is shared by every command node and outlives them.
@@ -102,6 +104,7 @@ impl NodeCgroup {
                             Some(NodeCgroup {
                                 unified: Some(dir),
                                 v1: None,
+                                v1_node: None,
                                 reaper: None,
                                 shared: true,
                             }),
@@ -118,6 +121,7 @@ impl NodeCgroup {
         let mut cg = NodeCgroup {
             unified,
             v1: None,
+            v1_node: None,
             reaper: None,
             shared: false,
         };
@@ -141,6 +145,15 @@ impl NodeCgroup {
                     if let Some(v1) = &cg.v1 {
                         set_limits(v1, req)?;
                     }
+                    // The node lives one level below its limits: the limits sit outside its
+                    // cgroup namespace, where its root cannot raise them.
+                    let inner = Some(vec!["memory".to_string(), "pids".to_string()]);
+                    let node = Cgroup::new_with_specified_controllers(Box::new(V1::new()), format!("hutch/{}/node", req.leaf), inner)
+                        .map_err(|e| Error::Host {
+                            problem: format!("creating cgroup: {e}"),
+                            fix: "check the v1 memory and pids hierarchies".into(),
+                        })?;
+                    cg.v1_node = Some(node);
                 }
                 _ => warnings.push(
                     "warning: no cgroup is delegated to this user: --memory and --pids-max are not enforced \
@@ -167,9 +180,14 @@ impl NodeCgroup {
         dirs
     }
 
+    /// Whether the node has v1 cgroups (joined after the clone).
+    pub(crate) fn has_v1(&self) -> bool {
+        self.v1.is_some()
+    }
+
     /// Moves `pid` into the node's v1 cgroups (its cgroup2 directory it was cloned into).
     pub(crate) fn add_v1(&self, pid: Pid) -> Result<(), Error> {
-        if let Some(v1) = &self.v1 {
+        if let Some(v1) = &self.v1_node {
             v1.add_task_by_tgid(CgroupPid::from(pid.as_raw() as u64)).map_err(|e| Error::Host {
                 problem: format!("moving the node into its cgroup: {e}"),
                 fix: "check the v1 memory and pids hierarchies".into(),

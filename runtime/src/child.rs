@@ -40,6 +40,8 @@ pub(crate) struct ChildPlan {
     pub env: Vec<CString>,
     /// Open /dev/console as stdin/stdout/stderr and make it the controlling terminal.
     pub console_stdio: bool,
+    /// Unshare the cgroup namespace once the parent placed us in our v1 cgroups.
+    pub late_cgroup_ns: bool,
     /// Fork this agent just before exec.
     pub agent: Option<crate::spec::AgentHook>,
 }
@@ -74,6 +76,9 @@ fn setup(plan: &ChildPlan, sock: BorrowedFd) -> StepResult {
     // The parent writes our id maps (and cgroup) meanwhile; end-of-file means it died.
     sync::recv_child(sock).map_err(at(STEP_WAIT))?;
     stamps[0] = now_ns();
+    if plan.late_cgroup_ns {
+        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWCGROUP).map_err(at(STEP_IDS))?;
+    }
     become_root(plan.set_groups).map_err(at(STEP_IDS))?;
     // Nothing we mount may propagate back to the host.
     mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_SLAVE, None::<&str>).map_err(at(STEP_WAIT))?;

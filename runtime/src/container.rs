@@ -145,13 +145,16 @@ impl Container {
             env: environment(spec),
             console_stdio: spec.boot,
             agent: spec.agent,
+            // v1 controllers are joined after the clone: the cgroup namespace must come after
+            // that, or its v1 roots would be the host's (a node could leave its limits).
+            late_cgroup_ns: cgroup.as_ref().is_some_and(|c| c.has_v1()),
         };
         let (parent_sock, child_sock) = sync::pair().map_err(Error::sys("creating the node's socketpair"))?;
         let cgroup_dir = match cgroup.as_ref().and_then(|c| c.unified.as_ref()) {
             Some(dir) => Some(File::open(dir).map_err(Error::io("opening cgroup", dir))?),
             None => None,
         };
-        let Some((pid, pidfd)) = clone_node(cgroup_dir.as_ref().map(|f| f.as_fd()))? else {
+        let Some((pid, pidfd)) = clone_node(cgroup_dir.as_ref().map(|f| f.as_fd()), !cplan.late_cgroup_ns)? else {
             drop(parent_sock);
             child::run(&cplan, child_sock);
         };
@@ -455,7 +458,7 @@ impl Drop for Container {
 /// Clones into the node's namespaces, directly into its cgroup2 directory when it has one
 /// (moving a process between cgroups later costs milliseconds of RCU waiting); returns `None`
 /// in the child.
-fn clone_node(cgroup: Option<BorrowedFd>) -> Result<Option<(Pid, OwnedFd)>, Error> {
+fn clone_node(cgroup: Option<BorrowedFd>, cgroup_ns: bool) -> Result<Option<(Pid, OwnedFd)>, Error> {
     #[repr(C)]
     #[derive(Default)]
     struct CloneArgs {
@@ -478,10 +481,12 @@ fn clone_node(cgroup: Option<BorrowedFd>) -> Result<Option<(Pid, OwnedFd)>, Erro
         | libc::CLONE_NEWUTS
         | libc::CLONE_NEWIPC
         | libc::CLONE_NEWNET
-        | libc::CLONE_NEWCGROUP
         | libc::CLONE_PIDFD) as u64;
     if cgroup.is_some() {
         flags |= CLONE_INTO_CGROUP;
+    }
+    if cgroup_ns {
+        flags |= libc::CLONE_NEWCGROUP as u64;
     }
     let mut pidfd: libc::c_int = -1;
     let args = CloneArgs {
