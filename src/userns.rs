@@ -12,11 +12,12 @@ use nix::sched::{unshare, CloneFlags};
 use nix::unistd::{fork, ForkResult, Pid};
 
 /// Enters a user namespace that maps root to the caller and 1..65535 to its subordinate
-/// range (or only root, with the usual warning). Does nothing for real root. Call before any
+/// range (or only root, with the usual warning). Does nothing for root (of the host, or of
+/// a user namespace that already has 65536 ids). Call before any
 /// thread exists.
 pub fn enter() -> Result<()> {
     let idmap = IdMap::detect();
-    if idmap.kind == IdMapKind::Identity {
+    if matches!(idmap.kind, IdMapKind::Identity | IdMapKind::Shifted { .. }) {
         return Ok(());
     }
     if let Some(w) = idmap.warning() {

@@ -17,7 +17,7 @@ fn sh(extra: &[&str], script: &str) -> Run {
 }
 
 #[test]
-fn command_is_pid_1_with_the_hostname_and_a_full_id_map() {
+fn command_is_pid_1_with_the_hostname_and_a_full_shifted_id_map() {
     if skip_unless_root("command_is_pid_1") {
         return;
     }
@@ -27,7 +27,23 @@ fn command_is_pid_1_with_the_hostname_and_a_full_id_map() {
     )
     .ok();
     let words: Vec<&str> = r.stdout.split_whitespace().collect();
-    assert_eq!(words, ["pid=1", "web", "0", "0", "65536", "0", "0", "65536"], "{}", r.stdout);
+    // As root, node ids are unprivileged host ids: node root is never host root.
+    assert_eq!(
+        words,
+        ["pid=1", "web", "0", "524288", "65536", "0", "524288", "65536"],
+        "{}",
+        r.stdout
+    );
+    // ... and still owns the (root-owned) image, seen through an idmapped mount.
+    let r = sh(
+        &[],
+        "stat -c %u:%g /etc/passwd; echo appended >> /etc/passwd && tail -1 /etc/passwd",
+    )
+    .ok();
+    assert_eq!(r.stdout, "0:0\nappended\n");
+    assert!(!std::fs::read_to_string(busybox_image().join("etc/passwd"))
+        .unwrap()
+        .contains("appended"));
     let r = sh(&["--name", "web", "--hostname", "www.example"], "hostname").ok();
     assert_eq!(r.stdout.trim(), "www.example");
 }

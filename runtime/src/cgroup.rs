@@ -87,7 +87,7 @@ pub(crate) type Warnings = Vec<String>;
 impl NodeCgroup {
     /// Creates the node's cgroups; `None` when the host offers none (rootless, nothing
     /// delegated), with warnings saying what is missing.
-    pub(crate) fn create(req: &Request) -> Result<(Option<NodeCgroup>, Warnings), Error> {
+    pub(crate) fn create(req: &Request, idmap: &crate::IdMap) -> Result<(Option<NodeCgroup>, Warnings), Error> {
         let mode = CgroupMode::detect();
         let mut warnings = Warnings::new();
         let wants_limits = req.memory.is_some() || req.pids_max.is_some();
@@ -160,6 +160,12 @@ impl NodeCgroup {
                      (run as root, or from a systemd user session with Delegate=yes)"
                         .into(),
                 ),
+            }
+        }
+        // The node's root owns its delegated subtree (systemd makes its own cgroups there).
+        if let (Some(dir), Some(uid)) = (&cg.unified, idmap.host_uid(0)) {
+            if uid != nix::unistd::Uid::effective().as_raw() {
+                chown_tree(dir, uid);
             }
         }
         if cg.unified.is_none() && cg.v1.is_none() {
@@ -279,6 +285,15 @@ fn host_parent(mount: &Path) -> Result<Option<PathBuf>, Error> {
             .then_some(parent)),
         Err(e) if matches!(e.raw_os_error(), Some(libc::EACCES | libc::EPERM | libc::EROFS)) => Ok(None),
         Err(e) => Err(Error::io("creating cgroup", parent)(e)),
+    }
+}
+
+/// Hands a cgroup directory and its files to `uid` (and the same gid).
+fn chown_tree(dir: &Path, uid: u32) {
+    let owner = (Some(nix::unistd::Uid::from_raw(uid)), Some(nix::unistd::Gid::from_raw(uid)));
+    let _ = nix::unistd::chown(dir, owner.0, owner.1);
+    for file in ["cgroup.procs", "cgroup.subtree_control", "cgroup.threads"] {
+        let _ = nix::unistd::chown(&dir.join(file), owner.0, owner.1);
     }
 }
 

@@ -20,7 +20,7 @@ pub(crate) struct Console {
 
 impl Console {
     /// Opens a new pty on the host's devpts.
-    pub(crate) fn open() -> Result<Console, Error> {
+    pub(crate) fn open(idmap: &crate::IdMap) -> Result<Console, Error> {
         let master =
             posix_openpt(OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC).map_err(Error::sys("opening a pty for the console"))?;
         grantpt(&master).map_err(Error::sys("grantpt"))?;
@@ -32,6 +32,16 @@ impl Console {
             nix::sys::stat::Mode::empty(),
         )
         .map_err(Error::sys("opening the console's pty slave"))?;
+        // Node root must own its console (group tty, 5), as the node sees it.
+        if let (Some(uid), Some(gid)) = (idmap.host_uid(0), idmap.host_uid(5)) {
+            if uid != nix::unistd::Uid::effective().as_raw() {
+                let _ = nix::unistd::fchown(
+                    &slave_fd,
+                    Some(nix::unistd::Uid::from_raw(uid)),
+                    Some(nix::unistd::Gid::from_raw(gid)),
+                );
+            }
+        }
         // Raw output: the node's bytes reach our logs as it wrote them (no \n to \r\n).
         if let Ok(mut t) = nix::sys::termios::tcgetattr(&slave_fd) {
             t.output_flags.remove(nix::sys::termios::OutputFlags::ONLCR);

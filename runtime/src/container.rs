@@ -103,17 +103,21 @@ impl Container {
             } => Some(crate::closure::closure(toplevel, store)?),
             _ => None,
         };
-        let console = if spec.boot { Some(Console::open()?) } else { None };
+        if let (RootFs::Image(dir), true) = (&spec.root, idmap.is_shifted()) {
+            let dir = dir.canonicalize().map_err(Error::io("resolving image", dir))?;
+            crate::idmount::prepare_image(&dir, idmap)?;
+        }
+        let console = if spec.boot { Some(Console::open(idmap)?) } else { None };
         let leaf = format!("{}-{}", spec.name, std::process::id());
         let req = Request {
             leaf: &leaf,
             memory: spec.memory,
             pids_max: spec.pids_max,
-            root: idmap.kind == IdMapKind::Identity,
+            root: matches!(idmap.kind, IdMapKind::Shifted { .. } | IdMapKind::Identity),
             boot: spec.boot,
         };
         let init = InitKind::of(spec);
-        let (cgroup, warnings) = NodeCgroup::create(&req)?;
+        let (cgroup, warnings) = NodeCgroup::create(&req, idmap)?;
         if init == InitKind::Systemd && cgroup.as_ref().is_none_or(|c| c.unified.is_none()) {
             return Err(Error::Host {
                 problem: format!(

@@ -1,9 +1,12 @@
 //! User and group id maps: which host ids a node's ids stand for.
 //!
-//! systemd needs 65536 ids (nobody = 65534). As root hutch writes an identity map of 65536 ids,
-//! so images owned by host root boot as they are. Unprivileged, node root is the user's own uid
-//! and ids 1..65535 come from the user's /etc/subuid and /etc/subgid ranges through the setuid
-//! helpers newuidmap/newgidmap. Without a range only one id exists in the node.
+//! systemd needs 65536 ids (nobody = 65534). As root hutch shifts a node's 65536 ids to a range
+//! of unprivileged host ids (root's /etc/subuid range, else 524288..), so node root is never host
+//! root; images owned by host root are seen through an idmapped mount (see idmount.rs).
+//! Unprivileged, node root is the user's own uid and ids 1..65535 come from the user's
+//! /etc/subuid and /etc/subgid ranges through the setuid helpers newuidmap/newgidmap. Without a
+//! range only one id exists in the node. Inside a user namespace that already maps 65536 ids (a
+//! rootless driver's own), nodes get the identity map of it.
 
 use std::io::Write;
 use std::process::Command;
@@ -15,10 +18,19 @@ use crate::Error;
 /// How many ids a full map covers (0..=65535).
 const FULL: u32 = 65536;
 
+/// Where node ids start on the host when root has no /etc/subuid range (systemd-nspawn picks
+/// its ranges from here up too).
+const SHIFT_DEFAULT: u32 = 0x80000;
+
 /// How the node's ids map to the host's.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum IdMapKind {
-    /// Host root: node id n is host id n, for 65536 ids.
+    /// Host root: node id n is host id `start + n`, for 65536 ids.
+    Shifted {
+        /// Host uid (and gid) of node root.
+        start: u32,
+    },
+    /// Root of a user namespace of 65536 ids (a rootless driver's): node id n is id n there.
     Identity,
     /// Unprivileged with subordinate ranges: node 0 = the user, 1.. = the ranges.
     Subordinate {
@@ -48,8 +60,12 @@ impl IdMap {
     pub fn detect() -> IdMap {
         let uid = Uid::effective().as_raw();
         let gid = Gid::effective().as_raw();
-        let kind = if uid == 0 {
-            // Root of the host, or of a user namespace with fewer ids (rootless `hutch test`).
+        let kind = if uid == 0 && in_initial_user_ns() {
+            let name = Some("root");
+            let uid_start = subordinate_start("/etc/subuid", 0, name).unwrap_or(SHIFT_DEFAULT);
+            IdMapKind::Shifted { start: uid_start }
+        } else if uid == 0 {
+            // Root of a user namespace (a rootless `hutch test`): 65536 ids, or fewer.
             if mapped_ids() >= FULL as u64 {
                 IdMapKind::Identity
             } else {
@@ -78,6 +94,12 @@ impl IdMap {
         })
     }
 
+    /// True when the node's ids are shifted host ids and root-owned images need an idmapped
+    /// mount to look root-owned inside.
+    pub fn is_shifted(&self) -> bool {
+        matches!(self.kind, IdMapKind::Shifted { .. })
+    }
+
     /// How many ids exist in the node.
     pub fn count(&self) -> u32 {
         if self.kind == IdMapKind::Single {
@@ -90,6 +112,7 @@ impl IdMap {
     /// The host uid that a node uid stands for, if mapped.
     pub fn host_uid(&self, node_uid: u32) -> Option<u32> {
         match self.kind {
+            IdMapKind::Shifted { start } => (node_uid < FULL).then_some(start + node_uid),
             IdMapKind::Identity => (node_uid < FULL).then_some(node_uid),
             IdMapKind::Subordinate { uid_start, .. } => match node_uid {
                 0 => Some(self.uid),
@@ -104,6 +127,10 @@ impl IdMap {
     /// waiting: directly as root, through newuidmap/newgidmap otherwise.
     pub fn apply(&self, pid: Pid) -> Result<(), Error> {
         match self.kind {
+            IdMapKind::Shifted { start } => {
+                write_proc(pid, "uid_map", &format!("0 {start} {FULL}\n"))?;
+                write_proc(pid, "gid_map", &format!("0 {start} {FULL}\n"))
+            }
             IdMapKind::Identity => {
                 write_proc(pid, "uid_map", &identity_map("uid_map"))?;
                 write_proc(pid, "gid_map", &identity_map("gid_map"))
@@ -121,6 +148,12 @@ impl IdMap {
             }
         }
     }
+}
+
+/// True in the host's own user namespace (its map covers every id).
+fn in_initial_user_ns() -> bool {
+    let text = std::fs::read_to_string("/proc/self/uid_map").unwrap_or_default();
+    text.split_whitespace().collect::<Vec<_>>() == ["0", "0", "4294967295"]
 }
 
 /// Our own map's ranges (first id inside, count), cut to 0..65536.

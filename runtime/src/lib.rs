@@ -13,6 +13,7 @@ mod console;
 mod container;
 mod error;
 mod idmap;
+mod idmount;
 mod init;
 mod plan;
 mod spec;
