@@ -24,7 +24,7 @@ static DONE: Mutex<Option<HashSet<PathBuf>>> = Mutex::new(None);
 /// Call from a single-threaded process (it may unshare the mount namespace).
 pub(crate) fn prepare_image(image: &Path, idmap: &IdMap) -> Result<(), Error> {
     let mut done = DONE.lock().unwrap_or_else(|e| e.into_inner());
-    let done = done.get_or_insert_with(|| HashSet::new());
+    let done = done.get_or_insert_with(HashSet::new);
     if done.is_empty() {
         // A private mount namespace: the idmapped mounts must never show on the host.
         unshare(CloneFlags::CLONE_NEWNS).map_err(Error::sys("unsharing the runtime's mount namespace"))?;
