@@ -27,7 +27,8 @@
   timeout ? null,
   # Each node sees only its own closure at /nix/store (per node: hutch.closureOnly).
   closureOnly ? true,
-  # What the build needs from the Nix daemon; see with-nix.md ("Host requirements").
+  # What the build needs from the builder: `uid-range` gives it 65536 ids and a mounted /sys,
+  # which NixOS nodes need (README, "With Nix", host requirements).
   requiredSystemFeatures ? [ "uid-range" ],
   # More arguments for `hutch test` in the build (e.g. [ "--keep-going" "--timings" ]).
   extraDriverArgs ? [ ],
