@@ -2,6 +2,7 @@
 //!
 //! The binary parses arguments and calls the library crates; see `run` for `hutch run`.
 
+mod bench_cmd;
 mod node;
 mod run;
 mod spawner;
@@ -28,6 +29,8 @@ enum Command {
     Run(Box<run::RunArgs>),
     /// Run a test: its nodes on virtual LANs and its Python test script (NixOS driver API).
     Test(test_cmd::TestArgs),
+    /// Start N nodes, repeatedly, and report start-up latency per phase, throughput and memory.
+    Bench(bench_cmd::BenchArgs),
 }
 
 fn main() {
@@ -35,6 +38,7 @@ fn main() {
     let code = match cli.command {
         Command::Run(args) => run::main(*args),
         Command::Test(args) => test_cmd::main(args),
+        Command::Bench(args) => bench_cmd::main(args),
     };
     std::process::exit(code);
 }
