@@ -103,10 +103,13 @@ impl Container {
             } => Some(crate::closure::closure(toplevel, store)?),
             _ => None,
         };
-        if let (RootFs::Image(dir), true) = (&spec.root, idmap.is_shifted()) {
-            let dir = dir.canonicalize().map_err(Error::io("resolving image", dir))?;
-            crate::idmount::prepare_image(&dir, idmap)?;
-        }
+        let image_view = match (&spec.root, idmap.is_shifted()) {
+            (RootFs::Image(dir), true) => {
+                let dir = dir.canonicalize().map_err(Error::io("resolving image", dir))?;
+                Some(crate::idmount::prepare_image(&dir, idmap)?)
+            }
+            _ => None,
+        };
         let console = if spec.boot { Some(Console::open(idmap)?) } else { None };
         let leaf = format!("{}-{}", spec.name, std::process::id());
         let req = Request {
@@ -131,6 +134,7 @@ impl Container {
         }
         let cx = Context {
             spec,
+            image_view,
             closure,
             console: console.as_ref().map(|c| ConsolePath(c.slave.clone())),
             cgroup2: cgroup.as_ref().is_some_and(|c| c.unified.is_some()),

@@ -2,11 +2,12 @@
 //! host ids 0..65535, appear owned by the node's shifted ids, so node root owns its root
 //! filesystem without a chown of the image (the overlay's upper layer gets the node's ids).
 //!
-//! The idmapped mount is attached over the image's own path in a private mount namespace of
-//! the runtime process: nodes cloned afterwards see it there (as a locked mount they cannot
-//! undo), the host never does, and it goes away with the process.
+//! The idmapped mount is attached in a private mount namespace of the runtime process, under a
+//! tmpfs on /run/hutch (a directory whose ancestors every id may traverse: the image's own path
+//! may not be, e.g. under root's 0700 home): nodes cloned afterwards see it there, the host
+//! only ever sees the empty /run/hutch, and the mounts go away with the process.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -17,23 +18,40 @@ use nix::sched::{unshare, CloneFlags};
 
 use crate::{Error, IdMap};
 
-/// Images already idmapped in this process (per image path).
-static DONE: Mutex<Option<HashSet<PathBuf>>> = Mutex::new(None);
+/// Images already idmapped in this process: image path -> where its idmapped view is.
+static DONE: Mutex<Option<HashMap<PathBuf, PathBuf>>> = Mutex::new(None);
 
-/// Makes `image` appear owned by the node's ids in this process's mount namespace (once).
+/// Where the idmapped views live (a tmpfs there, in the runtime's private mount namespace).
+const VIEWS: &str = "/run/hutch";
+
+/// Returns a path where `image` appears owned by the node's ids, made once per process.
 /// Call from a single-threaded process (it may unshare the mount namespace).
-pub(crate) fn prepare_image(image: &Path, idmap: &IdMap) -> Result<(), Error> {
+pub(crate) fn prepare_image(image: &Path, idmap: &IdMap) -> Result<PathBuf, Error> {
     let mut done = DONE.lock().unwrap_or_else(|e| e.into_inner());
-    let done = done.get_or_insert_with(HashSet::new);
+    let done = done.get_or_insert_with(HashMap::new);
+    if let Some(view) = done.get(image) {
+        return Ok(view.clone());
+    }
     if done.is_empty() {
         // A private mount namespace: the idmapped mounts must never show on the host.
         unshare(CloneFlags::CLONE_NEWNS).map_err(Error::sys("unsharing the runtime's mount namespace"))?;
         mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_SLAVE, None::<&str>)
             .map_err(Error::sys("making / a slave mount"))?;
+        match std::fs::create_dir(VIEWS) {
+            Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => return Err(Error::io("creating", VIEWS)(e)),
+            _ => {}
+        }
+        mount(
+            Some("hutch-views"),
+            VIEWS,
+            Some("tmpfs"),
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+            Some("mode=0755,size=64k"),
+        )
+        .map_err(Error::sys(format!("mounting a tmpfs on {VIEWS}")))?;
     }
-    if done.contains(image) {
-        return Ok(());
-    }
+    let view = Path::new(VIEWS).join(done.len().to_string());
+    std::fs::create_dir(&view).map_err(Error::io("creating", &view))?;
     let userns = map_holder(idmap)?;
     let tree = open_tree(image)?;
     set_idmap(&tree, &userns).map_err(|e| Error::Host {
@@ -42,9 +60,9 @@ pub(crate) fn prepare_image(image: &Path, idmap: &IdMap) -> Result<(), Error> {
             "use a filesystem that supports idmapped mounts (ext4, xfs, btrfs, tmpfs), or run rootless with an image shifted for your user"
                 .into(),
     })?;
-    move_over(&tree, image)?;
-    done.insert(image.to_path_buf());
-    Ok(())
+    move_over(&tree, &view)?;
+    done.insert(image.to_path_buf(), view.clone());
+    Ok(view)
 }
 
 /// A user namespace with the node's map, held by an fd (its one process is gone again).

@@ -177,6 +177,8 @@ fn node_path(p: &Path) -> String {
 /// What the parent knows that shapes the node's mounts.
 pub(crate) struct Context<'a> {
     pub spec: &'a NodeSpec,
+    /// Where the image is seen with the node's ids (an idmapped mount), when it needs one.
+    pub image_view: Option<PathBuf>,
     /// Store paths to mount with `--closure-only`.
     pub closure: Option<Vec<PathBuf>>,
     /// The host's pty slave for /dev/console (boot mode).
@@ -244,7 +246,10 @@ fn root_fs(cx: &Context, p: &mut Plan) -> Result<(), Error> {
     match &cx.spec.root {
         RootFs::Image(dir) => {
             // The image is the read-only lower layer; the node writes into a private tmpfs.
-            let dir = dir.canonicalize().map_err(Error::io("resolving image", dir))?;
+            let dir = match &cx.image_view {
+                Some(view) => view.clone(),
+                None => dir.canonicalize().map_err(Error::io("resolving image", dir))?,
+            };
             p.mkdir(Path::new("/overlay"), 0o755);
             p.mount(
                 Some("hutch-upper"),
