@@ -61,7 +61,7 @@ fn boot_clean(user: Option<u32>, root: &[&str]) {
         node.console(),
         node.stderr()
     );
-    assert!(node.wait_for("sd: ready in", 5), "no READY=1: {}", node.stderr());
+    assert!(node.wait_for("sd: ready in", 30), "no READY=1: {}", node.stderr());
     let console = node.console();
     assert!(console.contains("Reached target multi-user.target"), "{console}");
     assert!(!console.contains("hutch-check: failed:"), "failed units:\n{console}");

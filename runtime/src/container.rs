@@ -74,6 +74,8 @@ pub struct Container {
     stop_timeout: Duration,
     exit: Option<Exit>,
     warnings: Vec<String>,
+    /// The idmapped image view of a node still starting (released once it has started).
+    view: Option<PathBuf>,
 }
 
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -103,10 +105,12 @@ impl Container {
             } => Some(crate::closure::closure(toplevel, store)?),
             _ => None,
         };
+        // Shifted ids see a root-owned image through an idmapped view, attached after the clone.
         let image_view = match (&spec.root, idmap.is_shifted()) {
             (RootFs::Image(dir), true) => {
                 let dir = dir.canonicalize().map_err(Error::io("resolving image", dir))?;
-                Some(crate::idmount::prepare_image(&dir, idmap)?)
+                let view = crate::idmount::view_path(&format!("{}-{}-{}", spec.name, std::process::id(), now_ns()))?;
+                Some((dir, view))
             }
             _ => None,
         };
@@ -134,7 +138,7 @@ impl Container {
         }
         let cx = Context {
             spec,
-            image_view,
+            image_view: image_view.as_ref().map(|(_, view)| view.clone()),
             closure,
             console: console.as_ref().map(|c| ConsolePath(c.slave.clone())),
             cgroup2: cgroup.as_ref().is_some_and(|c| c.unified.is_some()),
@@ -181,9 +185,17 @@ impl Container {
             stop_timeout: spec.stop_timeout,
             exit: None,
             warnings,
+            view: image_view.as_ref().map(|(_, view)| view.clone()),
         };
         let t1 = now_ns();
         idmap.apply(pid)?;
+        if let Some((image, view)) = &image_view {
+            let attached = crate::idmount::attach_view(image, view, pid);
+            if attached.is_err() {
+                crate::idmount::release_view(view);
+            }
+            attached?;
+        }
         if let Some(cg) = &node.cgroup {
             cg.add_v1(pid)?;
         }
@@ -195,6 +207,7 @@ impl Container {
             t1,
         })
     }
+
     fn setup_error(&mut self, cplan: &ChildPlan, step: u32, errno: Errno) -> Error {
         let _ = self.wait();
         let what = match step {
@@ -426,14 +439,25 @@ impl Pending {
         } = self;
         sync::send_child(parent_sock.as_fd(), ToChild::Go).map_err(Error::sys("starting the node"))?;
         let mut stamps = None;
-        loop {
-            match sync::recv_parent(parent_sock.as_fd()).map_err(Error::sys("reading the node's start"))? {
-                Some(ToParent::Stamps(s)) => stamps = Some(s),
-                Some(ToParent::NotifySocket(fd)) => node.notify = Some(fd),
-                Some(ToParent::Failed { step, errno }) => return Err(node.setup_error(&cplan, step, errno)),
-                None => break,
+        let result = loop {
+            match sync::recv_parent(parent_sock.as_fd()) {
+                Ok(Some(ToParent::Stamps(s))) => stamps = Some(s),
+                Ok(Some(ToParent::NotifySocket(fd))) => node.notify = Some(fd),
+                Ok(Some(ToParent::Failed { step, errno })) => break Err(node.setup_error(&cplan, step, errno)),
+                Ok(None) => break Ok(()),
+                Err(e) => {
+                    break Err(Error::Sys {
+                        what: "reading the node's start".into(),
+                        source: e,
+                    })
+                }
             }
+        };
+        // Started or not, the node needs the image view no more: its overlay holds the lower.
+        if let Some(view) = node.view.take() {
+            crate::idmount::release_view(&view);
         }
+        result?;
         let Some(s) = stamps else {
             return Err(Error::Setup {
                 node: node.name.clone(),
@@ -453,6 +477,9 @@ impl Pending {
 
 impl Drop for Container {
     fn drop(&mut self) {
+        if let Some(view) = self.view.take() {
+            crate::idmount::release_view(&view);
+        }
         if self.exit.is_none() {
             let _ = self.signal(libc::SIGKILL);
             let _ = self.wait();

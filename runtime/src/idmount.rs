@@ -2,12 +2,13 @@
 //! host ids 0..65535, appear owned by the node's shifted ids, so node root owns its root
 //! filesystem without a chown of the image (the overlay's upper layer gets the node's ids).
 //!
-//! The idmapped mount is attached in a private mount namespace of the runtime process, under a
-//! tmpfs on /run/hutch (a directory whose ancestors every id may traverse: the image's own path
-//! may not be, e.g. under root's 0700 home): nodes cloned afterwards see it there, the host
-//! only ever sees the empty /run/hutch, and the mounts go away with the process.
+//! The idmapped mount is made with the node's own user namespace once the node is cloned and
+//! its ids are mapped, and attached under a shared tmpfs on /run/hutch in a private mount
+//! namespace of the runtime process: it propagates into the node's copy of that tmpfs, where
+//! the node mounts its overlay on it (/run/hutch: every id may traverse its ancestors, which
+//! the image's own path may not allow, e.g. under root's 0700 home). The host only ever sees
+//! the empty /run/hutch, and the view is dropped as soon as the node has started.
 
-use std::collections::HashMap;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -16,23 +17,21 @@ use nix::errno::Errno;
 use nix::mount::{mount, MsFlags};
 use nix::sched::{unshare, CloneFlags};
 
-use crate::{Error, IdMap};
+use crate::Error;
 
-/// Images already idmapped in this process: image path -> where its idmapped view is.
-static DONE: Mutex<Option<HashMap<PathBuf, PathBuf>>> = Mutex::new(None);
-
-/// Where the idmapped views live (a tmpfs there, in the runtime's private mount namespace).
+/// Where the idmapped views live: a tmpfs in the runtime's private mount namespace, shared
+/// so that a view attached after a node's clone propagates into the node's copy of it.
 const VIEWS: &str = "/run/hutch";
 
-/// Returns a path where `image` appears owned by the node's ids, made once per process.
-/// Call from a single-threaded process (it may unshare the mount namespace).
-pub(crate) fn prepare_image(image: &Path, idmap: &IdMap) -> Result<PathBuf, Error> {
-    let mut done = DONE.lock().unwrap_or_else(|e| e.into_inner());
-    let done = done.get_or_insert_with(HashMap::new);
-    if let Some(view) = done.get(image) {
-        return Ok(view.clone());
-    }
-    if done.is_empty() {
+/// Whether this process has its private mount namespace and the views tmpfs yet.
+static READY: Mutex<bool> = Mutex::new(false);
+
+/// Picks the path where a node's image view will appear (before the clone: the node's
+/// mount table is copied then, and the view propagates there later).
+/// Call from a single-threaded process (the first call unshares the mount namespace).
+pub(crate) fn view_path(node: &str) -> Result<PathBuf, Error> {
+    let mut ready = READY.lock().unwrap_or_else(|e| e.into_inner());
+    if !*ready {
         // A private mount namespace: the idmapped mounts must never show on the host.
         unshare(CloneFlags::CLONE_NEWNS).map_err(Error::sys("unsharing the runtime's mount namespace"))?;
         mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_SLAVE, None::<&str>)
@@ -49,10 +48,19 @@ pub(crate) fn prepare_image(image: &Path, idmap: &IdMap) -> Result<PathBuf, Erro
             Some("mode=0755,size=64k"),
         )
         .map_err(Error::sys(format!("mounting a tmpfs on {VIEWS}")))?;
+        mount(None::<&str>, VIEWS, None::<&str>, MsFlags::MS_SHARED, None::<&str>).map_err(Error::sys("sharing the views tmpfs"))?;
+        *ready = true;
     }
-    let view = Path::new(VIEWS).join(done.len().to_string());
+    let view = Path::new(VIEWS).join(node);
     std::fs::create_dir(&view).map_err(Error::io("creating", &view))?;
-    let userns = map_holder(idmap)?;
+    Ok(view)
+}
+
+/// Attaches `image`, idmapped with the user namespace of the (cloned, id-mapped, waiting) node
+/// `pid`, at `view`: it propagates into the node's mount namespace.
+pub(crate) fn attach_view(image: &Path, view: &Path, pid: nix::unistd::Pid) -> Result<(), Error> {
+    let path = format!("/proc/{pid}/ns/user");
+    let userns = std::fs::File::open(&path).map(OwnedFd::from).map_err(Error::io("opening", path))?;
     let tree = open_tree(image)?;
     set_idmap(&tree, &userns).map_err(|e| Error::Host {
         problem: format!("idmapping {}: {e}", image.display()),
@@ -60,44 +68,13 @@ pub(crate) fn prepare_image(image: &Path, idmap: &IdMap) -> Result<PathBuf, Erro
             "use a filesystem that supports idmapped mounts (ext4, xfs, btrfs, tmpfs), or run rootless with an image shifted for your user"
                 .into(),
     })?;
-    move_over(&tree, &view)?;
-    done.insert(image.to_path_buf(), view.clone());
-    Ok(view)
+    move_over(&tree, view)
 }
 
-/// A user namespace with the node's map, held by an fd (its one process is gone again).
-fn map_holder(idmap: &IdMap) -> Result<OwnedFd, Error> {
-    let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(Error::sys("pipe"))?;
-    // SAFETY: single-threaded caller; the child only unshares, signals and sleeps until killed.
-    match unsafe { nix::unistd::fork() }.map_err(Error::sys("forking an id-map holder"))? {
-        nix::unistd::ForkResult::Child => {
-            drop(r);
-            let ok = unshare(CloneFlags::CLONE_NEWUSER).is_ok();
-            let _ = nix::unistd::write(&w, if ok { b"1" } else { b"0" });
-            loop {
-                nix::unistd::pause();
-            }
-        }
-        nix::unistd::ForkResult::Parent { child } => {
-            drop(w);
-            let mut buf = [0u8; 1];
-            let ok = matches!(nix::unistd::read(&r, &mut buf), Ok(1)) && buf[0] == b'1';
-            let result = if ok {
-                idmap.apply(child).and_then(|()| {
-                    let path = format!("/proc/{child}/ns/user");
-                    std::fs::File::open(&path).map(OwnedFd::from).map_err(Error::io("opening", path))
-                })
-            } else {
-                Err(Error::Host {
-                    problem: "cannot create a user namespace for the image's idmap".into(),
-                    fix: "check user namespaces are enabled".into(),
-                })
-            };
-            let _ = nix::sys::signal::kill(child, nix::sys::signal::Signal::SIGKILL);
-            let _ = nix::sys::wait::waitpid(child, None);
-            result
-        }
-    }
+/// Drops a view once its node has started (the node's overlay keeps what it needs).
+pub(crate) fn release_view(view: &Path) {
+    let _ = nix::mount::umount2(view, nix::mount::MntFlags::MNT_DETACH);
+    let _ = std::fs::remove_dir(view);
 }
 
 fn open_tree(path: &Path) -> Result<OwnedFd, Error> {
