@@ -41,18 +41,11 @@ pub struct Attempt {
 }
 
 const F1: &str = "F1: a read-only bind (store, --bind :ro) can be bind-remounted read-write (mount flags not locked)";
-const F1W: &str = "F1: as root, node root is host uid 0: after the remount it WRITES the host's files";
 const F2: &str = "F2: /proc/sys can be remounted read-write (mount flags not locked)";
-const F2W: &str = "F2: as root, node root is host uid 0: after the remount it WRITES global kernel sysctls";
 const F3: &str = "F3: a fresh procfs can be mounted (the masks are not locked mounts)";
-const F3W: &str = "F3: as root, a fresh procfs gives writable global sysctls";
-const F3K: &str = "F3: as root, a fresh procfs shows the host's /proc/keys";
 const F4: &str = "F4: the masks over /proc files can be unmounted (not locked)";
-const F4K: &str = "F4: as root, the unmasked /proc/keys lists host keys";
 const F5: &str = "F5: /sys can be bind-remounted read-write (the sysfs superblock stays read-only: no write follows)";
 const F6: &str = "F6: the host's cgroup v1 pids hierarchy can be mounted (cgroup namespace made before the node joined its cgroup)";
-const F6W: &str = "F6: as root, the node can write its own pids.max through it";
-const F6M: &str = "F6: as root, the node can move itself to the host's root pids cgroup (escapes --pids-max)";
 
 const fn row(what: &'static str, node: Node, how: &'static str, refusal: &'static str, ok: &'static [&'static str]) -> Attempt {
     Attempt {
@@ -87,7 +80,7 @@ const MASKED: &[&str] = &["read bytes=0", "read errno=ENOENT"];
 
 /// Every attempt, in table order.
 pub fn all() -> Vec<Attempt> {
-    vec![
+    Vec::from([
         // The Nix store (NixOS nodes bind it read-only).
         row("write a new file into /nix/store", Nix, "$P create /nix/store/hutch-escape-$MARK", "EROFS", EROFS_EACCES),
         row("overwrite the toplevel's init", Nix, "$P open-w $TOP/init", "EROFS (rootless: EACCES)", OPEN_REFUSED),
@@ -97,16 +90,12 @@ pub fn all() -> Vec<Attempt> {
             Some(F1),
             Some(F1),
         ),
-        found(
-            row(
-                "write /nix/store after that remount",
-                Nix,
-                "$P mount - - /nix/store remount,bind >/dev/null; $P create /nix/store/hutch-escape-$MARK",
-                "EROFS, nothing reaches the host's store",
-                EROFS_EACCES,
-            ),
-            Some(F1W),
-            None,
+        row(
+            "write /nix/store after that remount",
+            Nix,
+            "$P mount - - /nix/store remount,bind >/dev/null; $P create /nix/store/hutch-escape-$MARK",
+            "EROFS, nothing reaches the host's store",
+            EROFS_EACCES,
         ),
         // The image.
         custom(
@@ -125,19 +114,15 @@ pub fn all() -> Vec<Attempt> {
             Some(F1),
             Some(F1),
         ),
-        found(
-            custom(
-                row(
-                    "write a read-only --bind after that remount",
-                    Busybox,
-                    "$P mount - - /mnt/escape remount,bind >/dev/null; $P create /mnt/escape/hutch-escape-$MARK",
-                    "EROFS, nothing reaches the host directory",
-                    EROFS_EACCES,
-                ),
-                super::bind_unchanged,
+        custom(
+            row(
+                "write a read-only --bind after that remount",
+                Busybox,
+                "$P mount - - /mnt/escape remount,bind >/dev/null; $P create /mnt/escape/hutch-escape-$MARK",
+                "EROFS, nothing reaches the host directory",
+                EROFS_EACCES,
             ),
-            Some(F1W),
-            None,
+            super::bind_unchanged,
         ),
         // /sys
         row("write a sysfs file", Busybox, "$P open-w /sys/kernel/mm/transparent_hugepage/enabled", "EROFS", &["open-w errno=EROFS"]),
@@ -164,50 +149,38 @@ pub fn all() -> Vec<Attempt> {
             Some(F2),
             Some(F2),
         ),
-        found(
-            row(
-                "write a global sysctl after that remount",
-                Busybox,
-                "$P mount - - /proc/sys remount >/dev/null; $P open-w /proc/sys/kernel/printk_ratelimit",
-                "EROFS",
-                OPEN_REFUSED,
-            ),
-            Some(F2W),
-            None,
+        row(
+            "write a global sysctl after that remount",
+            Busybox,
+            "$P mount - - /proc/sys remount >/dev/null; $P open-w /proc/sys/kernel/printk_ratelimit",
+            "EROFS",
+            OPEN_REFUSED,
         ),
         found(
             row("mount a new procfs beside the masked one", Busybox, "$P mount proc proc /tmp/proc none", "EPERM", MOUNT_EPERM),
             Some(F3),
             Some(F3),
         ),
-        found(
-            row(
-                "write a global sysctl through the new procfs",
-                Busybox,
-                "$P mount proc proc /tmp/proc none >/dev/null; $P open-w /tmp/proc/sys/kernel/printk_ratelimit",
-                "EPERM (no new procfs) or EROFS",
-                &["open-w errno=EROFS", "open-w errno=EACCES", "open-w errno=ENOENT"],
-            ),
-            Some(F3W),
-            None,
+        row(
+            "write a global sysctl through the new procfs",
+            Busybox,
+            "$P mount proc proc /tmp/proc none >/dev/null; $P open-w /tmp/proc/sys/kernel/printk_ratelimit",
+            "EPERM (no new procfs) or EROFS",
+            &["open-w errno=EROFS", "open-w errno=EACCES", "open-w errno=ENOENT"],
+        ),
+        row(
+            "read /proc/keys through the new procfs",
+            Busybox,
+            "$P mount proc proc /tmp/proc none >/dev/null; $P read /tmp/proc/keys",
+            "nothing to read",
+            MASKED,
         ),
         found(
-            row(
-                "read /proc/keys through the new procfs",
-                Busybox,
-                "$P mount proc proc /tmp/proc none >/dev/null; $P read /tmp/proc/keys",
-                "nothing to read",
-                MASKED,
-            ),
-            Some(F3K),
-            None,
+            row("unmount the mask on /proc/keys", Busybox, "$P umount /proc/keys", "EPERM", &["umount errno=EPERM", "umount errno=EINVAL"]),
+            Some(F4),
+            Some(F4),
         ),
-        found(row("unmount the mask on /proc/keys", Busybox, "$P umount /proc/keys", "EPERM", &["umount errno=EPERM", "umount errno=EINVAL"]), Some(F4), Some(F4)),
-        found(
-            row("read /proc/keys after unmounting its mask", Busybox, "$P umount /proc/keys >/dev/null; $P read /proc/keys", "nothing to read", MASKED),
-            Some(F4K),
-            None,
-        ),
+        row("read /proc/keys after unmounting its mask", Busybox, "$P umount /proc/keys >/dev/null; $P read /proc/keys", "nothing to read", MASKED),
         row("read /proc/kcore", Busybox, "$P read /proc/kcore", "masked: empty or absent", MASKED),
         row("read /proc/keys", Busybox, "$P read /proc/keys", "masked: empty", MASKED),
         row("read /proc/sysrq-trigger", Busybox, "$P read /proc/sysrq-trigger", "masked: empty or absent", MASKED),
@@ -289,27 +262,19 @@ pub fn all() -> Vec<Attempt> {
             Some(F6),
             Some(F6),
         ),
-        found(
-            row(
-                "raise its own pids limit through it",
-                Busybox,
-                "$P mount cgroup cgroup /tmp/cgp none pids >/dev/null; $P open-w /tmp/cgp$(sed -n 's/^[0-9]*:pids://p' /proc/self/cgroup)/pids.max",
-                "EPERM (no mount) or EACCES",
-                &["open-w errno=EACCES", "open-w errno=ENOENT", "open-w errno=EROFS"],
-            ),
-            Some(F6W),
-            None,
+        row(
+            "raise its own pids limit through it",
+            Busybox,
+            "$P mount cgroup cgroup /tmp/cgp none pids >/dev/null; $P open-w /tmp/cgp$(sed -n 's/^[0-9]*:pids://p' /proc/self/cgroup)/pids.max",
+            "EPERM (no mount) or EACCES",
+            &["open-w errno=EACCES", "open-w errno=ENOENT", "open-w errno=EROFS"],
         ),
-        found(
-            row(
-                "move itself to the host's root pids cgroup",
-                Busybox,
-                "$P mount cgroup cgroup /tmp/cgp none pids >/dev/null; echo $$ 2>/dev/null > /tmp/cgp/cgroup.procs && echo moved || echo refused",
-                "refused",
-                &["refused"],
-            ),
-            Some(F6M),
-            None,
+        row(
+            "move itself to the host's root pids cgroup",
+            Busybox,
+            "$P mount cgroup cgroup /tmp/cgp none pids >/dev/null; echo $$ 2>/dev/null > /tmp/cgp/cgroup.procs && echo moved || echo refused",
+            "refused",
+            &["refused"],
         ),
         // The root directory and the node's end.
         row("break out of a chroot (chroot, cd .. x64, chroot .)", Busybox, "$P chroot-escape $HOSTDIR", "ENOENT: still the node's root", &["chroot-escape errno=ENOENT"]),
@@ -320,5 +285,5 @@ pub fn all() -> Vec<Attempt> {
                 super::reboot_ends_only_the_node,
             )
         },
-    ]
+    ])
 }
