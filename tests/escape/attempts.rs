@@ -45,7 +45,7 @@ const F2: &str = "F2: /proc/sys can be remounted read-write (mount flags not loc
 const F3: &str = "F3: a fresh procfs can be mounted (the masks are not locked mounts)";
 const F4: &str = "F4: the masks over /proc files can be unmounted (not locked)";
 const F5: &str = "F5: /sys can be bind-remounted read-write (the sysfs superblock stays read-only: no write follows)";
-const F6: &str = "F6: the host's cgroup v1 pids hierarchy can be mounted (cgroup namespace made before the node joined its cgroup)";
+const F6: &str = "F6: cgroup v1 hierarchies can be mounted; for a controller hutch gives the node no cgroup of (cpu, cpuset, blkio, devices, freezer) the mount is the host's whole tree from its root";
 
 const fn row(what: &'static str, node: Node, how: &'static str, refusal: &'static str, ok: &'static [&'static str]) -> Attempt {
     Attempt {
@@ -258,7 +258,7 @@ pub fn all() -> Vec<Attempt> {
         row("set the time (busybox `date -s`)", Busybox, "date -s 2020-01-01 2>&1 >/dev/null | tail -n 1", "EPERM", &["date: can't set date: Operation not permitted"]),
         // Cgroups.
         found(
-            row("mount the host's cgroup v1 pids hierarchy", Busybox, "$P mount cgroup cgroup /tmp/cgp none pids", "EPERM", MOUNT_EPERM),
+            row("mount the cgroup v1 pids hierarchy", Busybox, "$P mount cgroup cgroup /tmp/cgp none pids", "EPERM", MOUNT_EPERM),
             Some(F6),
             Some(F6),
         ),
@@ -270,11 +270,29 @@ pub fn all() -> Vec<Attempt> {
             &["open-w errno=EACCES", "open-w errno=ENOENT", "open-w errno=EROFS"],
         ),
         row(
-            "move itself to the host's root pids cgroup",
+            "move itself to the root of the mounted pids hierarchy",
             Busybox,
             "$P mount cgroup cgroup /tmp/cgp none pids >/dev/null; echo $$ 2>/dev/null > /tmp/cgp/cgroup.procs && echo moved || echo refused",
             "refused",
             &["refused"],
+        ),
+        found(
+            row(
+                "see the host's cgroup tree through a cgroup v1 mount (cpu)",
+                Busybox,
+                "$P mount cgroup cgroup /tmp/cgc none cpu >/dev/null; [ -e /tmp/cgc/release_agent ] && echo host-root || echo own-subtree",
+                "EPERM, or only the node's own subtree",
+                &["own-subtree", "mount errno=EPERM"],
+            ),
+            Some(F6),
+            Some(F6),
+        ),
+        row(
+            "write the host's release_agent (CVE-2022-0492)",
+            Busybox,
+            "$P mount cgroup cgroup /tmp/cgc none cpu >/dev/null; $P open-w /tmp/cgc/release_agent",
+            "EACCES/EPERM (or no such file)",
+            &["open-w errno=EACCES", "open-w errno=EPERM", "open-w errno=ENOENT"],
         ),
         // The root directory and the node's end.
         row("break out of a chroot (chroot, cd .. x64, chroot .)", Busybox, "$P chroot-escape $HOSTDIR", "ENOENT: still the node's root", &["chroot-escape errno=ENOENT"]),
