@@ -12,7 +12,8 @@ use libfuzzer_sys::fuzz_target;
 fn scratch() -> &'static PathBuf {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
-        let dir = std::env::temp_dir().join(format!("hutch-fuzz-plan-{}", std::process::id()));
+        // One fixed folder, reused by every run (libFuzzer has no teardown hook).
+        let dir = std::env::temp_dir().join("hutch-fuzz-plan");
         std::fs::create_dir_all(dir.join("rootfs")).expect("scratch folder");
         std::fs::write(dir.join("test.py"), "start_all()\n").expect("scratch script");
         dir
