@@ -34,11 +34,38 @@ enum Command {
 }
 
 fn main() {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => std::process::exit(usage_error(e)),
+    };
     let code = match cli.command {
         Command::Run(args) => run::main(*args),
         Command::Test(args) => test_cmd::main(args),
         Command::Bench(args) => bench_cmd::main(args),
     };
     std::process::exit(code);
+}
+
+/// Help and version print as usual; a usage error is one line naming the problem, with the
+/// exit code of the subcommand's own bad input (125 for `run`, 2 otherwise).
+fn usage_error(e: clap::Error) -> i32 {
+    use clap::error::ErrorKind;
+    if matches!(
+        e.kind(),
+        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+    ) {
+        let _ = e.print();
+        return if e.use_stderr() { 2 } else { 0 };
+    }
+    let text = e.render().to_string();
+    // The message proper: the lines before clap's blank line and usage.
+    let first: Vec<&str> = text.lines().take_while(|l| !l.trim().is_empty()).map(str::trim).collect();
+    let first = first.join(" ");
+    let first = first.trim_start_matches("error: ");
+    eprintln!("hutch: {first}; see hutch --help");
+    if std::env::args().nth(1).as_deref() == Some("run") {
+        run::EXIT_HUTCH
+    } else {
+        2
+    }
 }

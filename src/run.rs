@@ -22,11 +22,11 @@ pub struct RunArgs {
     /// NixOS mode: a system toplevel store path; the root is an empty tmpfs with the store.
     #[arg(long)]
     toplevel: Option<PathBuf>,
-    /// Host directory holding the store paths (NixOS mode).
-    #[arg(long, default_value = "/nix/store", requires = "toplevel")]
-    store: PathBuf,
+    /// Host directory holding the store paths (NixOS mode; default /nix/store).
+    #[arg(long)]
+    store: Option<PathBuf>,
     /// Mount only the toplevel's closure, not the whole store (NixOS mode).
-    #[arg(long, requires = "toplevel")]
+    #[arg(long)]
     closure_only: bool,
     /// Exec the init (image's /sbin/init or systemd, or $toplevel/init); trailing args go to it.
     #[arg(long, short = 'b')]
@@ -38,11 +38,11 @@ pub struct RunArgs {
     #[arg(long)]
     hostname: Option<String>,
     /// Memory limit, e.g. 512M.
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     memory: Option<String>,
     /// Maximum number of tasks in the node.
-    #[arg(long)]
-    pids_max: Option<u64>,
+    #[arg(long, allow_hyphen_values = true)]
+    pids_max: Option<i64>,
     /// Bind a host path into the node: SRC:DST[:ro] (repeatable).
     #[arg(long = "bind", value_name = "SRC:DST[:ro]")]
     binds: Vec<String>,
@@ -50,7 +50,7 @@ pub struct RunArgs {
     #[arg(long = "setenv", value_name = "K=V")]
     env: Vec<String>,
     /// Seconds to wait for a clean stop before SIGKILL.
-    #[arg(long, default_value_t = 10.0)]
+    #[arg(long, default_value_t = 10.0, allow_hyphen_values = true)]
     stop_timeout: f64,
     /// Also write the console to this file (boot mode).
     #[arg(long)]
@@ -87,11 +87,14 @@ pub fn main(args: RunArgs) -> i32 {
 }
 
 fn spec(args: &RunArgs) -> Result<NodeSpec> {
+    if args.image.is_some() && (args.store.is_some() || args.closure_only) {
+        anyhow::bail!("--store/--closure-only: they only apply to --toplevel (NixOS mode); drop them with --image");
+    }
     let root = match (&args.image, &args.toplevel) {
         (Some(dir), _) => RootFs::Image(dir.clone()),
         (None, Some(top)) => RootFs::Nix {
             toplevel: top.clone(),
-            store: args.store.clone(),
+            store: args.store.clone().unwrap_or_else(|| "/nix/store".into()),
             closure_only: args.closure_only,
         },
         (None, None) => anyhow::bail!("--image or --toplevel: give one; --image DIR for a root filesystem, --toplevel PATH for NixOS"),
@@ -102,7 +105,10 @@ fn spec(args: &RunArgs) -> Result<NodeSpec> {
     spec.boot = args.boot || (args.toplevel.is_some() && args.args.is_empty());
     spec.args = args.args.clone();
     spec.memory = args.memory.as_deref().map(str::parse::<Size>).transpose()?.map(|s| s.0);
-    spec.pids_max = args.pids_max;
+    spec.pids_max = match args.pids_max {
+        Some(n) if n <= 0 => anyhow::bail!("--pids-max: {n} is not a positive number of tasks; give e.g. 512"),
+        other => other.map(|n| n as u64),
+    };
     spec.binds = args.binds.iter().map(|b| b.parse::<Bind>()).collect::<Result<_, _>>()?;
     spec.env = args
         .env

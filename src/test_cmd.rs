@@ -44,6 +44,11 @@ pub fn main(args: TestArgs) -> i32 {
             return EXIT_BAD_TEST;
         }
     };
+    // A script that does not compile is a bad test file: say so before anything starts.
+    if let Err(message) = check_script(&plan) {
+        eprintln!("{message}");
+        return EXIT_BAD_TEST;
+    }
     // Rootless: become root of a user namespace of our own first (see userns.rs).
     if let Err(e) = crate::userns::enter() {
         eprintln!("hutch: {e:#}");
@@ -136,6 +141,59 @@ fn run(args: &TestArgs, plan: &TestPlan, spawner: Arc<Spawner>) -> Result<i32> {
         }
     }
     Ok(report.exit_code())
+}
+
+/// Compiles the test script with the Python that will run it (about 20 ms): a syntax error
+/// is one line naming the file, the key, the script line and the fix.
+fn check_script(plan: &TestPlan) -> Result<(), String> {
+    let python = SessionOptions::new(PathBuf::new()).python;
+    let key = if plan.script.path.is_some() {
+        "test.script"
+    } else {
+        "test.testScript"
+    };
+    let child = std::process::Command::new(&python)
+        .args([
+            "-c",
+            "import sys; compile(sys.stdin.read(), sys.argv[1], 'exec')",
+            &plan.script.filename,
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn();
+    let Ok(mut child) = child else {
+        return Err(format!(
+            "{}: {key}: cannot run {} to check the script; install python3 or set HUTCH_PYTHON",
+            plan.file.display(),
+            python.display()
+        ));
+    };
+    if let Some(mut stdin) = child.stdin.take() {
+        let _ = std::io::Write::write_all(&mut stdin, plan.script.source.as_bytes());
+    }
+    let out = child.wait_with_output().map_err(|e| e.to_string())?;
+    if out.status.success() {
+        return Ok(());
+    }
+    let err = String::from_utf8_lossy(&out.stderr);
+    let what = err
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("it does not compile")
+        .trim();
+    let line = err
+        .lines()
+        .filter_map(|l| l.split("line ").nth(1))
+        .filter_map(|rest| rest.split(|c: char| !c.is_ascii_digit()).next()?.parse::<u32>().ok())
+        .last();
+    let at = line.map(|n| format!(" line {n}")).unwrap_or_default();
+    Err(format!(
+        "{}: {key}: {}{at}: {what}; fix the script",
+        plan.file.display(),
+        plan.script.filename
+    ))
 }
 
 /// Turns the first SIGINT/SIGTERM into an abort of the run (nodes stopped, report written);
