@@ -187,7 +187,7 @@ fn check_script(plan: &TestPlan) -> Result<(), String> {
         .lines()
         .filter_map(|l| l.split("line ").nth(1))
         .filter_map(|rest| rest.split(|c: char| !c.is_ascii_digit()).next()?.parse::<u32>().ok())
-        .last();
+        .next_back();
     let at = line.map(|n| format!(" line {n}")).unwrap_or_default();
     Err(format!(
         "{}: {key}: {}{at}: {what}; fix the script",
