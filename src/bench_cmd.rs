@@ -149,10 +149,31 @@ fn seconds(field: &str, v: f64) -> Result<Duration> {
     Ok(Duration::from_secs_f64(v))
 }
 
+/// How every node is made: one template, named per node. Workers build each node's spec just
+/// before its start, so that they stay small: every node's first process is a copy of its
+/// worker, and the kernel copies the worker's page tables for each one.
+struct Nodes {
+    template: NodeSpec,
+    names: Vec<String>,
+    hosts: Option<String>,
+}
+
+impl Nodes {
+    /// Node `i`'s spec.
+    fn spec(&self, i: usize) -> NodeSpec {
+        let mut spec = self.template.clone();
+        spec.name = self.names[i].clone();
+        spec.hostname = self.names[i].clone();
+        if let Some(h) = &self.hosts {
+            spec.files.push(("/etc/hosts".into(), h.clone().into_bytes()));
+        }
+        spec
+    }
+}
+
 /// The validated shape of a benchmark.
 struct Plan {
-    specs: Vec<NodeSpec>,
-    names: Vec<String>,
+    nodes: Nodes,
     topology: Option<Topology>,
     envs: Vec<BTreeMap<String, String>>,
     kind: NodeKind,
@@ -200,28 +221,24 @@ fn plan(args: &BenchArgs) -> Result<Plan> {
     let first = topology
         .as_ref()
         .and_then(|t| Some(t.nodes().first()?.interfaces.first()?.ipv4.to_string()));
-    let mut specs = Vec::with_capacity(args.nodes);
-    let mut envs = Vec::with_capacity(args.nodes);
-    for (i, name) in names.iter().enumerate() {
-        let mut spec = NodeSpec::new(name, root.clone());
-        spec.boot = boot;
-        spec.args = if boot { args.args.clone() } else { Vec::new() };
-        spec.env = env.clone();
-        spec.memory = Some(memory);
-        if let Some(h) = &hosts {
-            spec.files.push(("/etc/hosts".into(), h.clone().into_bytes()));
-        }
-        let mut e: BTreeMap<String, String> = env.iter().cloned().collect();
-        e.insert("HUTCH_BENCH_NODE".into(), (i + 1).to_string());
-        e.insert("HUTCH_BENCH_NODES".into(), args.nodes.to_string());
-        if let Some(f) = &first {
-            e.insert("HUTCH_BENCH_FIRST".into(), f.clone());
-        }
-        specs.push(spec);
-        envs.push(e);
-    }
+    let mut template = NodeSpec::new(&names[0], root);
+    template.boot = boot;
+    template.args = if boot { args.args.clone() } else { Vec::new() };
+    template.env = env.clone();
+    template.memory = Some(memory);
+    let envs = (1..=args.nodes)
+        .map(|i| {
+            let mut e: BTreeMap<String, String> = env.iter().cloned().collect();
+            e.insert("HUTCH_BENCH_NODE".into(), i.to_string());
+            e.insert("HUTCH_BENCH_NODES".into(), args.nodes.to_string());
+            if let Some(f) = &first {
+                e.insert("HUTCH_BENCH_FIRST".into(), f.clone());
+            }
+            e
+        })
+        .collect();
     // Bad input fails here, once, rather than once per node in the workers.
-    let mut probe = specs[0].clone();
+    let mut probe = template.clone();
     if !boot {
         probe.agent = Some(AgentHook {
             fd: -1,
@@ -229,14 +246,13 @@ fn plan(args: &BenchArgs) -> Result<Plan> {
         });
     }
     probe.validate()?;
-    let kind = match (boot, InitKind::of(&specs[0])) {
+    let kind = match (boot, InitKind::of(&template)) {
         (false, _) => NodeKind::Command,
         (true, InitKind::Systemd) => NodeKind::Systemd,
         (true, _) => NodeKind::OtherInit,
     };
     Ok(Plan {
-        specs,
-        names,
+        nodes: Nodes { template, names, hosts },
         topology,
         envs,
         kind,
@@ -260,18 +276,18 @@ fn bench(args: BenchArgs) -> Result<i32> {
     // can be built (see userns.rs). Before any thread, like the workers.
     crate::userns::enter()?;
     let k = args.parallel.min(args.nodes);
-    let command = !plan.specs[0].boot;
+    let command = !plan.nodes.template.boot;
     let mut workers = Vec::with_capacity(k);
     for w in 0..k {
         let mine: Vec<usize> = (w..args.nodes).step_by(k).collect();
-        workers.push(Worker::fork(&plan.specs, mine, command)?);
+        workers.push(Worker::fork(&plan.nodes, mine, command)?);
     }
     let mut runs = Vec::with_capacity(args.repeat);
     for r in 0..args.repeat {
         // A fresh LAN per run: the hub's thread starts only now, after every fork.
         let hub = plan.topology.as_ref().map(Hub::new).transpose().context("creating the LAN")?;
         let setup = session::Setup {
-            names: &plan.names,
+            names: &plan.nodes.names,
             hub: hub.as_ref(),
             command: command.then(|| (args.args.as_slice(), plan.envs.clone())),
             hold,

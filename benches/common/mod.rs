@@ -104,3 +104,109 @@ pub fn percentile<T: Copy>(sorted: &[T], p: f64) -> T {
 pub fn argv(v: &[&str]) -> Vec<String> {
     v.iter().map(|x| x.to_string()).collect()
 }
+
+/// Several commands started at once in one fresh memory cgroup and waited for.
+pub struct GroupSample {
+    /// Until the last command ended (or was killed at the limit).
+    pub wall: Duration,
+    /// The memory peak of the whole group, when known.
+    pub peak: Option<u64>,
+    /// Commands that exited non-zero or had to be killed.
+    pub failed: usize,
+    /// The limit passed and the rest was killed.
+    pub timed_out: bool,
+    /// Each command's standard output.
+    pub stdout: Vec<String>,
+}
+
+/// Starts every command of `cmds` at once inside one fresh memory cgroup (so the peak covers
+/// every process they start), waits up to `limit`, then kills whatever is left in the cgroup.
+pub fn measure_group(cmds: &[Vec<String>], limit: Duration) -> GroupSample {
+    let cg = MemoryCgroup::new();
+    let dir = std::env::temp_dir().join(format!("hutch-bench-out-{}", std::process::id()));
+    let _ = std::fs::create_dir_all(&dir);
+    let start = Instant::now();
+    let mut children = Vec::new();
+    let mut failed = 0;
+    for (i, cmd) in cmds.iter().enumerate() {
+        let out = std::fs::File::create(dir.join(i.to_string())).ok();
+        let mut c = Command::new(&cmd[0]);
+        c.args(&cmd[1..]).stdin(Stdio::null()).stderr(Stdio::null());
+        c.stdout(out.map(Stdio::from).unwrap_or_else(Stdio::null));
+        if let Some(cg) = &cg {
+            let procs = cg.0.join("cgroup.procs");
+            // SAFETY: between fork and exec the closure only writes one small file; the harness
+            // is single-threaded, so no lock can be held by another thread.
+            unsafe {
+                std::os::unix::process::CommandExt::pre_exec(&mut c, move || std::fs::write(&procs, "0"));
+            }
+        }
+        match c.spawn() {
+            Ok(child) => children.push(Some(child)),
+            Err(_) => failed += 1,
+        }
+    }
+    let mut timed_out = false;
+    while children.iter().any(Option::is_some) {
+        for slot in children.iter_mut() {
+            if let Some(child) = slot {
+                match child.try_wait() {
+                    Ok(Some(status)) => {
+                        failed += usize::from(!status.success());
+                        *slot = None;
+                    }
+                    Ok(None) => {}
+                    Err(_) => {
+                        failed += 1;
+                        *slot = None;
+                    }
+                }
+            }
+        }
+        if start.elapsed() > limit && children.iter().any(Option::is_some) {
+            timed_out = true;
+            if let Some(cg) = &cg {
+                kill_all_in(&cg.0);
+            }
+            for child in children.iter_mut().flatten() {
+                let _ = child.kill();
+                let _ = child.wait();
+                failed += 1;
+            }
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let wall = start.elapsed();
+    let peak = cg.as_ref().and_then(MemoryCgroup::peak);
+    if let Some(cg) = &cg {
+        kill_all_in(&cg.0);
+    }
+    let stdout = (0..cmds.len())
+        .map(|i| std::fs::read_to_string(dir.join(i.to_string())).unwrap_or_default())
+        .collect();
+    let _ = std::fs::remove_dir_all(&dir);
+    GroupSample {
+        wall,
+        peak,
+        failed,
+        timed_out,
+        stdout,
+    }
+}
+
+/// SIGKILLs every process in a cgroup until none is left (or two seconds pass).
+fn kill_all_in(dir: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        let procs = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
+        let pids: Vec<i32> = procs.lines().filter_map(|l| l.trim().parse().ok()).collect();
+        if pids.is_empty() || Instant::now() > deadline {
+            return;
+        }
+        for pid in pids {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}

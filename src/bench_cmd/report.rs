@@ -120,7 +120,7 @@ fn phase(rec: &NodeRecord, t0: u64, k: usize) -> Option<f64> {
 /// When a node was up: started, on its LAN, its agent answering (command mode) or its
 /// systemd ready (boot mode).
 fn up_at(rec: &NodeRecord, command: bool) -> Option<u64> {
-    if rec.exec == 0 || rec.failure.is_some() {
+    if rec.exec == 0 {
         return None;
     }
     let on_lan = rec.attached.unwrap_or(rec.exec);

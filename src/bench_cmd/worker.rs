@@ -13,13 +13,14 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 
 use anyhow::{Context, Result};
-use hutch_runtime::{AgentHook, Container, Exit, IdMap, InitKind, NodeSpec, Phase};
+use hutch_runtime::{AgentHook, Container, Exit, IdMap, InitKind, Phase};
 use nix::errno::Errno;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::socket::{recvmsg, sendmsg, socketpair, AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags, SockFlag, SockType};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
 use super::events::now_ns;
+use super::Nodes;
 
 /// What the main process asks of a worker.
 #[derive(Debug, Serialize, Deserialize)]
@@ -104,9 +105,9 @@ pub(super) struct Worker {
 }
 
 impl Worker {
-    /// Forks a worker that will start the nodes `mine` (indexes into `specs`), giving each the
+    /// Forks a worker that will start the nodes `mine` (indexes into `nodes`), giving each the
     /// driver's agent when `agent`. Call before the process starts any thread.
-    pub fn fork(specs: &[NodeSpec], mine: Vec<usize>, agent: bool) -> Result<Worker> {
+    pub fn fork(nodes: &Nodes, mine: Vec<usize>, agent: bool) -> Result<Worker> {
         let (ours, theirs) =
             socketpair(AddressFamily::Unix, SockType::SeqPacket, None, SockFlag::SOCK_CLOEXEC).context("creating a worker's socketpair")?;
         // SAFETY: the caller guarantees no other thread exists; the child serves and exits
@@ -117,7 +118,7 @@ impl Worker {
                 // A worker (and with it every node) dies with hutch.
                 // SAFETY: prctl with a signal number has no memory effects.
                 unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
-                let code = match serve(theirs.as_fd(), specs, &mine, agent) {
+                let code = match serve(theirs.as_fd(), nodes, &mine, agent) {
                     Ok(()) => 0,
                     Err(e) => {
                         eprintln!("hutch bench worker: {e:#}");
@@ -145,13 +146,13 @@ impl Drop for Worker {
 }
 
 /// The worker's life: one share of nodes per `Go`, until the main process hangs up.
-fn serve(sock: BorrowedFd, specs: &[NodeSpec], mine: &[usize], agent: bool) -> Result<()> {
+fn serve(sock: BorrowedFd, nodes: &Nodes, mine: &[usize], agent: bool) -> Result<()> {
     let idmap = IdMap::detect();
     while let Received::Message(msg, _) = recv::<ToWorker>(sock, false)? {
         if let ToWorker::Go { .. } = msg {
             let mut live = Vec::with_capacity(mine.len());
             for &i in mine {
-                match start(&specs[i], agent, &idmap) {
+                match start(nodes, i, agent, &idmap) {
                     Ok((node, spawned, fds)) => {
                         let raw: Vec<RawFd> = fds.iter().map(|f| f.as_raw_fd()).collect();
                         send(sock, &FromWorker::Spawned(Spawned { node: i, ..spawned }), &raw)?;
@@ -177,8 +178,8 @@ fn serve(sock: BorrowedFd, specs: &[NodeSpec], mine: &[usize], agent: bool) -> R
 }
 
 /// Starts one node; returns it, its report, and the descriptors to hand over.
-fn start(spec: &NodeSpec, agent: bool, idmap: &IdMap) -> Result<(Container, Spawned, Vec<OwnedFd>)> {
-    let mut spec = spec.clone();
+fn start(nodes: &Nodes, i: usize, agent: bool, idmap: &IdMap) -> Result<(Container, Spawned, Vec<OwnedFd>)> {
+    let mut spec = nodes.spec(i);
     let pair = agent.then(UnixStream::pair).transpose().context("the agent's socketpair")?;
     spec.agent = pair.as_ref().map(|(_, node_end)| AgentHook {
         fd: node_end.as_raw_fd(),
@@ -187,6 +188,7 @@ fn start(spec: &NodeSpec, agent: bool, idmap: &IdMap) -> Result<(Container, Spaw
     let called_ns = now_ns();
     let node = Container::spawn(&spec, idmap)?;
     let exec_ns = now_ns();
+    drop(spec);
     let netns = std::fs::File::open(node.netns_path()).context("opening the node's network namespace")?;
     let mut fds: Vec<OwnedFd> = vec![node.pidfd().try_clone_to_owned()?, netns.into()];
     if let Some((driver_end, _node_end)) = pair {

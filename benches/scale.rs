@@ -1,0 +1,426 @@
+//! Many nodes at once, hutch side by side with systemd-nspawn (`--register=no --keep-unit`)
+//! where a peer can do the same job, in paired rounds (each round runs every contender once,
+//! in turn), with medians and ratios:
+//!
+//!   a. 24 nodes that each run one command (the NixOS nspawn backend's benchmark shape),
+//!      busybox image: `hutch bench`, a real `hutch test` (Python script, `succeed` on every
+//!      node), and 24 systemd-nspawn runs started together.
+//!   b. the same with 24 Debian systemd nodes: boot to multi-user, one command, power off.
+//!   c. 100 Debian systemd nodes booted together to READY=1 / multi-user, then powered off:
+//!      time and MiB per node.
+//!   d. 1000 busybox nodes on one LAN, every node pinging node 1 (real ICMP over the bridge;
+//!      `hutch bench` raises the ARP table limit this needs, as root). No peer: nspawn cannot
+//!      put containers on one LAN without a bridge in the host's own network namespace.
+//!
+//! Every contender runs inside a fresh memory cgroup of the harness (its peak covers the runtime
+//! and everything it started: "run peak / N"); hutch also reports each node's own cgroup peak.
+//!
+//! `cargo bench --bench scale` as root. `HUTCH_SCALE_ONLY=a,c` picks sections,
+//! `HUTCH_SCALE_ROUNDS` (default 3) sets the rounds of a and b, `HUTCH_SCALE_BIG_ROUNDS`
+//! (default 1) those of c and d.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use serde_json::Value;
+
+const WANTS: &str = "systemd.wants=hutch-poweroff.service";
+
+struct Contender {
+    name: String,
+    cmds: Vec<Vec<String>>,
+    /// Its first command is `hutch bench --json`: read the report it prints.
+    json: bool,
+    nodes: usize,
+    samples: Vec<GroupSample>,
+    reports: Vec<Value>,
+}
+
+impl Contender {
+    fn new(name: &str, cmds: Vec<Vec<String>>, nodes: usize) -> Contender {
+        let json = cmds.len() == 1 && cmds[0].iter().any(|a| a == "--json");
+        Contender {
+            name: name.into(),
+            cmds,
+            json,
+            nodes,
+            samples: Vec::new(),
+            reports: Vec::new(),
+        }
+    }
+}
+
+fn hutch() -> &'static str {
+    env!("CARGO_BIN_EXE_hutch")
+}
+
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
+}
+
+fn median(mut v: Vec<f64>) -> Option<f64> {
+    v.sort_by(f64::total_cmp);
+    (!v.is_empty()).then(|| percentile(&v, 0.5))
+}
+
+/// Runs `rounds` paired rounds of `contenders` and prints the section's table; returns the
+/// median wall time of each contender.
+fn section(title: &str, rounds: usize, limit: Duration, contenders: &mut [Contender]) -> Vec<Option<f64>> {
+    println!("\n== {title}");
+    println!("load average before: {}", loadavg());
+    for round in 0..rounds {
+        for c in contenders.iter_mut() {
+            let s = measure_group(&c.cmds, limit);
+            if c.json {
+                match serde_json::from_str::<Value>(&s.stdout[0]) {
+                    Ok(v) => c.reports.push(v),
+                    Err(e) => eprintln!("{}: round {}: no JSON report ({e})", c.name, round + 1),
+                }
+            }
+            eprintln!(
+                "{}: round {}: {:.3} s, {} failed{}",
+                c.name,
+                round + 1,
+                s.wall.as_secs_f64(),
+                s.failed,
+                if s.timed_out { ", timed out" } else { "" }
+            );
+            c.samples.push(s);
+        }
+    }
+    let base = contenders
+        .iter()
+        .find(|c| c.name.starts_with("systemd-nspawn"))
+        .and_then(|c| median(c.samples.iter().map(|s| s.wall.as_secs_f64()).collect()));
+    println!(
+        "{:<34} {:>9} {:>8} {:>8} {:>9} {:>10} {:>10} {:>7} {:>8}",
+        "contender", "median s", "min s", "max s", "vs nspawn", "MiB/node", "node MiB", "failed", "nodes/s"
+    );
+    let mut medians = Vec::new();
+    for c in contenders.iter() {
+        let walls: Vec<f64> = c.samples.iter().map(|s| s.wall.as_secs_f64()).collect();
+        let med = median(walls.clone());
+        medians.push(med);
+        let Some(m) = med else { continue };
+        let min = walls.iter().cloned().fold(f64::INFINITY, f64::min);
+        let max = walls.iter().cloned().fold(0.0, f64::max);
+        let ratio = base.map(|b| format!("{:.2}x", m / b)).unwrap_or_else(|| "-".into());
+        let per_node = median(
+            c.samples
+                .iter()
+                .filter_map(|s| s.peak)
+                .map(|p| p as f64 / (1 << 20) as f64 / c.nodes as f64)
+                .collect(),
+        );
+        let node_mib = median(c.reports.iter().filter_map(|r| r["memory_per_node_mib"]["p50"].as_f64()).collect());
+        let nps = median(c.reports.iter().filter_map(|r| r["nodes_per_second"]["p50"].as_f64()).collect());
+        let failed: usize = c.samples.iter().map(|s| s.failed).sum::<usize>()
+            + c.reports
+                .iter()
+                .filter_map(|r| r["failures"].as_array().map(Vec::len))
+                .sum::<usize>();
+        let f = |v: Option<f64>, p: usize| v.map(|x| format!("{x:.p$}")).unwrap_or_else(|| "-".into());
+        println!(
+            "{:<34} {:>9.3} {:>8.3} {:>8.3} {:>9} {:>10} {:>10} {:>7} {:>8}",
+            c.name,
+            m,
+            min,
+            max,
+            ratio,
+            f(per_node, 1),
+            f(node_mib, 1),
+            failed,
+            f(nps, 1)
+        );
+    }
+    for c in contenders.iter().filter(|c| !c.reports.is_empty()) {
+        print_phases(c);
+    }
+    medians
+}
+
+/// The phase table of the median round of a `hutch bench` contender.
+fn print_phases(c: &Contender) {
+    let mut by_wall: Vec<&Value> = c.reports.iter().collect();
+    by_wall.sort_by(|a, b| {
+        f64::total_cmp(
+            &a["wall_s"]["p50"].as_f64().unwrap_or(0.0),
+            &b["wall_s"]["p50"].as_f64().unwrap_or(0.0),
+        )
+    });
+    let r = by_wall[by_wall.len() / 2];
+    let phases: Vec<String> = r["phases"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|p| {
+                    format!(
+                        "{} {:.1}/{:.1}",
+                        p["name"].as_str().unwrap_or("?"),
+                        p["p50_ms"].as_f64().unwrap_or(0.0),
+                        p["max_ms"].as_f64().unwrap_or(0.0)
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    println!("  {} phases, p50/max ms: {}", c.name, phases.join(", "));
+    if let Some(f) = r["failures"].as_array().filter(|f| !f.is_empty()) {
+        println!(
+            "  {} failures: {}",
+            c.name,
+            f.iter().take(3).map(|x| x.to_string()).collect::<Vec<_>>().join("; ")
+        );
+    }
+}
+
+fn target(what: &str, got: Option<f64>, limit: f64, unit: &str) {
+    match got {
+        Some(v) if v < limit => println!("target {what} under {limit} {unit}: met ({v:.2} {unit})"),
+        Some(v) => println!("target {what} under {limit} {unit}: MISSED ({v:.2} {unit})"),
+        None => println!("target {what} under {limit} {unit}: not measured"),
+    }
+}
+
+fn nspawn_group(n: usize, image: &str, boot: bool) -> Vec<Vec<String>> {
+    (1..=n)
+        .map(|i| {
+            let name = format!("scale{i:04}");
+            let mut v = argv(&[
+                "systemd-nspawn",
+                "-q",
+                "--register=no",
+                "--keep-unit",
+                "--private-network",
+                "--volatile=overlay",
+                "-M",
+                &name,
+                "-D",
+                image,
+            ]);
+            if boot {
+                v.extend(argv(&["-b", WANTS]));
+            } else {
+                v.push("/bin/true".into());
+            }
+            v
+        })
+        .collect()
+}
+
+/// A `hutch test` file with `n` nodes on one VLAN, each running one command, in a scratch dir.
+fn test_file(n: usize, image: &str, boot: bool) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("hutch-scale-test-{}-{}", std::process::id(), boot));
+    let _ = std::fs::create_dir_all(&dir);
+    let mut toml = format!(
+        "[test]\nname = \"scale{n}\"\ntestScript = \"\"\"\nstart_all()\nfor m in machines:\n    m.succeed(\"true\")\n\"\"\"\ntimeout = 600\n\n[defaults]\nimage = \"{image}\"\nvlans = [1]\nmemory = \"512M\"\nboot = {boot}\n\n"
+    );
+    for i in 1..=n {
+        toml.push_str(&format!("[nodes.n{i:03}]\n"));
+    }
+    std::fs::write(dir.join("test.toml"), toml).expect("writing the test file");
+    dir
+}
+
+fn main() {
+    if !nix::unistd::Uid::effective().is_root() {
+        println!("SKIP: the scale benchmarks run as root (nspawn needs it; hutch raises host limits)");
+        return;
+    }
+    let only = std::env::var("HUTCH_SCALE_ONLY").unwrap_or_else(|_| "a,b,c,d".into());
+    let rounds: usize = std::env::var("HUTCH_SCALE_ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(3);
+    let big: usize = std::env::var("HUTCH_SCALE_BIG_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1);
+    let nspawn = installed("systemd-nspawn");
+    let busybox = fixture("busybox-image.sh", &[]).display().to_string();
+    let debian = fixture("debian-image.sh", &[]).display().to_string();
+    println!(
+        "machine: {} cpus, kernel {}, {}",
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        nix::sys::utsname::uname()
+            .map(|u| u.release().to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        std::fs::read_to_string("/proc/meminfo")
+            .ok()
+            .and_then(|m| m.lines().next().map(|l| l.split_whitespace().skip(1).collect::<Vec<_>>().join(" ")))
+            .map(|m| format!("{m} memory"))
+            .unwrap_or_default()
+    );
+    let h = hutch();
+    if only.contains('a') {
+        let dir = test_file(24, &busybox, false);
+        let mut cs = vec![
+            Contender::new(
+                "hutch bench (24, LAN, `true`)",
+                vec![argv(&[
+                    h,
+                    "bench",
+                    "--json",
+                    "--image",
+                    &busybox,
+                    "--nodes",
+                    "24",
+                    "--parallel",
+                    "2",
+                    "--vlan",
+                    "1",
+                    "--",
+                    "true",
+                ])],
+                24,
+            ),
+            Contender::new(
+                "hutch test (24, LAN, succeed)",
+                vec![argv(&[
+                    h,
+                    "test",
+                    &dir.join("test.toml").display().to_string(),
+                    "--output-dir",
+                    &dir.join("out").display().to_string(),
+                ])],
+                24,
+            ),
+        ];
+        if nspawn {
+            cs.insert(
+                0,
+                Contender::new("systemd-nspawn x24 (/bin/true)", nspawn_group(24, &busybox, false), 24),
+            );
+        }
+        let m = section(
+            "a. 24 nodes, one command each (busybox image)",
+            rounds,
+            Duration::from_secs(120),
+            &mut cs,
+        );
+        target("24-node test (hutch test)", m[cs.len() - 1], 3.0, "s");
+        let _ = std::fs::remove_dir_all(dir);
+    }
+    if only.contains('b') {
+        let dir = test_file(24, &debian, true);
+        let mut cs = vec![
+            Contender::new(
+                "hutch bench --boot (24)",
+                vec![argv(&[
+                    h,
+                    "bench",
+                    "--json",
+                    "--image",
+                    &debian,
+                    "--boot",
+                    "--nodes",
+                    "24",
+                    "--parallel",
+                    "2",
+                    "--vlan",
+                    "1",
+                ])],
+                24,
+            ),
+            Contender::new(
+                "hutch test (24 systemd, succeed)",
+                vec![argv(&[
+                    h,
+                    "test",
+                    &dir.join("test.toml").display().to_string(),
+                    "--output-dir",
+                    &dir.join("out").display().to_string(),
+                ])],
+                24,
+            ),
+        ];
+        if nspawn {
+            cs.insert(
+                0,
+                Contender::new("systemd-nspawn x24 -b (poweroff)", nspawn_group(24, &debian, true), 24),
+            );
+        }
+        let m = section(
+            "b. 24 systemd nodes: boot to multi-user, one command, power off (Debian image)",
+            rounds,
+            Duration::from_secs(300),
+            &mut cs,
+        );
+        target("24-node systemd test (hutch test)", m[cs.len() - 1], 3.0, "s");
+        let _ = std::fs::remove_dir_all(dir);
+    }
+    if only.contains('c') {
+        let mut cs = vec![Contender::new(
+            "hutch bench --boot (100)",
+            vec![argv(&[
+                h,
+                "bench",
+                "--json",
+                "--image",
+                &debian,
+                "--boot",
+                "--nodes",
+                "100",
+                "--parallel",
+                "2",
+            ])],
+            100,
+        )];
+        if nspawn {
+            cs.insert(
+                0,
+                Contender::new("systemd-nspawn x100 -b (poweroff)", nspawn_group(100, &debian, true), 100),
+            );
+        }
+        let m = section(
+            "c. 100 systemd nodes booted together to READY=1, then powered off (Debian image)",
+            big,
+            Duration::from_secs(400),
+            &mut cs,
+        );
+        target("100 systemd nodes", m[cs.len() - 1], 30.0, "s");
+        let mib = median(
+            cs[cs.len() - 1]
+                .reports
+                .iter()
+                .filter_map(|r| r["memory_per_node_mib"]["p50"].as_f64())
+                .collect(),
+        );
+        target("100 systemd nodes, memory per node (node cgroup p50)", mib, 30.0, "MiB");
+    }
+    if only.contains('d') {
+        let mut cs = vec![Contender::new(
+            "hutch bench (1000, LAN, ping node 1)",
+            vec![argv(&[
+                h,
+                "bench",
+                "--json",
+                "--image",
+                &busybox,
+                "--nodes",
+                "1000",
+                "--parallel",
+                "2",
+                "--vlan",
+                "1",
+                "--",
+                "ping",
+                "-c",
+                "1",
+                "-W",
+                "10",
+                "node0001",
+            ])],
+            1000,
+        )];
+        let m = section(
+            "d. 1000 busybox nodes on one LAN, each pings node 1",
+            big,
+            Duration::from_secs(600),
+            &mut cs,
+        );
+        target("1000 nodes on one LAN", m[0], 20.0, "s");
+    }
+    println!("\nreproduce: cargo bench --bench scale (as root; HUTCH_SCALE_ONLY=a,b,c,d)");
+}
