@@ -80,8 +80,9 @@ fn setup(plan: &ChildPlan, sock: BorrowedFd) -> StepResult {
         nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWCGROUP).map_err(at(STEP_IDS))?;
     }
     become_root(plan.set_groups).map_err(at(STEP_IDS))?;
-    // Nothing we mount may propagate back to the host.
-    mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_SLAVE, None::<&str>).map_err(at(STEP_WAIT))?;
+    // Nothing we mount may propagate anywhere, nor anything into us: private, not slave (a
+    // slave of the runtime's shared image-view mount makes every pivot_root ~2 ms slower).
+    mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None::<&str>).map_err(at(STEP_WAIT))?;
     for (i, step) in plan.plan.steps.iter().enumerate() {
         match run_op(&step.op, sock) {
             Err(Errno::ENOENT) if step.optional => {}
