@@ -178,3 +178,22 @@ fn bad_input_is_refused_before_anything_starts() {
         assert!(help.stdout.contains(documented), "--help does not mention {documented}");
     }
 }
+
+#[test]
+fn nodes_past_the_timeout_are_killed_and_reported() {
+    if skip_unless_root("bench timeout") {
+        return;
+    }
+    let image = busybox_image().display().to_string();
+    let started = std::time::Instant::now();
+    let (code, r, _) = bench_json(&["--image", &image, "--nodes", "3", "--timeout", "1", "--", "sleep", "600"]);
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(30),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert_eq!(code, 1, "{r:#}");
+    let failures = r["failures"].as_array().unwrap();
+    assert_eq!(failures.len(), 3, "{failures:?}");
+    assert!(failures[0].as_str().unwrap().contains("--timeout"), "{failures:?}");
+}

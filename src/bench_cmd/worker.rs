@@ -115,6 +115,7 @@ impl Worker {
         match unsafe { nix::unistd::fork() }.context("forking a worker")? {
             nix::unistd::ForkResult::Child => {
                 drop(ours);
+                close_all_but(theirs.as_raw_fd());
                 // A worker (and with it every node) dies with hutch.
                 // SAFETY: prctl with a signal number has no memory effects.
                 unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
@@ -145,36 +146,63 @@ impl Drop for Worker {
     }
 }
 
+/// Closes every descriptor the worker inherited from the main process but its own socket and
+/// stdio: the other workers' sockets must not live on in this worker's nodes.
+fn close_all_but(keep: RawFd) {
+    let keep = keep as u32;
+    // SAFETY: close_range only closes descriptors; nothing in this fresh child owns the ones
+    // it closes (their owners live on in the parent).
+    unsafe {
+        if keep > 3 {
+            libc::syscall(libc::SYS_close_range, 3u32, keep - 1, 0u32);
+        }
+        libc::syscall(libc::SYS_close_range, keep.max(2) + 1, u32::MAX, 0u32);
+    }
+}
+
 /// The worker's life: one share of nodes per `Go`, until the main process hangs up.
 fn serve(sock: BorrowedFd, nodes: &Nodes, mine: &[usize], agent: bool) -> Result<()> {
     let idmap = IdMap::detect();
     while let Received::Message(msg, _) = recv::<ToWorker>(sock, false)? {
         if let ToWorker::Go { .. } = msg {
-            let mut live = Vec::with_capacity(mine.len());
+            let mut live = Live(Vec::with_capacity(mine.len()));
             for &i in mine {
                 match start(nodes, i, agent, &idmap) {
                     Ok((node, spawned, fds)) => {
                         let raw: Vec<RawFd> = fds.iter().map(|f| f.as_raw_fd()).collect();
+                        live.0.push((i, node));
                         send(sock, &FromWorker::Spawned(Spawned { node: i, ..spawned }), &raw)?;
-                        live.push((i, node));
                     }
-                    Err(e) => send(
-                        sock,
-                        &FromWorker::Failed {
-                            node: i,
-                            message: format!("{e:#}"),
-                        },
-                        &[],
-                    )?,
+                    Err(e) => {
+                        let message = format!("{e:#}");
+                        send(sock, &FromWorker::Failed { node: i, message }, &[])?;
+                    }
                 }
             }
-            if !reap_all(sock, live)? {
+            if !reap_all(sock, &mut live)? {
                 return Ok(());
             }
             send(sock, &FromWorker::RunDone, &[])?;
         }
     }
     Ok(())
+}
+
+/// A worker's running nodes. Dropping it kills them all, then drops them newest first. The
+/// order matters: a node without an init of its own keeps copies of the descriptors its worker
+/// held when it was cloned, among them the cgroup-reaper pipes of older nodes, and dropping a
+/// node waits for its reaper.
+struct Live(Vec<(usize, Container)>);
+
+impl Drop for Live {
+    fn drop(&mut self) {
+        for (_, c) in &self.0 {
+            let _ = c.signal(libc::SIGKILL);
+        }
+        while let Some((_, c)) = self.0.pop() {
+            drop(c);
+        }
+    }
 }
 
 /// Starts one node; returns it, its report, and the descriptors to hand over.
@@ -222,7 +250,8 @@ fn start(nodes: &Nodes, i: usize, agent: bool, idmap: &IdMap) -> Result<(Contain
 
 /// Reaps every node as it exits, reporting each; false when the main process hung up (the
 /// nodes are then dropped, which kills them).
-fn reap_all(sock: BorrowedFd, mut live: Vec<(usize, Container)>) -> Result<bool> {
+fn reap_all(sock: BorrowedFd, live: &mut Live) -> Result<bool> {
+    let live = &mut live.0;
     while !live.is_empty() {
         let ready: Vec<usize> = {
             let mut fds: Vec<PollFd> = live.iter().map(|(_, c)| PollFd::new(c.pidfd(), PollFlags::POLLIN)).collect();
@@ -242,7 +271,7 @@ fn reap_all(sock: BorrowedFd, mut live: Vec<(usize, Container)>) -> Result<bool>
                 match recv::<ToWorker>(sock, true)? {
                     Received::Closed => return Ok(false),
                     Received::Message(ToWorker::KillAll, _) => {
-                        for (_, c) in &live {
+                        for (_, c) in live.iter() {
                             let _ = c.signal(libc::SIGKILL);
                         }
                     }
