@@ -107,7 +107,9 @@ pub struct BenchArgs {
     /// Put every node on this VLAN (one LAN, NixOS test addressing).
     #[arg(long, value_name = "V")]
     vlan: Option<u32>,
-    /// Each node's memory limit; it also gives every node the memory cgroup its peak is read from.
+    /// Each node's memory limit; it also gives every node the memory cgroup its peak is read
+    /// from. `none`: no limit and no per-node memory cgroup (the cheaper start `hutch test`
+    /// gives nodes without limits), memory per node then not measured.
     #[arg(long, default_value = "2G")]
     memory: String,
     /// Seconds a booted node stays up once ready (systemd: READY=1; others: started) before it
@@ -177,7 +179,7 @@ struct Plan {
     topology: Option<Topology>,
     envs: Vec<BTreeMap<String, String>>,
     kind: NodeKind,
-    memory: u64,
+    memory: Option<u64>,
 }
 
 fn plan(args: &BenchArgs) -> Result<Plan> {
@@ -197,7 +199,10 @@ fn plan(args: &BenchArgs) -> Result<Plan> {
     if !boot && args.args.is_empty() {
         bail!("CMD: no command given; add `-- CMD [ARGS...]` for each node to run, or --boot to boot the image's init");
     }
-    let memory = args.memory.parse::<Size>()?.0;
+    let memory = match args.memory.as_str() {
+        "none" => None,
+        m => Some(m.parse::<Size>()?.0),
+    };
     let env: Vec<(String, String)> = args
         .env
         .iter()
@@ -225,7 +230,7 @@ fn plan(args: &BenchArgs) -> Result<Plan> {
     template.boot = boot;
     template.args = if boot { args.args.clone() } else { Vec::new() };
     template.env = env.clone();
-    template.memory = Some(memory);
+    template.memory = memory;
     let envs = (1..=args.nodes)
         .map(|i| {
             let mut e: BTreeMap<String, String> = env.iter().cloned().collect();
@@ -321,7 +326,7 @@ fn bench(args: BenchArgs) -> Result<i32> {
         parallel: k,
         repeat: args.repeat,
         vlan: args.vlan,
-        memory_limit_bytes: Some(plan.memory),
+        memory_limit_bytes: plan.memory,
     };
     let host = report::Host {
         cpus: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),

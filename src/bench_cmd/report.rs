@@ -255,6 +255,7 @@ pub(super) fn table(r: &Report) -> String {
             "memory per node (cgroup peak): p50 {:.1} MiB, p95 {:.1} MiB, max {:.1} MiB\n",
             m.p50, m.p95, m.max
         )),
+        None if r.config.memory_limit_bytes.is_none() => s.push_str("memory per node: not measured (--memory none)\n"),
         None => s.push_str("memory per node: not measured (no memory cgroup for the nodes: rootless, or none delegated)\n"),
     }
     for f in r.failures.iter().take(10) {
