@@ -146,6 +146,8 @@ fn a_failing_command_fails_the_bench_and_names_the_node() {
         &image,
         "--nodes",
         "2",
+        "--memory",
+        "none",
         "--",
         "sh",
         "-c",
@@ -158,6 +160,8 @@ fn a_failing_command_fails_the_bench_and_names_the_node() {
     assert!(f.contains("node 2") && f.contains("exit code 3"), "{f}");
     assert_eq!(r["runs"][0]["nodes_up"], 2, "both started; one command failed");
     assert_eq!(r["runs"][0]["failed"], 1);
+    assert_eq!(r["memory_per_node_mib"], Value::Null, "--memory none: no node cgroup to read");
+    assert_eq!(r["config"]["memory_limit_bytes"], Value::Null);
 }
 
 #[test]

@@ -211,3 +211,43 @@ fn open_files(n: u64, log: &mut dyn FnMut(String)) -> Limit {
         raised: value > soft,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn limits_too_low_are_stated_with_the_node_count_they_allow() {
+        let mut lines = Vec::new();
+        let limits = prepare(10_000_000, NodeKind::Systemd, true, false, &mut |l| lines.push(l));
+        for name in [
+            "fs.inotify.max_user_instances",
+            "kernel.pid_max",
+            "net.ipv4.neigh.default.gc_thresh3",
+        ] {
+            let l = limits
+                .iter()
+                .find(|l| l.name == name)
+                .unwrap_or_else(|| panic!("{name} not checked: {limits:?}"));
+            assert!(!l.raised, "{name} raised without being asked to");
+            assert!(l.allows_nodes < 10_000_000 && l.needed > l.value, "{l:?}");
+            assert!(
+                lines
+                    .iter()
+                    .any(|s| s.contains(name) && s.contains("allows about") && s.contains("sysctl -w")),
+                "{name}: {lines:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn command_nodes_need_no_inotify_and_no_ptys() {
+        let limits = prepare(10, NodeKind::Command, false, false, &mut |_| {});
+        let names: Vec<&str> = limits.iter().map(|l| l.name).collect();
+        assert!(
+            !names.contains(&"fs.inotify.max_user_instances") && !names.contains(&"kernel.pty.max"),
+            "{names:?}"
+        );
+        assert!(names.contains(&"kernel.pid_max") && names.contains(&"RLIMIT_NOFILE"), "{names:?}");
+    }
+}

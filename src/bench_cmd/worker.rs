@@ -179,7 +179,9 @@ fn serve(sock: BorrowedFd, nodes: &Nodes, mine: &[usize], agent: bool) -> Result
                     }
                 }
             }
-            if !reap_all(sock, &mut live)? {
+            // A node without a memory limit may share its cgroup with others: no peak of its own.
+            let own_memory = nodes.template.memory.is_some();
+            if !reap_all(sock, &mut live, own_memory)? {
                 return Ok(());
             }
             send(sock, &FromWorker::RunDone, &[])?;
@@ -250,7 +252,7 @@ fn start(nodes: &Nodes, i: usize, agent: bool, idmap: &IdMap) -> Result<(Contain
 
 /// Reaps every node as it exits, reporting each; false when the main process hung up (the
 /// nodes are then dropped, which kills them).
-fn reap_all(sock: BorrowedFd, live: &mut Live) -> Result<bool> {
+fn reap_all(sock: BorrowedFd, live: &mut Live, own_memory: bool) -> Result<bool> {
     let live = &mut live.0;
     while !live.is_empty() {
         let ready: Vec<usize> = {
@@ -282,7 +284,7 @@ fn reap_all(sock: BorrowedFd, live: &mut Live) -> Result<bool> {
             let (node, mut c) = live.swap_remove(k);
             match c.try_wait()? {
                 Some(exit) => {
-                    let peak = c.memory_peak();
+                    let peak = c.memory_peak().filter(|_| own_memory);
                     let clean = matches!(exit, Exit::Exited(0) | Exit::PowerOff);
                     drop(c);
                     let msg = FromWorker::Exited {
