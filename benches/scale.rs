@@ -406,9 +406,8 @@ fn main() {
         target("100 systemd nodes, memory per node (node cgroup p50)", mib, 30.0, "MiB");
     }
     if only.contains('d') {
-        let mut cs = vec![Contender::new(
-            "hutch bench (1000, LAN, ping node 1)",
-            vec![argv(&[
+        let ping = |k: &str| -> Vec<String> {
+            let mut v = argv(&[
                 h,
                 "bench",
                 "--json",
@@ -417,26 +416,25 @@ fn main() {
                 "--nodes",
                 "1000",
                 "--parallel",
-                "2",
+                k,
                 "--vlan",
                 "1",
-                "--",
-                "ping",
-                "-c",
-                "1",
-                "-W",
-                "10",
-                "node0001",
-            ])],
-            1000,
-        )];
+            ]);
+            v.extend(argv(&["--", "ping", "-c", "1", "-W", "10", "node0001"]));
+            v
+        };
+        let mut cs = vec![
+            Contender::new("hutch bench (1000, ping, -j2)", vec![ping("2")], 1000),
+            Contender::new("hutch bench (1000, ping, -j32)", vec![ping("32")], 1000),
+        ];
         let m = section(
             "d. 1000 busybox nodes on one LAN, each pings node 1",
             big,
             Duration::from_secs(600),
             &mut cs,
         );
-        target("1000 nodes on one LAN", m[0], 20.0, "s");
+        target("1000 nodes on one LAN (-j2)", m[0], 20.0, "s");
+        target("1000 nodes on one LAN (-j32)", m[1], 20.0, "s");
     }
     println!("\nreproduce: cargo bench --bench scale (as root; HUTCH_SCALE_ONLY=a,b,c,d)");
 }
