@@ -9,6 +9,7 @@
 
 mod events;
 mod limits;
+mod record;
 mod report;
 mod session;
 mod worker;

@@ -4,7 +4,7 @@
 use serde::Serialize;
 
 use super::limits::Limit;
-use super::session::{NodeRecord, RunRecord};
+use super::record::{NodeRecord, RunRecord};
 
 /// Percentiles of a set of numbers.
 #[derive(Debug, Serialize, Clone, Copy)]

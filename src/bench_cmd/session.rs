@@ -12,6 +12,7 @@ use hutch_driver::agent::{read_frame, write_frame, AgentReply, AgentRequest, Com
 use hutch_netns::Hub;
 
 use super::events::{now_ns, Epoll};
+use super::record::{signal, tail, NodeRecord, RunRecord};
 use super::worker::{FromWorker, NodeFds, Received, Spawned, ToWorker, Worker};
 
 /// Command mode: what every node's agent runs, and each node's environment for it.
@@ -29,32 +30,6 @@ pub(super) struct Setup<'a> {
     pub hold: Option<Duration>,
     /// The run's limit; nodes still up then are killed and count as failed.
     pub timeout: Duration,
-}
-
-/// What one node did in a run. Times are CLOCK_MONOTONIC nanoseconds.
-#[derive(Debug, Default, Clone)]
-pub(super) struct NodeRecord {
-    pub called: u64,
-    pub exec: u64,
-    pub phases_ns: Vec<u64>,
-    pub systemd: bool,
-    pub attached: Option<u64>,
-    pub agent: Option<u64>,
-    pub ready: Option<u64>,
-    pub cmd_sent: Option<u64>,
-    pub cmd_done: Option<u64>,
-    pub stop_sent: Option<u64>,
-    pub exited: Option<u64>,
-    pub peak: Option<u64>,
-    pub failure: Option<String>,
-}
-
-/// A whole run: when it began, when every node was gone and cleaned up, and each node.
-pub(super) struct RunRecord {
-    pub t0: u64,
-    pub done: u64,
-    pub nodes: Vec<NodeRecord>,
-    pub warnings: Vec<String>,
 }
 
 /// A running node's descriptors and pending work, held by the main process.
@@ -452,32 +427,4 @@ impl Run<'_> {
             let _ = w.send(&ToWorker::KillAll);
         }
     }
-}
-
-/// The end of a node's console, for failure messages.
-fn tail(console: &[u8]) -> String {
-    let text = String::from_utf8_lossy(console);
-    let lines: Vec<&str> = text.lines().map(str::trim_end).filter(|l| !l.is_empty()).collect();
-    if lines.is_empty() {
-        return String::new();
-    }
-    format!("; console ends: {}", lines[lines.len().saturating_sub(3)..].join(" | "))
-}
-
-/// pidfd_send_signal: no pid reuse race, and works from a process that is not the parent.
-fn signal(pidfd: &OwnedFd, sig: i32) -> std::io::Result<()> {
-    // SAFETY: pidfd_send_signal with a pidfd we own, a null siginfo and no flags.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_pidfd_send_signal,
-            std::os::fd::AsRawFd::as_raw_fd(pidfd),
-            sig,
-            std::ptr::null::<libc::siginfo_t>(),
-            0,
-        )
-    };
-    if rc < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(())
 }
