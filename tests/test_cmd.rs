@@ -177,3 +177,29 @@ fn both_examples_pass_rootless_as_nobody() {
         assert_eq!(code, 0, "{example} as nobody:\n{out}");
     }
 }
+
+#[test]
+fn shutting_down_one_agent_only_node_does_not_wait_for_the_others() {
+    if skip_unless_root("no_init_shutdown") {
+        return;
+    }
+    let dir = Scratch::new("no-init");
+    let img = busybox_image().display().to_string();
+    let file = dir.0.join("t.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[test]\nname = \"no-init\"\ntestScript = '''\nstart_all()\na.shutdown()\nb.succeed(\"true\")\n'''\n\
+             [defaults]\nimage = \"{img}\"\nboot = false\nmemory = \"256M\"\n[nodes.a]\n[nodes.b]\n"
+        ),
+    )
+    .unwrap();
+    let started = std::time::Instant::now();
+    let (code, out) = hutch_test(None, &file, &dir.0.join("out"), &[]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(20),
+        "took {:?}",
+        started.elapsed()
+    );
+}

@@ -246,6 +246,21 @@ fn minimal_init() -> ! {
         // SAFETY: _exit is async-signal-safe.
         unsafe { libc::_exit(0) }
     }
+    // Nothing of the runtime stays open here (other nodes' reaper pipes, hutch's stdout):
+    // an init would have dropped them at exec, and holders keep other nodes' cleanup waiting.
+    // SAFETY: closes descriptors this process never uses again; open/dup2 on /dev/null.
+    unsafe {
+        libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
+        let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR);
+        if null >= 0 {
+            for fd in 0..3 {
+                libc::dup2(null, fd);
+            }
+            if null > 2 {
+                libc::close(null);
+            }
+        }
+    }
     for sig in [libc::SIGTERM, libc::SIGINT, libc::SIGRTMIN() + 3] {
         // SAFETY: installs a handler that only calls _exit.
         unsafe { libc::signal(sig, stop as *const () as libc::sighandler_t) };
