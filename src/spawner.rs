@@ -125,9 +125,7 @@ impl Spawner {
 
     fn call(&self, req: &Request) -> Result<(Reply, Vec<OwnedFd>)> {
         let sock = self.sock.lock().unwrap_or_else(|e| e.into_inner());
-        send(sock.as_fd(), &serde_json::to_vec(req)?, &[])?;
-        let (bytes, fds) = recv(sock.as_fd())?.context("the spawner went away")?;
-        Ok((serde_json::from_slice(&bytes)?, fds))
+        exchange(sock.as_fd(), req)
     }
 
     /// Starts a node: once it exists, `wire` gets its network namespace (to plug it into its
@@ -136,11 +134,7 @@ impl Spawner {
         let name = req.name.clone();
         // One node's two steps go together: hold the socket across both.
         let sock = self.sock.lock().unwrap_or_else(|e| e.into_inner());
-        let ask = |req: &Request| -> Result<(Reply, Vec<OwnedFd>)> {
-            send(sock.as_fd(), &serde_json::to_vec(req)?, &[])?;
-            let (bytes, fds) = recv(sock.as_fd())?.context("the spawner went away")?;
-            Ok((serde_json::from_slice(&bytes)?, fds))
-        };
+        let ask = |req: &Request| exchange(sock.as_fd(), req);
         match ask(&Request::Start(Box::new(req)))? {
             (Reply::Prepared, fds) => {
                 let netns = fds.into_iter().next().context("missing the node's network namespace")?;
@@ -207,6 +201,13 @@ impl Drop for Spawner {
         let _ = nix::sys::socket::shutdown(sock.as_raw_fd(), nix::sys::socket::Shutdown::Both);
         let _ = nix::sys::wait::waitpid(self.pid, None);
     }
+}
+
+/// One request and its reply (with any descriptors), on a socket the caller holds.
+fn exchange(sock: BorrowedFd, req: &Request) -> Result<(Reply, Vec<OwnedFd>)> {
+    send(sock, &serde_json::to_vec(req)?, &[])?;
+    let (bytes, fds) = recv(sock)?.context("the spawner went away")?;
+    Ok((serde_json::from_slice(&bytes)?, fds))
 }
 
 fn send(fd: BorrowedFd, bytes: &[u8], fds: &[RawFd]) -> Result<()> {
