@@ -3,9 +3,7 @@
 //! proc and sysfs mounts; the masked /proc files; modules, kexec, bpf, perf, handles, keyrings;
 //! devices; host processes and interfaces; addresses outside the VLANs; the host's name and
 //! time; cgroups; reboot(2). The rows are in tests/escape/attempts.rs; each is judged by the
-//! refusal a user would check. A row marked with a finding is an attempt that is NOT refused
-//! today: it is reported on every run, fails the test with HUTCH_ESCAPE_STRICT=1, and fails it
-//! always once the attempt starts being refused (so the mark goes with the fix).
+//! refusal a user would check. Every row must be refused.
 
 mod common;
 
@@ -259,11 +257,9 @@ fn run_table(user: Option<u32>) {
     let mode = if user.is_some() { "rootless" } else { "rootful" };
     let ctx = Ctx::new(user);
     let boot = boot_id();
-    let strict = std::env::var_os("HUTCH_ESCAPE_STRICT").is_some_and(|v| v == "1");
     let rows = attempts::all();
     assert!(rows.len() >= 30, "the issue asks for at least 30 attempts");
     let mut failures = Vec::new();
-    let mut known = Vec::new();
     let mut table = String::new();
     for a in &rows {
         let o = ctx.run(a);
@@ -272,20 +268,11 @@ fn run_table(user: Option<u32>) {
             "" => format!("exit {}", o.code),
             l => l.to_string(),
         };
-        let finding = if user.is_some() { a.finding_rootless } else { a.finding_rootful };
-        let cell = match (&verdict, finding) {
-            (Ok(()), None) => format!("refused: {seen}"),
-            (Ok(()), Some(f)) => {
-                failures.push(format!("{}: now refused ({seen}); remove the mark {f:?}", a.what));
-                format!("refused: {seen} (remove the mark)")
-            }
-            (Err(e), None) => {
+        let cell = match &verdict {
+            Ok(()) => format!("refused: {seen}"),
+            Err(e) => {
                 failures.push(format!("{}: NOT refused: {e}", a.what));
                 format!("**NOT REFUSED**: {e}")
-            }
-            (Err(e), Some(f)) => {
-                known.push(format!("{}: {e} [{f}]", a.what));
-                format!("**NOT REFUSED** ({}): {e}", &f[..2])
             }
         };
         table.push_str(&format!(
@@ -302,12 +289,6 @@ fn run_table(user: Option<u32>) {
     }
     assert_eq!(boot_id(), boot, "the host rebooted");
     assert_eq!(host_hostname(), ctx.hostname, "the host's hostname changed");
-    for k in &known {
-        eprintln!("KNOWN ESCAPE ({mode}): {k}");
-    }
-    if strict {
-        failures.extend(known.iter().map(|k| format!("known escape: {k}")));
-    }
     assert!(
         failures.is_empty(),
         "{mode}: {} rows failed:\n{}",

@@ -7,6 +7,8 @@ use common::*;
 /// `nobody` has a subordinate range in CI (see .ci/run); uid 4242 has none.
 const NOBODY: u32 = 65534;
 const NO_RANGE: u32 = 4242;
+/// nobody's primary group (nogroup), which hutch maps to node gid 0.
+const NOBODY_GID: u32 = 65534;
 
 fn has_range(uid: u32) -> bool {
     let name = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
@@ -27,24 +29,28 @@ fn nobody_with_a_subuid_range_gets_65536_ids() {
     }
     assert!(has_range(NOBODY), "CI gives nobody a range in /etc/subuid and /etc/subgid");
     let img = busybox_image().display().to_string();
+    let dir = SharedDir::new("range");
     let r = run_as(
         Some(NOBODY),
         &[
             "run",
             "--image",
             &img,
+            "--bind",
+            &dir.bind(),
             "--",
             "/bin/sh",
             "-c",
-            "echo pid=$$; cat /proc/self/uid_map; id -u",
+            "echo pid=$$; id -u; touch /mnt/ids/root /mnt/ids/one && chown 1:1 /mnt/ids/one; touch /mnt/ids/last && chown 65535:65535 /mnt/ids/last",
         ],
     )
     .ok();
     let words: Vec<&str> = r.stdout.split_whitespace().collect();
-    assert_eq!(words[0], "pid=1");
-    assert_eq!(&words[1..4], ["0", "65534", "1"], "{}", r.stdout);
-    assert_eq!(words[6], "65535", "{}", r.stdout);
-    assert_eq!(words[7], "0");
+    assert_eq!(words, ["pid=1", "0"], "{}{}", r.stdout, r.stderr);
+    // What the host sees of the node's files: root is nobody, the rest is nobody's range.
+    assert_eq!(dir.owner("root"), (NOBODY, NOBODY_GID));
+    assert_eq!(dir.owner("one"), (200000, 200000));
+    assert_eq!(dir.owner("last"), (200000 + 65534, 200000 + 65534));
     assert!(!r.stderr.contains("warning"), "{}", r.stderr);
 }
 
@@ -68,13 +74,25 @@ fn a_user_without_a_range_gets_one_id_and_a_warning() {
     }
     assert!(!has_range(NO_RANGE));
     let img = busybox_image().display().to_string();
+    let dir = SharedDir::new("single");
     let r = run_as(
         Some(NO_RANGE),
-        &["run", "--image", &img, "--", "/bin/sh", "-c", "echo pid=$$; cat /proc/self/uid_map"],
+        &[
+            "run",
+            "--image",
+            &img,
+            "--bind",
+            &dir.bind(),
+            "--",
+            "/bin/sh",
+            "-c",
+            "echo pid=$$; touch /mnt/ids/root; chown 1 /mnt/ids/root 2>/dev/null || echo one-id",
+        ],
     )
     .ok();
     let words: Vec<&str> = r.stdout.split_whitespace().collect();
-    assert_eq!(words, ["pid=1", "0", "4242", "1"], "{}", r.stdout);
+    assert_eq!(words, ["pid=1", "one-id"], "{}", r.stdout);
+    assert_eq!(dir.owner("root").0, NO_RANGE);
     assert!(r.stderr.contains("warning: no /etc/subuid"), "{}", r.stderr);
     assert_eq!(r.stderr.lines().filter(|l| l.contains("warning")).count(), 1);
     let top = nix_toplevel().display().to_string();

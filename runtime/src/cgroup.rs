@@ -186,11 +186,6 @@ impl NodeCgroup {
         dirs
     }
 
-    /// Whether the node has v1 cgroups (joined after the clone).
-    pub(crate) fn has_v1(&self) -> bool {
-        self.v1.is_some()
-    }
-
     /// Moves `pid` into the node's v1 cgroups (its cgroup2 directory it was cloned into).
     pub(crate) fn add_v1(&self, pid: Pid) -> Result<(), Error> {
         if let Some(v1) = &self.v1_node {

@@ -1,110 +1,122 @@
-//! The node's first process: from clone to exec, one step after another in kernel order.
+//! The node's builder: from the runtime's clone to a finished mount table, in kernel order.
 //!
-//! Runs in the child of a clone into new user, mount, pid, uts, ipc, net (and cgroup)
-//! namespaces. It only makes system calls on what the parent prepared; any failure is reported
-//! to the parent as (step, errno) and the child exits.
+//! The runtime clones this process into the outer user namespace (the node's ids) and a mount
+//! namespace. The builder clones the node's PID 1 (see `pid1.rs`) into an inner user namespace,
+//! an identity map of the outer one, with the node's pid, net, uts and ipc namespaces; then it
+//! builds the node's whole filesystem in the outer mount namespace: procfs of PID 1's pid
+//! namespace, sysfs of its network namespace, the root, /dev, binds. PID 1 then copies that
+//! table into a mount namespace of its own. Copying mounts into a less privileged user
+//! namespace locks them: node root cannot remount them read-write, unmount the /proc masks to
+//! see beneath, or mount a fresh procfs beside them. Any failure is reported to the runtime as
+//! (step, errno) and the builder exits; PID 1 then sees its pipe close and exits too.
 
 use std::ffi::CString;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 
 use nix::errno::Errno;
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
-use nix::sys::signal::SigSet;
+use nix::sched::{setns, unshare, CloneFlags};
 use nix::sys::socket::{bind, socket, AddressFamily, SockFlag, SockType, UnixAddr};
 use nix::sys::stat::Mode;
-use nix::unistd::{chdir, pivot_root, sethostname};
-use seccompiler::BpfProgram;
+use nix::unistd::{chdir, pivot_root, Pid};
 
+use crate::pid1::{self, Pid1Plan};
 use crate::plan::{Op, Plan};
-use crate::sync::{self, ToParent, STAMPS};
+use crate::sync::{self, ToParent};
 use crate::timings::now_ns;
 
 /// Step numbers after the plan's steps, for errors outside it.
-pub(crate) const STEP_WAIT: u32 = u32::MAX - 6;
+pub(crate) const STEP_WAIT: u32 = u32::MAX - 9;
+pub(crate) const STEP_PID1: u32 = u32::MAX - 8;
+pub(crate) const STEP_JOIN: u32 = u32::MAX - 7;
+pub(crate) const STEP_HANDOVER: u32 = u32::MAX - 6;
+pub(crate) const STEP_AGENT: u32 = u32::MAX - 5;
 pub(crate) const STEP_IDS: u32 = u32::MAX - 4;
 pub(crate) const STEP_NETWORK: u32 = u32::MAX - 3;
 pub(crate) const STEP_CONFINE: u32 = u32::MAX - 2;
 pub(crate) const STEP_EXEC: u32 = u32::MAX - 1;
-pub(crate) const STEP_AGENT: u32 = u32::MAX - 5;
 
-/// Everything the child needs, prepared by the parent before clone.
+/// Everything the builder and PID 1 need, prepared by the runtime before the first clone.
 pub(crate) struct ChildPlan {
     pub plan: Plan,
-    pub hostname: String,
     /// setgroups(2) is allowed (not a single-id map).
     pub set_groups: bool,
-    pub seccomp: BpfProgram,
-    /// Candidates for the program to exec, first existing one wins (resolved in the node).
-    pub program: Vec<CString>,
-    pub argv: Vec<CString>,
-    pub env: Vec<CString>,
-    /// Open /dev/console as stdin/stdout/stderr and make it the controlling terminal.
-    pub console_stdio: bool,
-    /// Unshare the cgroup namespace once the parent placed us in our v1 cgroups.
-    pub late_cgroup_ns: bool,
-    /// Fork this agent just before exec.
-    pub agent: Option<crate::spec::AgentHook>,
+    pub pid1: Pid1Plan,
 }
 
-/// Runs the child's steps and execs; never returns.
-pub(crate) fn run(plan: &ChildPlan, sock: OwnedFd) -> ! {
-    let (step, errno) = match setup(plan, sock.as_fd()) {
-        Ok(()) if plan.program.is_empty() => {
-            drop(sock);
-            minimal_init()
-        }
-        Ok(()) => exec(plan),
-        Err(failed) => failed,
-    };
-    let _ = sync::send_parent(sock.as_fd(), &ToParent::Failed { step, errno });
-    // SAFETY: _exit ends this process without running the parent's atexit handlers or
-    // flushing stdio buffers it shares with the parent.
-    unsafe { libc::_exit(125) }
-}
+/// A step that failed: its number and the kernel's answer.
+pub(crate) type StepResult = Result<(), (u32, Errno)>;
 
-type StepResult = Result<(), (u32, Errno)>;
-
-fn at(step: u32) -> impl Fn(Errno) -> (u32, Errno) {
+/// Tags an errno with the step it failed at.
+pub(crate) fn at(step: u32) -> impl Fn(Errno) -> (u32, Errno) {
     move |e| (step, e)
 }
 
-fn setup(plan: &ChildPlan, sock: BorrowedFd) -> StepResult {
-    let mut stamps = [0u64; STAMPS];
-    // Die with the runtime: the node must not outlive the process that owns it.
-    // SAFETY: prctl with PR_SET_PDEATHSIG and a signal number has no memory effects.
-    Errno::result(unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) }).map_err(at(STEP_WAIT))?;
-    // The parent writes our id maps (and cgroup) meanwhile; end-of-file means it died.
+/// Runs the builder's steps; never returns.
+pub(crate) fn run(plan: &ChildPlan, sock: OwnedFd) -> ! {
+    let failed = match build(plan, sock.as_fd()) {
+        // SAFETY: _exit ends the builder without the runtime's atexit handlers or stdio flush.
+        Ok(()) => unsafe { libc::_exit(0) },
+        Err(failed) => failed,
+    };
+    let (step, errno) = failed;
+    let _ = sync::send_parent(sock.as_fd(), &ToParent::Failed { step, errno });
+    // SAFETY: as above.
+    unsafe { libc::_exit(125) }
+}
+
+fn build(plan: &ChildPlan, sock: BorrowedFd) -> StepResult {
+    // The runtime writes our id maps and places us in our cgroups meanwhile (end-of-file if
+    // it dies).
     sync::recv_child(sock).map_err(at(STEP_WAIT))?;
-    stamps[0] = now_ns();
-    if plan.late_cgroup_ns {
-        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWCGROUP).map_err(at(STEP_IDS))?;
-    }
     become_root(plan.set_groups).map_err(at(STEP_IDS))?;
-    // Nothing we mount may propagate anywhere, nor anything into us: private, not slave (a
-    // slave of the runtime's shared image-view mount makes every pivot_root ~2 ms slower).
-    mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None::<&str>).map_err(at(STEP_WAIT))?;
+    // Die with the runtime. After become_root: changing ids clears the parent-death signal.
+    // SAFETY: prctl with PR_SET_PDEATHSIG and a signal number has no memory effects.
+    Errno::result(unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) }).map_err(at(STEP_IDS))?;
+    // Changing ids made us non-dumpable, which makes /proc/<PID 1>/ root's: we could not
+    // write PID 1's id maps.
+    // SAFETY: prctl with PR_SET_DUMPABLE and a flag has no memory effects.
+    Errno::result(unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 1) }).map_err(at(STEP_IDS))?;
+    // After the v1 cgroups are joined: the namespace's roots are the node's cgroups. It is
+    // owned by the outer user namespace, so the node cannot mount cgroup hierarchies itself.
+    unshare(CloneFlags::CLONE_NEWCGROUP).map_err(at(STEP_IDS))?;
+    // Nothing we mount may propagate anywhere, nor anything into us.
+    mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None::<&str>).map_err(at(STEP_IDS))?;
+    let (ready_r, ready_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(at(STEP_PID1))?;
+    let clone = crate::clone::Clone {
+        flags: libc::CLONE_PARENT | libc::CLONE_NEWUSER | libc::CLONE_NEWPID | libc::CLONE_NEWNET | libc::CLONE_NEWUTS | libc::CLONE_NEWIPC,
+        cgroup: None,
+    };
+    let Some((pid, pidfd)) = clone.run().map_err(at(STEP_PID1))? else {
+        drop(ready_w);
+        pid1::run(&plan.pid1, ready_r, sock);
+    };
+    drop(ready_r);
+    sync::send_parent(sock, &ToParent::Pid1(pidfd, pid.as_raw())).map_err(at(STEP_PID1))?;
+    map_inner(pid).map_err(at(STEP_PID1))?;
+    let ns = |kind: &str| {
+        nix::fcntl::open(
+            format!("/proc/{pid}/ns/{kind}").as_str(),
+            nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+    };
+    let netns = ns("net").map_err(at(STEP_JOIN))?;
+    let pidns = ns("pid").map_err(at(STEP_JOIN))?;
+    // The runtime wires the node's network meanwhile.
+    sync::recv_child(sock).map_err(at(STEP_WAIT))?;
+    let go = now_ns();
+    // sysfs shows the network namespace of whoever mounts it.
+    setns(&netns, CloneFlags::CLONE_NEWNET).map_err(at(STEP_JOIN))?;
     for (i, step) in plan.plan.steps.iter().enumerate() {
-        match run_op(&step.op, sock) {
+        match run_op(&step.op, sock, pidns.as_fd()) {
             Err(Errno::ENOENT) if step.optional => {}
             other => other.map_err(at(i as u32))?,
         }
     }
-    stamps[1] = now_ns();
-    sethostname(&plan.hostname).map_err(at(STEP_NETWORK))?;
-    loopback_up().map_err(at(STEP_NETWORK))?;
-    stamps[2] = now_ns();
-    crate::confine::drop_bounding().map_err(at(STEP_CONFINE))?;
-    crate::confine::install_seccomp(&plan.seccomp).map_err(at(STEP_CONFINE))?;
-    stamps[3] = now_ns();
-    if plan.console_stdio {
-        console_stdio().map_err(at(STEP_EXEC))?;
-    }
-    SigSet::empty().thread_set_mask().map_err(at(STEP_EXEC))?;
-    if let Some(agent) = plan.agent {
-        fork_agent(agent).map_err(at(STEP_AGENT))?;
-    }
-    stamps[4] = now_ns();
-    sync::send_parent(sock, &ToParent::Stamps(stamps)).map_err(at(STEP_EXEC))
+    let mut stamps = go.to_le_bytes().to_vec();
+    stamps.extend_from_slice(&now_ns().to_le_bytes());
+    nix::unistd::write(&ready_w, &stamps).map(drop).map_err(at(STEP_HANDOVER))
 }
 
 fn become_root(set_groups: bool) -> Result<(), Errno> {
@@ -117,8 +129,51 @@ fn become_root(set_groups: bool) -> Result<(), Errno> {
     nix::unistd::setresuid(root_u, root_u, root_u)
 }
 
-fn run_op(op: &Op, sock: BorrowedFd) -> Result<(), Errno> {
+/// PID 1's user namespace maps the node's ids onto themselves, one level down: line for line
+/// like ours (a child's map line must fall within one line of its parent's).
+fn map_inner(pid: Pid) -> Result<(), Errno> {
+    for file in ["uid_map", "gid_map"] {
+        let path = format!("/proc/{pid}/{file}");
+        let fd = nix::fcntl::open(
+            path.as_str(),
+            nix::fcntl::OFlag::O_WRONLY | nix::fcntl::OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )?;
+        nix::unistd::write(&fd, crate::idmap::identity_map(file).as_bytes())?;
+    }
+    Ok(())
+}
+
+/// Mounts procfs for PID 1's pid namespace (procfs shows the mounter's by default): with the
+/// pidns= option where the kernel has it (6.15+), else from a child forked into that namespace.
+fn mount_proc(dst: &CString, flags: MsFlags, pidns: BorrowedFd) -> Result<(), Errno> {
+    let data = format!("pidns=/oldroot/proc/self/fd/{}", pidns.as_raw_fd());
+    match mount(Some("proc"), dst.as_c_str(), Some("proc"), flags, Some(data.as_str())) {
+        Err(Errno::EINVAL) => {}
+        other => return other,
+    }
+    setns(pidns, CloneFlags::CLONE_NEWPID)?;
+    // SAFETY: the builder is single-threaded; the child only mounts and exits.
+    match unsafe { nix::unistd::fork() }? {
+        nix::unistd::ForkResult::Child => {
+            let rc = match mount(Some("proc"), dst.as_c_str(), Some("proc"), flags, None::<&str>) {
+                Ok(()) => 0,
+                Err(e) => e as i32,
+            };
+            // SAFETY: ends the helper child without the runtime's atexit handlers.
+            unsafe { libc::_exit(rc) }
+        }
+        nix::unistd::ForkResult::Parent { child } => match nix::sys::wait::waitpid(child, None)? {
+            nix::sys::wait::WaitStatus::Exited(_, 0) => Ok(()),
+            nix::sys::wait::WaitStatus::Exited(_, e) => Err(Errno::from_raw(e)),
+            _ => Err(Errno::ECHILD),
+        },
+    }
+}
+
+fn run_op(op: &Op, sock: BorrowedFd, pidns: BorrowedFd) -> Result<(), Errno> {
     match op {
+        Op::Proc { dst, flags } => mount_proc(dst, *flags, pidns),
         Op::Mount {
             src,
             dst,
@@ -191,100 +246,4 @@ fn write_file(path: &CString, contents: &[u8], mode: u32) -> Result<(), Errno> {
         rest = &rest[n..];
     }
     nix::sys::stat::fchmod(&fd, Mode::from_bits_truncate(mode))
-}
-
-/// Brings `lo` up: a fresh network namespace starts with it down.
-fn loopback_up() -> Result<(), Errno> {
-    let sock = socket(AddressFamily::Inet, SockType::Datagram, SockFlag::SOCK_CLOEXEC, None)?;
-    // SAFETY: ifreq is plain old data; all-zero is a valid value.
-    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
-    for (dst, src) in req.ifr_name.iter_mut().zip(b"lo\0") {
-        *dst = *src as libc::c_char;
-    }
-    // SAFETY: SIOCGIFFLAGS reads the flags into `req`, a valid ifreq that outlives the call.
-    Errno::result(unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req) })?;
-    // SAFETY: the union's flags member was just filled by SIOCGIFFLAGS.
-    unsafe { req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short };
-    // SAFETY: SIOCSIFFLAGS reads `req`, a valid ifreq that outlives the call.
-    Errno::result(unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &req) }).map(drop)
-}
-
-/// /dev/console becomes stdin, stdout, stderr and the controlling terminal of a new session.
-fn console_stdio() -> Result<(), Errno> {
-    nix::unistd::setsid()?;
-    let fd = nix::fcntl::open("/dev/console", nix::fcntl::OFlag::O_RDWR, Mode::empty())?;
-    // SAFETY: TIOCSCTTY on a terminal fd we own; the argument 0 means "do not steal".
-    Errno::result(unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCSCTTY, 0) })?;
-    for target in 0..3 {
-        // SAFETY: dup2 onto the standard descriptors, which this process owns.
-        Errno::result(unsafe { libc::dup2(fd.as_raw_fd(), target) })?;
-    }
-    Ok(())
-}
-
-/// Forks the agent: it runs in every namespace of the node, confined like the init, and is
-/// the init's child (it dies with the node). The init keeps no copy of the agent's socket.
-fn fork_agent(agent: crate::spec::AgentHook) -> Result<(), Errno> {
-    // SAFETY: this process is single-threaded (a fresh clone of a single-threaded runtime).
-    match unsafe { nix::unistd::fork() }? {
-        nix::unistd::ForkResult::Child => {
-            // A session of its own: systemd hangs up the console as it starts, which would
-            // SIGHUP everything whose controlling terminal it is.
-            let _ = nix::unistd::setsid();
-            // SAFETY: the fd was handed to this node by the caller and is owned by the agent now.
-            let stream = unsafe { <std::os::unix::net::UnixStream as std::os::fd::FromRawFd>::from_raw_fd(agent.fd) };
-            (agent.main)(stream)
-        }
-        nix::unistd::ForkResult::Parent { .. } => nix::unistd::close(agent.fd),
-    }
-}
-
-/// PID 1 of a node without an init: reap every child until none is left, then exit. A stop
-/// signal ends it (and with it the node): PID 1 ignores signals it has no handler for.
-fn minimal_init() -> ! {
-    extern "C" fn stop(_: libc::c_int) {
-        // SAFETY: _exit is async-signal-safe.
-        unsafe { libc::_exit(0) }
-    }
-    // Nothing of the runtime stays open here (other nodes' reaper pipes, hutch's stdout):
-    // an init would have dropped them at exec, and holders keep other nodes' cleanup waiting.
-    // SAFETY: closes descriptors this process never uses again; open/dup2 on /dev/null.
-    unsafe {
-        libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
-        let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR);
-        if null >= 0 {
-            for fd in 0..3 {
-                libc::dup2(null, fd);
-            }
-            if null > 2 {
-                libc::close(null);
-            }
-        }
-    }
-    for sig in [libc::SIGTERM, libc::SIGINT, libc::SIGRTMIN() + 3] {
-        // SAFETY: installs a handler that only calls _exit.
-        unsafe { libc::signal(sig, stop as *const () as libc::sighandler_t) };
-    }
-    loop {
-        match nix::sys::wait::wait() {
-            Err(Errno::ECHILD) => break,
-            _ => continue,
-        }
-    }
-    // SAFETY: ends this process without running the runtime's atexit handlers.
-    unsafe { libc::_exit(0) }
-}
-
-/// Execs the first candidate program that exists; returns only on failure.
-fn exec(plan: &ChildPlan) -> (u32, Errno) {
-    let mut last = Errno::ENOENT;
-    for program in &plan.program {
-        match nix::unistd::execve(program, &plan.argv, &plan.env) {
-            Err(Errno::ENOENT) => continue,
-            Err(e) => last = e,
-            Ok(never) => match never {},
-        }
-        break;
-    }
-    (STEP_EXEC, last)
 }

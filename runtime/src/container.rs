@@ -2,7 +2,7 @@
 
 use std::ffi::CString;
 use std::fs::File;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -12,11 +12,14 @@ use nix::sys::signal::Signal;
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 
+use crate::builder::{Builder, Failure};
 use crate::cgroup::{NodeCgroup, Request};
 use crate::child::{self, ChildPlan};
+use crate::clone::Clone;
 use crate::console::Console;
 use crate::idmap::{IdMap, IdMapKind};
 use crate::init::InitKind;
+use crate::pid1::Pid1Plan;
 use crate::plan::{self, ConsolePath, Context};
 use crate::spec::{NodeSpec, RootFs};
 use crate::sync::{self, ToChild, ToParent};
@@ -64,6 +67,8 @@ pub struct Container {
     name: String,
     pid: Pid,
     pidfd: OwnedFd,
+    /// The builder process, until it has handed the mounts over and been reaped.
+    builder: Option<Builder>,
     boot: bool,
     init: InitKind,
     console: Option<Console>,
@@ -74,8 +79,6 @@ pub struct Container {
     stop_timeout: Duration,
     exit: Option<Exit>,
     warnings: Vec<String>,
-    /// The idmapped image view of a node still starting (released once it has started).
-    view: Option<PathBuf>,
 }
 
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -109,7 +112,7 @@ impl Container {
         let image_view = match (&spec.root, idmap.is_shifted()) {
             (RootFs::Image(dir), true) => {
                 let dir = dir.canonicalize().map_err(Error::io("resolving image", dir))?;
-                let view = crate::idmount::view_path(&format!("{}-{}-{}", spec.name, std::process::id(), now_ns()))?;
+                let view = crate::idmount::view_path(&dir, idmap.host_uid(0).unwrap_or_default())?;
                 Some((dir, view))
             }
             _ => None,
@@ -149,32 +152,46 @@ impl Container {
         };
         let cplan = ChildPlan {
             plan: plan::compile(&cx)?,
-            hostname: spec.hostname.clone(),
             set_groups: idmap.kind != IdMapKind::Single,
-            seccomp: crate::confine::seccomp_program()?,
-            program: program_candidates(spec),
-            argv: argv(spec),
-            env: environment(spec),
-            console_stdio: spec.boot,
-            agent: spec.agent,
-            // v1 controllers are joined after the clone: the cgroup namespace must come after
-            // that, or its v1 roots would be the host's (a node could leave its limits).
-            late_cgroup_ns: cgroup.as_ref().is_some_and(|c| c.has_v1()),
+            pid1: Pid1Plan {
+                hostname: spec.hostname.clone(),
+                seccomp: crate::confine::seccomp_program()?,
+                program: program_candidates(spec),
+                argv: argv(spec),
+                env: environment(spec),
+                console_stdio: spec.boot,
+                agent: spec.agent,
+            },
         };
         let (parent_sock, child_sock) = sync::pair().map_err(Error::sys("creating the node's socketpair"))?;
         let cgroup_dir = match cgroup.as_ref().and_then(|c| c.unified.as_ref()) {
             Some(dir) => Some(File::open(dir).map_err(Error::io("opening cgroup", dir))?),
             None => None,
         };
-        let Some((pid, pidfd)) = clone_node(cgroup_dir.as_ref().map(|f| f.as_fd()), !cplan.late_cgroup_ns)? else {
+        let builder = Clone {
+            flags: libc::CLONE_NEWUSER | libc::CLONE_NEWNS,
+            cgroup: cgroup_dir.as_ref().map(|f| f.as_fd()),
+        };
+        let Some((builder_pid, builder_fd)) = builder.run().map_err(clone_error)? else {
             drop(parent_sock);
             child::run(&cplan, child_sock);
         };
         drop(child_sock);
+        let mut builder = Builder::new(builder_pid, builder_fd);
+        let t1 = now_ns();
+        let pid1 = builder.hand_over(&parent_sock, idmap, image_view.as_ref(), cgroup.as_ref());
+        let (pid, pidfd) = match pid1 {
+            Ok(pid1) => pid1,
+            Err(e) => {
+                builder.reap();
+                return Err(e.into_error(&spec.name, spec.boot, &cplan));
+            }
+        };
         let node = Container {
             name: spec.name.clone(),
             pid,
             pidfd,
+            builder: Some(builder),
             boot: spec.boot,
             init,
             console,
@@ -185,20 +202,7 @@ impl Container {
             stop_timeout: spec.stop_timeout,
             exit: None,
             warnings,
-            view: image_view.as_ref().map(|(_, view)| view.clone()),
         };
-        let t1 = now_ns();
-        idmap.apply(pid)?;
-        if let Some((image, view)) = &image_view {
-            let attached = crate::idmount::attach_view(image, view, pid);
-            if attached.is_err() {
-                crate::idmount::release_view(view);
-            }
-            attached?;
-        }
-        if let Some(cg) = &node.cgroup {
-            cg.add_v1(pid)?;
-        }
         Ok(Pending {
             node,
             sock: parent_sock,
@@ -206,44 +210,6 @@ impl Container {
             t0,
             t1,
         })
-    }
-
-    fn setup_error(&mut self, cplan: &ChildPlan, step: u32, errno: Errno) -> Error {
-        let _ = self.wait();
-        let what = match step {
-            child::STEP_WAIT => "waiting for the runtime".to_string(),
-            child::STEP_IDS => "becoming root in the node".into(),
-            child::STEP_NETWORK => "setting hostname and loopback".into(),
-            child::STEP_AGENT => "forking the agent".into(),
-            child::STEP_CONFINE => "dropping capabilities and installing the seccomp filter".into(),
-            child::STEP_EXEC => {
-                let cmd = cplan.argv.first().map(|a| a.to_string_lossy().to_string()).unwrap_or_default();
-                if errno == Errno::ENOENT {
-                    let fix = if self.boot {
-                        "the image needs /sbin/init or systemd; drop --boot to run a command"
-                    } else {
-                        "give a command that exists in the node's root (absolute path, or on PATH)"
-                    };
-                    return Error::Invalid {
-                        field: "CMD",
-                        problem: format!("{cmd:?} not found in node {}", self.name),
-                        fix: fix.into(),
-                    };
-                }
-                format!("exec {cmd}")
-            }
-            n => cplan
-                .plan
-                .steps
-                .get(n as usize)
-                .map(|s| s.what.clone())
-                .unwrap_or_else(|| format!("step {n}")),
-        };
-        Error::Setup {
-            node: self.name.clone(),
-            step: what,
-            errno,
-        }
     }
 
     /// The node's name.
@@ -314,18 +280,8 @@ impl Container {
 
     /// Sends a signal to PID 1 through its pidfd (no pid reuse race).
     pub fn signal(&self, sig: i32) -> Result<(), Error> {
-        // SAFETY: pidfd_send_signal with a pidfd we own, a null siginfo and no flags.
-        let rc = unsafe {
-            libc::syscall(
-                libc::SYS_pidfd_send_signal,
-                self.pidfd.as_raw_fd(),
-                sig,
-                std::ptr::null::<libc::siginfo_t>(),
-                0,
-            )
-        };
-        match Errno::result(rc) {
-            Ok(_) | Err(Errno::ESRCH) => Ok(()),
+        match crate::clone::pidfd_signal(self.pidfd.as_raw_fd(), sig) {
+            Ok(()) | Err(Errno::ESRCH) => Ok(()),
             Err(e) => Err(Error::Sys {
                 what: format!("signalling node {}", self.name),
                 source: e,
@@ -333,8 +289,16 @@ impl Container {
         }
     }
 
+    /// Reaps the builder once it has exited (it is killed and reaped on drop otherwise).
+    fn reap_builder(&mut self) {
+        if self.builder.as_mut().is_some_and(Builder::try_reap) {
+            self.builder = None;
+        }
+    }
+
     /// Reaps PID 1 if it has exited.
     pub fn try_wait(&mut self) -> Result<Option<Exit>, Error> {
+        self.reap_builder();
         if self.exit.is_some() {
             return Ok(self.exit);
         }
@@ -443,7 +407,11 @@ impl Pending {
             match sync::recv_parent(parent_sock.as_fd()) {
                 Ok(Some(ToParent::Stamps(s))) => stamps = Some(s),
                 Ok(Some(ToParent::NotifySocket(fd))) => node.notify = Some(fd),
-                Ok(Some(ToParent::Failed { step, errno })) => break Err(node.setup_error(&cplan, step, errno)),
+                Ok(Some(ToParent::Failed { step, errno })) => {
+                    let _ = node.wait();
+                    break Err(Failure::Step { step, errno }.into_error(&node.name, node.boot, &cplan));
+                }
+                Ok(Some(ToParent::Pid1(..))) => {}
                 Ok(None) => break Ok(()),
                 Err(e) => {
                     break Err(Error::Sys {
@@ -453,10 +421,7 @@ impl Pending {
                 }
             }
         };
-        // Started or not, the node needs the image view no more: its overlay holds the lower.
-        if let Some(view) = node.view.take() {
-            crate::idmount::release_view(&view);
-        }
+        node.reap_builder();
         result?;
         let Some(s) = stamps else {
             return Err(Error::Setup {
@@ -477,9 +442,6 @@ impl Pending {
 
 impl Drop for Container {
     fn drop(&mut self) {
-        if let Some(view) = self.view.take() {
-            crate::idmount::release_view(&view);
-        }
         if self.exit.is_none() {
             let _ = self.signal(libc::SIGKILL);
             let _ = self.wait();
@@ -490,64 +452,19 @@ impl Drop for Container {
     }
 }
 
-/// Clones into the node's namespaces, directly into its cgroup2 directory when it has one
-/// (moving a process between cgroups later costs milliseconds of RCU waiting); returns `None`
-/// in the child.
-fn clone_node(cgroup: Option<BorrowedFd>, cgroup_ns: bool) -> Result<Option<(Pid, OwnedFd)>, Error> {
-    #[repr(C)]
-    #[derive(Default)]
-    struct CloneArgs {
-        flags: u64,
-        pidfd: u64,
-        child_tid: u64,
-        parent_tid: u64,
-        exit_signal: u64,
-        stack: u64,
-        stack_size: u64,
-        tls: u64,
-        set_tid: u64,
-        set_tid_size: u64,
-        cgroup: u64,
-    }
-    const CLONE_INTO_CGROUP: u64 = 0x200000000;
-    let mut flags = (libc::CLONE_NEWUSER
-        | libc::CLONE_NEWNS
-        | libc::CLONE_NEWPID
-        | libc::CLONE_NEWUTS
-        | libc::CLONE_NEWIPC
-        | libc::CLONE_NEWNET
-        | libc::CLONE_PIDFD) as u64;
-    if cgroup.is_some() {
-        flags |= CLONE_INTO_CGROUP;
-    }
-    if cgroup_ns {
-        flags |= libc::CLONE_NEWCGROUP as u64;
-    }
-    let mut pidfd: libc::c_int = -1;
-    let args = CloneArgs {
-        flags,
-        pidfd: &mut pidfd as *mut libc::c_int as u64,
-        exit_signal: libc::SIGCHLD as u64,
-        cgroup: cgroup.map(|fd| fd.as_raw_fd() as u64).unwrap_or(0),
-        ..Default::default()
-    };
-    // SAFETY: clone3 without CLONE_VM or a stack behaves like fork: the child gets a copy of
-    // this single-threaded process and returns 0 here; `args` and `pidfd` outlive the call.
-    let rc = unsafe { libc::syscall(libc::SYS_clone3, &args as *const CloneArgs, std::mem::size_of::<CloneArgs>()) };
-    match Errno::result(rc) {
-        Ok(0) => Ok(None),
-        // SAFETY: the kernel stored a new pidfd we now own.
-        Ok(pid) => Ok(Some((Pid::from_raw(pid as i32), unsafe { OwnedFd::from_raw_fd(pidfd) }))),
-        Err(e @ (Errno::EPERM | Errno::ENOSPC | Errno::EACCES | Errno::EINVAL)) => Err(Error::Host {
+/// The clone of the builder failed: most often user namespaces are off.
+fn clone_error(e: Errno) -> Error {
+    match e {
+        Errno::EPERM | Errno::ENOSPC | Errno::EACCES | Errno::EINVAL => Error::Host {
             problem: format!("cannot create user namespaces ({e})"),
             fix: "enable them: sysctl -w kernel.unprivileged_userns_clone=1 user.max_user_namespaces=15000 \
                   (and on Ubuntu kernel.apparmor_restrict_unprivileged_userns=0)"
                 .into(),
-        }),
-        Err(e) => Err(Error::Sys {
+        },
+        e => Error::Sys {
             what: "cloning the node".into(),
             source: e,
-        }),
+        },
     }
 }
 

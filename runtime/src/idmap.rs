@@ -177,7 +177,9 @@ fn mapped_ids() -> u64 {
 /// The identity map of 0..65536, one line per range of our own map: the kernel wants each
 /// line of a child's map inside a single line of its parent's (a rootless driver's own
 /// namespace maps root and the subordinate range on two lines).
-fn identity_map(file: &str) -> String {
+/// Our own map (`uid_map` or `gid_map`) as identity lines: a child user namespace with the
+/// same ids.
+pub(crate) fn identity_map(file: &str) -> String {
     own_ranges(file)
         .iter()
         .map(|(first, count)| format!("{first} {first} {count}\n"))

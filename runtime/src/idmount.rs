@@ -2,13 +2,15 @@
 //! host ids 0..65535, appear owned by the node's shifted ids, so node root owns its root
 //! filesystem without a chown of the image (the overlay's upper layer gets the node's ids).
 //!
-//! The idmapped mount is made with the node's own user namespace once the node is cloned and
-//! its ids are mapped, and attached under a shared tmpfs on /run/hutch in a private mount
-//! namespace of the runtime process: it propagates into the node's copy of that tmpfs, where
-//! the node mounts its overlay on it (/run/hutch: every id may traverse its ancestors, which
-//! the image's own path may not allow, e.g. under root's 0700 home). The host only ever sees
-//! the empty /run/hutch, and the view is dropped as soon as the node has started.
+//! One view per image and id map, made with the user namespace of the first node that needs
+//! it (every shifted node of a process has the same map) and kept for the life of the process:
+//! unmounting a view waits for an RCU grace period, milliseconds per node. Views live under a
+//! tmpfs on /run/hutch in a private mount namespace of the runtime process, shared so that a
+//! view attached after a builder's clone still propagates into its copy (/run/hutch: every id
+//! may traverse its ancestors, which the image's own path may not allow, e.g. under root's
+//! 0700 home). The host never sees them: they go with the runtime's mount namespace.
 
+use std::collections::HashSet;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -26,10 +28,13 @@ const VIEWS: &str = "/run/hutch";
 /// Whether this process has its private mount namespace and the views tmpfs yet.
 static READY: Mutex<bool> = Mutex::new(false);
 
-/// Picks the path where a node's image view will appear (before the clone: the node's
-/// mount table is copied then, and the view propagates there later).
+/// The views attached so far.
+static ATTACHED: Mutex<Option<HashSet<PathBuf>>> = Mutex::new(None);
+
+/// The path where the view of `image` for ids starting at `start` appears (before the clone:
+/// the builder's mount table is copied then, and a view attached later propagates there).
 /// Call from a single-threaded process (the first call unshares the mount namespace).
-pub(crate) fn view_path(node: &str) -> Result<PathBuf, Error> {
+pub(crate) fn view_path(image: &Path, start: u32) -> Result<PathBuf, Error> {
     let mut ready = READY.lock().unwrap_or_else(|e| e.into_inner());
     if !*ready {
         // A private mount namespace: the idmapped mounts must never show on the host.
@@ -51,14 +56,26 @@ pub(crate) fn view_path(node: &str) -> Result<PathBuf, Error> {
         mount(None::<&str>, VIEWS, None::<&str>, MsFlags::MS_SHARED, None::<&str>).map_err(Error::sys("sharing the views tmpfs"))?;
         *ready = true;
     }
-    let view = Path::new(VIEWS).join(node);
-    std::fs::create_dir(&view).map_err(Error::io("creating", &view))?;
-    Ok(view)
+    let fnv = image
+        .as_os_str()
+        .as_encoded_bytes()
+        .iter()
+        .fold(0xcbf29ce484222325u64, |h, b| (h ^ *b as u64).wrapping_mul(0x100000001b3));
+    let view = Path::new(VIEWS).join(format!("{fnv:016x}-{start}"));
+    match std::fs::create_dir(&view) {
+        Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => Err(Error::io("creating", &view)(e)),
+        _ => Ok(view),
+    }
 }
 
-/// Attaches `image`, idmapped with the user namespace of the (cloned, id-mapped, waiting) node
-/// `pid`, at `view`: it propagates into the node's mount namespace.
+/// Attaches `image` at `view` unless it is there already, idmapped with the user namespace of
+/// the (cloned, id-mapped, waiting) process `pid`: it propagates into that process's mounts.
 pub(crate) fn attach_view(image: &Path, view: &Path, pid: nix::unistd::Pid) -> Result<(), Error> {
+    let mut attached = ATTACHED.lock().unwrap_or_else(|e| e.into_inner());
+    let attached = attached.get_or_insert_with(HashSet::new);
+    if attached.contains(view) {
+        return Ok(());
+    }
     let path = format!("/proc/{pid}/ns/user");
     let userns = std::fs::File::open(&path).map(OwnedFd::from).map_err(Error::io("opening", path))?;
     let tree = open_tree(image)?;
@@ -68,13 +85,9 @@ pub(crate) fn attach_view(image: &Path, view: &Path, pid: nix::unistd::Pid) -> R
             "use a filesystem that supports idmapped mounts (ext4, xfs, btrfs, tmpfs), or run rootless with an image shifted for your user"
                 .into(),
     })?;
-    move_over(&tree, view)
-}
-
-/// Drops a view once its node has started (the node's overlay keeps what it needs).
-pub(crate) fn release_view(view: &Path) {
-    let _ = nix::mount::umount2(view, nix::mount::MntFlags::MNT_DETACH);
-    let _ = std::fs::remove_dir(view);
+    move_over(&tree, view)?;
+    attached.insert(view.to_path_buf());
+    Ok(())
 }
 
 fn open_tree(path: &Path) -> Result<OwnedFd, Error> {

@@ -1,12 +1,17 @@
 //! hutch-runtime: one node = one container.
 //!
 //! A node is started by [`Container::spawn`] from a validated [`NodeSpec`]. The start reads top to
-//! bottom in the order the kernel sees it (see `child.rs`): clone into new namespaces, map ids,
-//! build the root filesystem and systemd's Container Interface, confine, exec the node's init.
+//! bottom in the order the kernel sees it: the runtime clones a builder into the node's outer
+//! user namespace and maps its ids (`container.rs`, `builder.rs`); the builder clones PID 1
+//! into an inner user namespace with the node's other namespaces and builds the root
+//! filesystem and systemd's Container Interface (`child.rs`); PID 1 takes a locked copy of
+//! that mount table, confines itself and execs the node's init (`pid1.rs`).
 //! The runtime knows nothing of tests or networks: the driver and netns crates build on it.
 
+mod builder;
 mod cgroup;
 mod child;
+mod clone;
 mod closure;
 mod confine;
 mod console;
@@ -15,6 +20,7 @@ mod error;
 mod idmap;
 mod idmount;
 mod init;
+mod pid1;
 mod plan;
 mod spec;
 mod sync;

@@ -1,8 +1,9 @@
 //! The node's filesystem, compiled in the parent into a list of steps the child runs in order.
 //!
 //! Compiling first keeps the child small (it only makes system calls) and lets an error name
-//! the exact step that failed. Paths are as the child sees them after its first pivot_root:
-//! `/` is a private staging tmpfs, `/oldroot` the host's root, `/newroot` the node's root.
+//! the exact step that failed. Paths are as the builder (see `child.rs`) sees them after its
+//! first pivot_root: `/` is a private staging tmpfs, `/oldroot` the host's root, `/newroot` the
+//! node's root.
 
 use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt;
@@ -24,6 +25,8 @@ pub(crate) enum Op {
         flags: MsFlags,
         data: Option<CString>,
     },
+    /// Mount procfs for the node's pid namespace (not the builder's).
+    Proc { dst: CString, flags: MsFlags },
     /// Remount a bind mount adding `flags`, keeping the flags it has (some are locked).
     Remount { dst: CString, flags: MsFlags },
     /// mkdir, an existing directory is fine.
@@ -317,7 +320,13 @@ fn escape_overlay(path: &Path) -> String {
 
 fn proc_fs(p: &mut Plan) {
     let proc_ = Path::new("/newroot/proc");
-    p.mount(Some("proc"), proc_, Some("proc"), NOSUID | NODEV | NOEXEC, None);
+    p.push(
+        Op::Proc {
+            dst: c(proc_),
+            flags: NOSUID | NODEV | NOEXEC,
+        },
+        "mount proc on /proc".into(),
+    );
     // /proc/sys read-only but /proc/sys/net writable: the node owns its network namespace.
     let net = proc_.join("sys/net");
     p.bind(&net, &net, false);

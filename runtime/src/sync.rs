@@ -22,12 +22,15 @@ pub(crate) enum ToParent {
     Stamps([u64; STAMPS]),
     /// The bound `/run/host/notify` socket, for the parent to read READY=1 from.
     NotifySocket(OwnedFd),
+    /// The builder cloned the node's PID 1: its pidfd and its pid as the runtime sees it.
+    Pid1(OwnedFd, i32),
 }
 
 /// What the parent tells the child.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum ToChild {
-    /// The id maps are written and the cgroup placed: go on.
+    /// The builder: the id maps are written and the cgroup placed (first), the network is
+    /// wired (second): go on.
     Go,
 }
 
@@ -40,6 +43,7 @@ const FAILED: u8 = 1;
 const STAMPS_TAG: u8 = 2;
 const NOTIFY: u8 = 3;
 const GO: u8 = 4;
+const PID1: u8 = 5;
 
 /// Sends a message to the parent.
 pub(crate) fn send_parent(fd: BorrowedFd, msg: &ToParent) -> Result<(), Errno> {
@@ -58,6 +62,11 @@ pub(crate) fn send_parent(fd: BorrowedFd, msg: &ToParent) -> Result<(), Errno> {
         ToParent::NotifySocket(sock) => {
             buf.push(NOTIFY);
             fds.push(sock.as_raw_fd());
+        }
+        ToParent::Pid1(pidfd, pid) => {
+            buf.push(PID1);
+            buf.extend_from_slice(&pid.to_le_bytes());
+            fds.push(pidfd.as_raw_fd());
         }
     }
     let cmsgs: Vec<ControlMessage> = if fds.is_empty() {
@@ -102,6 +111,7 @@ pub(crate) fn recv_parent(fd: BorrowedFd) -> Result<Option<ToParent>, Errno> {
         },
         (STAMPS_TAG, n) if n == 1 + 8 * STAMPS => ToParent::Stamps(std::array::from_fn(|i| u64_at(1 + 8 * i))),
         (NOTIFY, 1) => ToParent::NotifySocket(passed.ok_or(Errno::EBADMSG)?),
+        (PID1, 5) => ToParent::Pid1(passed.ok_or(Errno::EBADMSG)?, u32_at(1) as i32),
         _ => return Err(Errno::EBADMSG),
     }))
 }

@@ -7,6 +7,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
 
+mod shared_dir;
+#[allow(unused_imports)]
+pub use shared_dir::SharedDir;
+
 /// The hutch binary under test.
 pub fn hutch() -> &'static str {
     env!("CARGO_BIN_EXE_hutch")

@@ -1,0 +1,146 @@
+//! The runtime's side of a node's builder process (see `child.rs`): give it its ids, image view
+//! and cgroups, learn the PID 1 it clones, reap it once the mount table is handed over.
+
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::path::PathBuf;
+
+use nix::errno::Errno;
+use nix::unistd::Pid;
+
+use crate::cgroup::NodeCgroup;
+use crate::child::{self, ChildPlan};
+use crate::idmap::IdMap;
+use crate::sync::{self, ToChild, ToParent};
+use crate::Error;
+
+/// A cloned builder, until it has exited and been reaped. Dropping it kills and reaps it.
+pub(crate) struct Builder {
+    pub pid: Pid,
+    pub pidfd: OwnedFd,
+    reaped: bool,
+}
+
+/// Why a node did not start: a step inside the node failed, or the runtime's own work did.
+pub(crate) enum Failure {
+    Step { step: u32, errno: Errno },
+    Runtime(Error),
+}
+
+impl From<Error> for Failure {
+    fn from(e: Error) -> Failure {
+        Failure::Runtime(e)
+    }
+}
+
+impl Builder {
+    /// Wraps a freshly cloned builder.
+    pub fn new(pid: Pid, pidfd: OwnedFd) -> Builder {
+        Builder { pid, pidfd, reaped: false }
+    }
+
+    /// Maps the builder's ids, attaches the image view it mounts from, joins its v1 cgroups and
+    /// lets it clone the node's PID 1; returns PID 1 (pid and pidfd).
+    pub fn hand_over(
+        &mut self,
+        sock: &OwnedFd,
+        idmap: &IdMap,
+        view: Option<&(PathBuf, PathBuf)>,
+        cgroup: Option<&NodeCgroup>,
+    ) -> Result<(Pid, OwnedFd), Failure> {
+        idmap.apply(self.pid)?;
+        if let Some((image, view)) = view {
+            crate::idmount::attach_view(image, view, self.pid)?;
+        }
+        if let Some(cg) = cgroup {
+            cg.add_v1(self.pid)?;
+        }
+        sync::send_child(sock.as_fd(), ToChild::Go).map_err(Error::sys("starting the node's builder"))?;
+        match sync::recv_parent(sock.as_fd()) {
+            Ok(Some(ToParent::Pid1(pidfd, pid))) => Ok((Pid::from_raw(pid), pidfd)),
+            Ok(Some(ToParent::Failed { step, errno })) => Err(Failure::Step { step, errno }),
+            Ok(_) => Err(Failure::Step {
+                step: child::STEP_PID1,
+                errno: Errno::ECHILD,
+            }),
+            Err(e) => Err(Error::Sys {
+                what: "reading the node builder's reply".into(),
+                source: e,
+            }
+            .into()),
+        }
+    }
+
+    /// Reaps the builder if it has exited; true once reaped. Its exit tears down the outer
+    /// mount namespace, which waits for an RCU grace period: nobody should wait for that.
+    pub fn try_reap(&mut self) -> bool {
+        if !self.reaped {
+            let status = nix::sys::wait::waitpid(self.pid, Some(nix::sys::wait::WaitPidFlag::WNOHANG));
+            self.reaped = !matches!(status, Ok(nix::sys::wait::WaitStatus::StillAlive) | Err(Errno::EINTR));
+        }
+        self.reaped
+    }
+
+    /// Waits for the builder to exit: it does right after handing the mounts over, or failing.
+    pub fn reap(&mut self) {
+        if !self.reaped {
+            while let Err(Errno::EINTR) = nix::sys::wait::waitpid(self.pid, None) {}
+            self.reaped = true;
+        }
+    }
+}
+
+impl Drop for Builder {
+    fn drop(&mut self) {
+        if !self.reaped {
+            let _ = crate::clone::pidfd_signal(self.pidfd.as_raw_fd(), libc::SIGKILL);
+            self.reap();
+        }
+    }
+}
+
+impl Failure {
+    /// The error a user sees: the failed step in words, or the runtime's error as it is.
+    pub fn into_error(self, node: &str, boot: bool, cplan: &ChildPlan) -> Error {
+        let (step, errno) = match self {
+            Failure::Runtime(e) => return e,
+            Failure::Step { step, errno } => (step, errno),
+        };
+        let what = match step {
+            child::STEP_WAIT => "waiting for the runtime".to_string(),
+            child::STEP_IDS => "becoming root in the node".into(),
+            child::STEP_PID1 => "cloning the node's PID 1 into its namespaces".into(),
+            child::STEP_JOIN => "joining the node's network namespace".into(),
+            child::STEP_HANDOVER => "handing the mount table to PID 1".into(),
+            child::STEP_NETWORK => "setting hostname and loopback".into(),
+            child::STEP_AGENT => "forking the agent".into(),
+            child::STEP_CONFINE => "dropping capabilities and installing the seccomp filter".into(),
+            child::STEP_EXEC => {
+                let cmd = cplan.pid1.argv.first().map(|a| a.to_string_lossy().to_string()).unwrap_or_default();
+                if errno == Errno::ENOENT {
+                    let fix = if boot {
+                        "the image needs /sbin/init or systemd; drop --boot to run a command"
+                    } else {
+                        "give a command that exists in the node's root (absolute path, or on PATH)"
+                    };
+                    return Error::Invalid {
+                        field: "CMD",
+                        problem: format!("{cmd:?} not found in node {node}"),
+                        fix: fix.into(),
+                    };
+                }
+                format!("exec {cmd}")
+            }
+            n => cplan
+                .plan
+                .steps
+                .get(n as usize)
+                .map(|s| s.what.clone())
+                .unwrap_or_else(|| format!("step {n}")),
+        };
+        Error::Setup {
+            node: node.to_string(),
+            step: what,
+            errno,
+        }
+    }
+}

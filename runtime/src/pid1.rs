@@ -1,0 +1,203 @@
+//! The node's PID 1 from its clone to exec: it takes over the mount table its builder made,
+//! sets hostname and loopback, confines itself, forks the agent and execs the init.
+//!
+//! It is cloned by the builder (see `child.rs`) into the inner user namespace and the node's
+//! pid, net, uts and ipc namespaces, as a sibling of the builder (CLONE_PARENT): the runtime
+//! is its parent and reaps it. It waits on a pipe until the builder has finished the mounts.
+
+use std::ffi::CString;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+
+use nix::errno::Errno;
+use nix::sched::{unshare, CloneFlags};
+use nix::sys::signal::SigSet;
+use nix::sys::socket::{socket, AddressFamily, SockFlag, SockType};
+use nix::sys::stat::Mode;
+use nix::unistd::{chdir, sethostname};
+use seccompiler::BpfProgram;
+
+use crate::child::{at, StepResult, STEP_AGENT, STEP_CONFINE, STEP_EXEC, STEP_HANDOVER, STEP_NETWORK};
+use crate::sync::{self, ToParent, STAMPS};
+use crate::timings::now_ns;
+
+/// What PID 1 does once the mounts are made, prepared by the runtime before any clone.
+pub(crate) struct Pid1Plan {
+    pub hostname: String,
+    pub seccomp: BpfProgram,
+    /// Candidates for the program to exec, first existing one wins (resolved in the node).
+    pub program: Vec<CString>,
+    pub argv: Vec<CString>,
+    pub env: Vec<CString>,
+    /// Open /dev/console as stdin/stdout/stderr and make it the controlling terminal.
+    pub console_stdio: bool,
+    /// Fork this agent just before exec.
+    pub agent: Option<crate::spec::AgentHook>,
+}
+
+/// Runs PID 1's steps and execs; never returns. `ready` delivers the builder's two timestamps
+/// (start and end of the mounts) once the mount table is complete; `sock` reaches the runtime.
+pub(crate) fn run(plan: &Pid1Plan, ready: OwnedFd, sock: BorrowedFd) -> ! {
+    let (step, errno) = match setup(plan, ready, sock) {
+        Ok(()) if plan.program.is_empty() => minimal_init(),
+        Ok(()) => exec(plan),
+        Err(failed) => failed,
+    };
+    let _ = sync::send_parent(sock, &ToParent::Failed { step, errno });
+    // SAFETY: _exit ends this process without running the runtime's atexit handlers.
+    unsafe { libc::_exit(125) }
+}
+
+fn setup(plan: &Pid1Plan, ready: OwnedFd, sock: BorrowedFd) -> StepResult {
+    // Die with the runtime (our parent: we were cloned with CLONE_PARENT).
+    // SAFETY: prctl with PR_SET_PDEATHSIG and a signal number has no memory effects.
+    Errno::result(unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) }).map_err(at(STEP_HANDOVER))?;
+    let mut built = [0u8; 16];
+    match nix::unistd::read(ready.as_fd(), &mut built) {
+        Ok(16) => {}
+        // The builder failed (and said why) or died: nothing to add.
+        // SAFETY: _exit ends this process without running the runtime's atexit handlers.
+        _ => unsafe { libc::_exit(125) },
+    }
+    drop(ready);
+    let mut stamps = [0u64; STAMPS];
+    stamps[0] = u64::from_le_bytes(built[..8].try_into().unwrap_or_default());
+    // A mount namespace of our own, owned by the inner user namespace: the kernel copies the
+    // builder's table into it with every mount locked (flags, and covering what is beneath).
+    unshare(CloneFlags::CLONE_NEWNS).map_err(at(STEP_HANDOVER))?;
+    chdir("/").map_err(at(STEP_HANDOVER))?;
+    stamps[1] = now_ns();
+    sethostname(&plan.hostname).map_err(at(STEP_NETWORK))?;
+    loopback_up().map_err(at(STEP_NETWORK))?;
+    stamps[2] = now_ns();
+    crate::confine::drop_bounding().map_err(at(STEP_CONFINE))?;
+    crate::confine::install_seccomp(&plan.seccomp).map_err(at(STEP_CONFINE))?;
+    stamps[3] = now_ns();
+    if plan.console_stdio {
+        console_stdio().map_err(at(STEP_EXEC))?;
+    }
+    SigSet::empty().thread_set_mask().map_err(at(STEP_EXEC))?;
+    if let Some(agent) = plan.agent {
+        fork_agent(agent).map_err(at(STEP_AGENT))?;
+    }
+    // Nothing of the runtime's survives the exec (other nodes' descriptors included).
+    close_from(3, CLOSE_RANGE_CLOEXEC);
+    stamps[4] = now_ns();
+    sync::send_parent(sock, &ToParent::Stamps(stamps)).map_err(at(STEP_EXEC))
+}
+
+/// close_range(2)'s flag: mark close-on-exec instead of closing.
+const CLOSE_RANGE_CLOEXEC: u32 = 1 << 2;
+
+/// Closes (or with CLOSE_RANGE_CLOEXEC marks) every descriptor from `first` up.
+fn close_from(first: u32, flags: u32) {
+    // SAFETY: close_range only closes or flags descriptors this process owns.
+    unsafe { libc::syscall(libc::SYS_close_range, first, u32::MAX, flags) };
+}
+
+/// Brings `lo` up: a fresh network namespace starts with it down.
+fn loopback_up() -> Result<(), Errno> {
+    let sock = socket(AddressFamily::Inet, SockType::Datagram, SockFlag::SOCK_CLOEXEC, None)?;
+    // SAFETY: ifreq is plain old data; all-zero is a valid value.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (dst, src) in req.ifr_name.iter_mut().zip(b"lo\0") {
+        *dst = *src as libc::c_char;
+    }
+    // SAFETY: SIOCGIFFLAGS reads the flags into `req`, a valid ifreq that outlives the call.
+    Errno::result(unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req) })?;
+    // SAFETY: the union's flags member was just filled by SIOCGIFFLAGS.
+    unsafe { req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short };
+    // SAFETY: SIOCSIFFLAGS reads `req`, a valid ifreq that outlives the call.
+    Errno::result(unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &req) }).map(drop)
+}
+
+/// /dev/console becomes stdin, stdout, stderr and the controlling terminal of a new session.
+fn console_stdio() -> Result<(), Errno> {
+    nix::unistd::setsid()?;
+    let fd = nix::fcntl::open("/dev/console", nix::fcntl::OFlag::O_RDWR, Mode::empty())?;
+    // SAFETY: TIOCSCTTY on a terminal fd we own; the argument 0 means "do not steal".
+    Errno::result(unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCSCTTY, 0) })?;
+    for target in 0..3 {
+        // SAFETY: dup2 onto the standard descriptors, which this process owns.
+        Errno::result(unsafe { libc::dup2(fd.as_raw_fd(), target) })?;
+    }
+    Ok(())
+}
+
+/// Forks the agent: it runs in every namespace of the node, confined like the init, and is
+/// the init's child (it dies with the node). The init keeps no copy of the agent's socket.
+fn fork_agent(agent: crate::spec::AgentHook) -> Result<(), Errno> {
+    // SAFETY: this process is single-threaded (a fresh clone of a single-threaded runtime).
+    match unsafe { nix::unistd::fork() }? {
+        nix::unistd::ForkResult::Child => {
+            // A session of its own: systemd hangs up the console as it starts, which would
+            // SIGHUP everything whose controlling terminal it is.
+            let _ = nix::unistd::setsid();
+            // The agent keeps only its socket: no runtime descriptor may reach the node's
+            // commands through /proc/<agent>/fd.
+            // SAFETY: dup2 onto 3 of the agent's own socket; everything above 3 closes.
+            if unsafe { libc::dup2(agent.fd, 3) } != 3 {
+                // SAFETY: _exit ends this half-made agent.
+                unsafe { libc::_exit(125) }
+            }
+            close_from(4, 0);
+            // SAFETY: fcntl on descriptor 3, which this process owns: the agent's commands
+            // must not inherit its socket.
+            unsafe { libc::fcntl(3, libc::F_SETFD, libc::FD_CLOEXEC) };
+            let agent = crate::spec::AgentHook { fd: 3, ..agent };
+            // SAFETY: the fd was handed to this node by the caller and is owned by the agent now.
+            let stream = unsafe { <std::os::unix::net::UnixStream as std::os::fd::FromRawFd>::from_raw_fd(agent.fd) };
+            (agent.main)(stream)
+        }
+        nix::unistd::ForkResult::Parent { .. } => nix::unistd::close(agent.fd),
+    }
+}
+
+/// PID 1 of a node without an init: reap every child until none is left, then exit. A stop
+/// signal ends it (and with it the node): PID 1 ignores signals it has no handler for.
+fn minimal_init() -> ! {
+    extern "C" fn stop(_: libc::c_int) {
+        // SAFETY: _exit is async-signal-safe.
+        unsafe { libc::_exit(0) }
+    }
+    // Nothing of the runtime stays open here (other nodes' reaper pipes, hutch's stdout):
+    // an init would have dropped them at exec, and holders keep other nodes' cleanup waiting.
+    close_from(3, 0);
+    // SAFETY: open/dup2 on /dev/null onto the standard descriptors this process owns.
+    unsafe {
+        let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR);
+        if null >= 0 {
+            for fd in 0..3 {
+                libc::dup2(null, fd);
+            }
+            if null > 2 {
+                libc::close(null);
+            }
+        }
+    }
+    for sig in [libc::SIGTERM, libc::SIGINT, libc::SIGRTMIN() + 3] {
+        // SAFETY: installs a handler that only calls _exit.
+        unsafe { libc::signal(sig, stop as *const () as libc::sighandler_t) };
+    }
+    loop {
+        match nix::sys::wait::wait() {
+            Err(Errno::ECHILD) => break,
+            _ => continue,
+        }
+    }
+    // SAFETY: ends this process without running the runtime's atexit handlers.
+    unsafe { libc::_exit(0) }
+}
+
+/// Execs the first candidate program that exists; returns only on failure.
+fn exec(plan: &Pid1Plan) -> (u32, Errno) {
+    let mut last = Errno::ENOENT;
+    for program in &plan.program {
+        match nix::unistd::execve(program, &plan.argv, &plan.env) {
+            Err(Errno::ENOENT) => continue,
+            Err(e) => last = e,
+            Ok(never) => match never {},
+        }
+        break;
+    }
+    (STEP_EXEC, last)
+}
