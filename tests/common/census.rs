@@ -18,6 +18,10 @@ pub struct Census {
     pub mounts: usize,
     /// Distinct network namespaces: inodes of /proc/*/ns/net plus nsfs mounts of net namespaces.
     pub netns: usize,
+    /// Network namespaces a run could still hold: those of processes running this build's
+    /// hutch binary or orphaned with a node's uid (>= 100000), and nsfs mounts on the host.
+    /// Judged instead of `netns`, which other work on a shared machine moves.
+    pub run_netns: usize,
     /// Directories under hutch's cgroup parents (cgroup2 hutch*, v1 memory and pids hutch).
     pub cgroups: usize,
     /// Every process on the host but kernel threads (reported, not judged: other work on the
@@ -43,6 +47,7 @@ impl Census {
         Census {
             mounts: mounts().len(),
             netns: netns_count(),
+            run_netns: run_netns_count(),
             cgroups: hutch_cgroups().len(),
             processes: pids().into_iter().filter(|p| ppid_of(*p).is_some_and(|pp| pp != 2)).count(),
             orphans: pids().into_iter().filter(|p| ppid_of(*p) == Some(1)).count(),
@@ -58,7 +63,8 @@ impl Census {
     pub fn table(before: &Census, after: &Census) -> String {
         let rows = [
             ("host mounts", before.mounts as u64, after.mounts as u64),
-            ("network namespaces", before.netns as u64, after.netns as u64),
+            ("network namespaces (all, not judged)", before.netns as u64, after.netns as u64),
+            ("network namespaces (of runs)", before.run_netns as u64, after.run_netns as u64),
             ("hutch cgroups", before.cgroups as u64, after.cgroups as u64),
             ("processes (all, not judged)", before.processes as u64, after.processes as u64),
             ("processes (parent PID 1)", before.orphans as u64, after.orphans as u64),
@@ -92,7 +98,7 @@ impl Census {
             }
         };
         check("host mounts", before.mounts as u64, self.mounts as u64);
-        check("network namespaces", before.netns as u64, self.netns as u64);
+        check("network namespaces (of runs)", before.run_netns as u64, self.run_netns as u64);
         check("hutch cgroups", before.cgroups as u64, self.cgroups as u64);
         check("processes (parent PID 1)", before.orphans as u64, self.orphans as u64);
         check(
@@ -136,11 +142,24 @@ pub fn mounts() -> Vec<String> {
         .collect()
 }
 
-/// Every process id.
+/// Every live process id. Zombies are left out: they hold nothing but their pid, and reaping
+/// an orphan is PID 1's job (this machine's PID 1 is no init and reaps about once a second).
 pub fn pids() -> Vec<i32> {
     std::fs::read_dir("/proc")
-        .map(|d| d.flatten().filter_map(|e| e.file_name().to_str()?.parse().ok()).collect())
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| e.file_name().to_str()?.parse().ok())
+                .collect::<Vec<i32>>()
+        })
         .unwrap_or_default()
+        .into_iter()
+        .filter(|p| state_of(*p).is_some_and(|s| s != 'Z' && s != 'X'))
+        .collect()
+}
+
+fn state_of(pid: i32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(')')?.1.split_whitespace().next()?.chars().next()
 }
 
 fn ppid_of(pid: i32) -> Option<i32> {
@@ -178,18 +197,39 @@ pub fn netns_count() -> usize {
         .into_iter()
         .filter_map(|p| std::fs::metadata(format!("/proc/{p}/ns/net")).ok().map(|m| m.ino()))
         .collect();
-    for line in mounts() {
-        // mountinfo field 4 is the root inside the filesystem: `net:[4026532000]` for nsfs.
-        let mut fields = line.split_whitespace();
-        if let Some(root) = fields.nth(3) {
-            if let Some(ino) = root.strip_prefix("net:[").and_then(|r| r.strip_suffix(']')) {
-                if let Ok(ino) = ino.parse() {
-                    inodes.insert(ino);
-                }
-            }
-        }
-    }
+    inodes.extend(nsfs_net_mounts());
     inodes.len()
+}
+
+/// Network namespaces held by what a run could leave: this build's hutch processes, orphans
+/// with a node's uid, and nsfs bind mounts in the host's table.
+pub fn run_netns_count() -> usize {
+    let exe = std::fs::canonicalize(super::hutch()).unwrap_or_else(|_| PathBuf::from(super::hutch()));
+    let ours = |p: i32| {
+        let hutch = std::fs::read_link(format!("/proc/{p}/exe"))
+            .map(|l| l.to_string_lossy().trim_end_matches(" (deleted)") == exe.to_string_lossy())
+            .unwrap_or(false);
+        hutch || (ppid_of(p) == Some(1) && uid_of(p).is_some_and(|u| u >= 100_000))
+    };
+    let me = std::process::id() as i32;
+    let mut inodes: BTreeSet<u64> = pids()
+        .into_iter()
+        .filter(|p| *p != me && ours(*p))
+        .filter_map(|p| std::fs::metadata(format!("/proc/{p}/ns/net")).ok().map(|m| m.ino()))
+        .collect();
+    inodes.extend(nsfs_net_mounts());
+    inodes.len()
+}
+
+fn nsfs_net_mounts() -> Vec<u64> {
+    mounts()
+        .iter()
+        .filter_map(|line| {
+            // mountinfo field 4 is the root inside the filesystem: `net:[4026532000]` for nsfs.
+            let root = line.split_whitespace().nth(3)?;
+            root.strip_prefix("net:[")?.strip_suffix(']')?.parse().ok()
+        })
+        .collect()
 }
 
 /// Every cgroup directory below hutch's parents (the parents themselves and the delegated

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 mod census;
+#[allow(unused_imports)]
 pub use census::*;
 
 use std::path::{Path, PathBuf};
