@@ -85,7 +85,7 @@ impl Census {
             ("/run/hutch entries", before.state.1, after.state.1),
         ];
         rows.iter()
-            .map(|(name, b, a)| format!("  {name:<28} {b:>12} -> {a:<12}\n"))
+            .map(|(name, b, a)| format!("  {name:<38} {b:>12} -> {a:<12}\n"))
             .collect()
     }
 

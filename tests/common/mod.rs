@@ -197,9 +197,15 @@ pub fn hutch_command(user: Option<u32>, args: &[&str]) -> Command {
     let mut cmd = match user {
         Some(uid) => {
             let mut c = Command::new("setpriv");
+            // The user's primary group (nobody's is nogroup, 65534), else the uid.
+            let gid = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
+                .ok()
+                .flatten()
+                .map(|u| u.gid.as_raw())
+                .unwrap_or(uid);
             c.args([
                 format!("--reuid={uid}"),
-                format!("--regid={uid}"),
+                format!("--regid={gid}"),
                 "--clear-groups".into(),
                 hutch().into(),
             ]);
@@ -410,4 +416,23 @@ impl Drop for ChildGuard {
 /// The uid of a local user, when it exists.
 pub fn uid_of_user(name: &str) -> Option<u32> {
     nix::unistd::User::from_name(name).ok().flatten().map(|u| u.uid.as_raw())
+}
+
+/// Publishes the busybox fixture as the named image `busybox` in $HUTCH_CACHE/images, and a
+/// copy shifted for each of `users` as `busybox@<uid>` (what fixtures/debian-image.sh does for
+/// `debian`), so one test file naming `image = "busybox"` boots as root and as those users.
+pub fn publish_busybox_image(users: &[u32]) {
+    let images = cache().join("images");
+    std::fs::create_dir_all(&images).unwrap();
+    let mut links = vec![("busybox".to_string(), busybox_image().to_path_buf())];
+    for uid in users {
+        links.push((format!("busybox@{uid}"), busybox_image_for(Some(*uid))));
+    }
+    for (name, target) in links {
+        // A fresh link renamed over the old one: concurrent readers never see none.
+        let tmp = images.join(format!(".{name}.{}", std::process::id()));
+        let _ = std::fs::remove_file(&tmp);
+        std::os::unix::fs::symlink(&target, &tmp).unwrap();
+        std::fs::rename(&tmp, images.join(&name)).unwrap();
+    }
 }
