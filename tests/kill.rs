@@ -167,7 +167,7 @@ fn sigkill_at_random_moments_leaves_nothing_and_the_next_run_passes() {
             "kill {i} ({phase:?} +{delay:?}, seed {seed}): after {took:?} still left: {grew:?}\n\
              hutch processes: {:?}\ncgroups: {:?}\nbefore:\n{}",
             hutch_processes(),
-            hutch_cgroups(),
+            test_cgroups(),
             Census::table(&before, &after)
         );
         // The next run starts cleanly and passes.

@@ -76,7 +76,12 @@ fn soak_leaves_nothing_behind() {
     let out = |who: &str| dir.0.join(format!("out-{who}")).display().to_string();
     let image = busybox_image().display().to_string();
     let image_nobody = busybox_image_for(Some(NOBODY)).display().to_string();
-    let run_args = |img: &str| -> Vec<String> { ["run", "--image", img, "--", "/bin/true"].iter().map(|s| s.to_string()).collect() };
+    let run_args = |img: &str| -> Vec<String> {
+        ["run", "--name", "soak", "--image", img, "--", "/bin/true"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect()
+    };
     let user_of = |i: usize| if i % 5 == 4 { Some(NOBODY) } else { None };
 
     // Warm up: first runs make hutch's cgroup parents and fill caches; they are not leaks.

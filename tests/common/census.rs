@@ -22,14 +22,19 @@ pub struct Census {
     /// hutch binary or orphaned with a node's uid (>= 100000), and nsfs mounts on the host.
     /// Judged instead of `netns`, which other work on a shared machine moves.
     pub run_netns: usize,
-    /// Directories under hutch's cgroup parents (cgroup2 hutch*, v1 memory and pids hutch).
+    /// Directories under hutch's cgroup parents (cgroup2 hutch*, v1 memory and pids hutch);
+    /// reported, not judged: other people's runs on a shared machine make theirs there.
     pub cgroups: usize,
+    /// Those of them that belong to a node these tests start (named `<node>-<pid>`, node one
+    /// of `TEST_NODES`, and everything below them).
+    pub test_cgroups: usize,
     /// Every process on the host but kernel threads (reported, not judged: other work on the
     /// machine moves it).
     pub processes: usize,
     /// Processes whose parent is PID 1: anything of a run that outlived hutch ends up here.
     pub orphans: usize,
-    /// Processes whose uid lies in a subordinate range (>= 100000): rootless nodes' ids.
+    /// Orphans (parent PID 1) whose uid lies in a node's range (>= 100000): what is left of a
+    /// node whose runtime is gone. Live nodes of other runs have a live parent.
     pub node_uid_processes: usize,
     /// Processes running this build's hutch binary (spawners, reapers, node PID 1s, agents).
     pub hutch_processes: usize,
@@ -49,9 +54,13 @@ impl Census {
             netns: netns_count(),
             run_netns: run_netns_count(),
             cgroups: hutch_cgroups().len(),
+            test_cgroups: test_cgroups().len(),
             processes: pids().into_iter().filter(|p| ppid_of(*p).is_some_and(|pp| pp != 2)).count(),
             orphans: pids().into_iter().filter(|p| ppid_of(*p) == Some(1)).count(),
-            node_uid_processes: pids().into_iter().filter(|p| uid_of(*p).is_some_and(|u| u >= 100_000)).count(),
+            node_uid_processes: pids()
+                .into_iter()
+                .filter(|p| ppid_of(*p) == Some(1) && uid_of(*p).is_some_and(|u| u >= 100_000))
+                .count(),
             hutch_processes: hutch_processes().len(),
             host_links: std::fs::read_dir("/sys/class/net").map(|d| d.count()).unwrap_or(0),
             cache: disk(&super::cache()),
@@ -65,11 +74,16 @@ impl Census {
             ("host mounts", before.mounts as u64, after.mounts as u64),
             ("network namespaces (all, not judged)", before.netns as u64, after.netns as u64),
             ("network namespaces (of runs)", before.run_netns as u64, after.run_netns as u64),
-            ("hutch cgroups", before.cgroups as u64, after.cgroups as u64),
+            ("hutch cgroups (all, not judged)", before.cgroups as u64, after.cgroups as u64),
+            (
+                "hutch cgroups (of these tests' nodes)",
+                before.test_cgroups as u64,
+                after.test_cgroups as u64,
+            ),
             ("processes (all, not judged)", before.processes as u64, after.processes as u64),
             ("processes (parent PID 1)", before.orphans as u64, after.orphans as u64),
             (
-                "processes (uid >= 100000)",
+                "orphans with a node uid (>= 100000)",
                 before.node_uid_processes as u64,
                 after.node_uid_processes as u64,
             ),
@@ -99,10 +113,14 @@ impl Census {
         };
         check("host mounts", before.mounts as u64, self.mounts as u64);
         check("network namespaces (of runs)", before.run_netns as u64, self.run_netns as u64);
-        check("hutch cgroups", before.cgroups as u64, self.cgroups as u64);
+        check(
+            "hutch cgroups (of these tests' nodes)",
+            before.test_cgroups as u64,
+            self.test_cgroups as u64,
+        );
         check("processes (parent PID 1)", before.orphans as u64, self.orphans as u64);
         check(
-            "processes (uid >= 100000)",
+            "orphans with a node uid (>= 100000)",
             before.node_uid_processes as u64,
             self.node_uid_processes as u64,
         );
@@ -255,6 +273,23 @@ pub fn hutch_cgroups() -> Vec<PathBuf> {
     // The shared directory command nodes without limits use lives as long as hutch's parent.
     found.retain(|d| !d.ends_with("shared"));
     found
+}
+
+/// The node names the reliability tests use (`hutch run --name soak`, the three-node test,
+/// the OOM test): their cgroups are `<name>-<pid>`.
+pub const TEST_NODES: &[&str] = &["soak", "alpha", "beta", "gamma", "big", "small"];
+
+/// hutch cgroups that belong to a node of these tests (and everything below them).
+pub fn test_cgroups() -> Vec<PathBuf> {
+    let is_leaf = |c: &std::path::Component| {
+        let c = c.as_os_str().to_string_lossy();
+        c.rsplit_once('-')
+            .is_some_and(|(name, pid)| TEST_NODES.contains(&name) && pid.parse::<u32>().is_ok())
+    };
+    hutch_cgroups()
+        .into_iter()
+        .filter(|d| d.components().any(|c| is_leaf(&c)))
+        .collect()
 }
 
 fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
