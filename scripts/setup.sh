@@ -29,15 +29,27 @@ for f in /etc/subuid /etc/subgid; do
     grep -q '^nobody:' "$f" 2>/dev/null || echo 'nobody:200000:65536' >>"$f"
 done
 
+# A second unprivileged user for tests/parallel.rs (two users' runs at once): a range of its
+# own that does not overlap nobody's, and (below) a delegated cgroup of its own.
+if ! id -u hutch2 >/dev/null 2>&1; then
+    useradd --system --user-group --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin hutch2
+fi
+for f in /etc/subuid /etc/subgid; do
+    grep -q '^hutch2:' "$f" 2>/dev/null || echo 'hutch2:300000:65536' >>"$f"
+done
+
 cargo build --release --locked >&2
 
 # Stand-in for the delegated cgroup subtree a systemd user session gives each user: rootless
-# tests run `nobody`'s hutch inside it, so systemd in a rootless node manages its own cgroups.
-for mount in /sys/fs/cgroup/unified /sys/fs/cgroup; do
-    if [[ $(stat -f -c %T "$mount" 2>/dev/null) == cgroup2fs ]]; then
-        dir=$mount/hutch-user-65534
-        mkdir -p "$dir"
-        chown -R nobody:nogroup "$dir"
-        break
-    fi
+# tests run each test user's hutch inside it, so systemd in a rootless node manages its own
+# cgroups.
+for user in nobody hutch2; do
+    for mount in /sys/fs/cgroup/unified /sys/fs/cgroup; do
+        if [[ $(stat -f -c %T "$mount" 2>/dev/null) == cgroup2fs ]]; then
+            dir=$mount/hutch-user-$(id -u "$user")
+            mkdir -p "$dir"
+            chown -R "$user:$(id -gn "$user")" "$dir"
+            break
+        fi
+    done
 done

@@ -22,6 +22,8 @@ pub struct RuntimeNode {
     hub: Option<Arc<Hub>>,
     console: Arc<ConsoleLog>,
     state: Mutex<Option<Running>>,
+    /// The OOM watch of the current start (nodes with a memory limit).
+    oom: Mutex<Option<Arc<OomWatch>>>,
     /// Start phase timings of the last start, for `--timings`.
     pub last_start: Mutex<Vec<(String, f64)>>,
 }
@@ -43,6 +45,7 @@ impl RuntimeNode {
             hub,
             console: Arc::new(ConsoleLog::new()),
             state: Mutex::new(None),
+            oom: Mutex::new(None),
             last_start: Mutex::new(Vec::new()),
         }
     }
@@ -159,6 +162,19 @@ impl NodeControl for RuntimeNode {
         if let (Some(notify), "systemd") = (&fds.notify, started.init.as_str()) {
             self.wait_ready(notify, &fds.pidfd)?;
         }
+        let oom = (!started.oom_counters.is_empty()).then(|| {
+            Arc::new(OomWatch {
+                spawner: Arc::clone(&self.spawner),
+                name: self.name().to_string(),
+                console: Arc::clone(&self.console),
+                counters: started.oom_counters.clone(),
+                died: Mutex::new(None),
+            })
+        });
+        if let (Some(watch), Ok(pidfd)) = (&oom, fds.pidfd.try_clone()) {
+            Arc::clone(watch).watch(pidfd);
+        }
+        *self.oom.lock().unwrap_or_else(|e| e.into_inner()) = oom;
         *self.state.lock().unwrap_or_else(|e| e.into_inner()) = Some(Running { pidfd: fds.pidfd });
         Ok(fds.agent)
     }
@@ -201,5 +217,58 @@ impl NodeControl for RuntimeNode {
 
     fn console(&self) -> Arc<ConsoleLog> {
         Arc::clone(&self.console)
+    }
+
+    fn died(&self) -> Option<String> {
+        let watch = self.oom.lock().unwrap_or_else(|e| e.into_inner()).clone()?;
+        watch.check()
+    }
+}
+
+/// Watches a memory-limited node for the kernel's OOM killer. Where the kernel kills only
+/// the biggest process (cgroup v1; v2 without memory.oom.group) the node would go on without
+/// it, half alive; hutch treats it like a VM that ran out of memory: it kills the node and
+/// reports it crashed (on its console, and to the Machine API through `died`).
+struct OomWatch {
+    spawner: Arc<Spawner>,
+    name: String,
+    console: Arc<ConsoleLog>,
+    counters: Vec<std::path::PathBuf>,
+    died: Mutex<Option<String>>,
+}
+
+/// How often the watcher reads the OOM counters while no command asks.
+const OOM_POLL: Duration = Duration::from_millis(200);
+
+impl OomWatch {
+    /// Why the node died, once the OOM killer hit it (the node is then killed, once).
+    fn check(&self) -> Option<String> {
+        let mut died = self.died.lock().unwrap_or_else(|e| e.into_inner());
+        if died.is_none() {
+            let kills = hutch_runtime::oom_kills(&self.counters);
+            if kills == 0 {
+                return None;
+            }
+            let reason = format!(
+                "out of memory: the kernel's OOM killer killed {kills} process(es) in the node at its memory limit; \
+                 hutch stopped the node (raise `memory` in the test file if the node needs more)"
+            );
+            let _ = self.spawner.kill(&self.name);
+            self.console
+                .push(format!("hutch: node {} crashed: {reason}\r\n", self.name).as_bytes());
+            *died = Some(reason);
+        }
+        died.clone()
+    }
+
+    /// Checks the counters every OOM_POLL until the node is gone.
+    fn watch(self: Arc<Self>, pidfd: OwnedFd) {
+        let _ = std::thread::Builder::new().name(format!("oom-{}", self.name)).spawn(move || loop {
+            let mut fds = [PollFd::new(pidfd.as_fd(), PollFlags::POLLIN)];
+            let ms = PollTimeout::try_from(OOM_POLL.as_millis() as i32).unwrap_or(PollTimeout::MAX);
+            if matches!(poll(&mut fds, ms), Ok(n) if n > 0) || self.check().is_some() {
+                break;
+            }
+        });
     }
 }

@@ -63,6 +63,10 @@ pub struct Started {
     pub has_notify: bool,
     pub phases_ms: Vec<(String, f64)>,
     pub warnings: Vec<String>,
+    /// Files whose `oom_kill` counters tell that the OOM killer hit the node (see
+    /// `hutch_runtime::oom_counters`); empty without a memory limit.
+    #[serde(default)]
+    pub oom_counters: Vec<PathBuf>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -249,14 +253,14 @@ fn recv(fd: BorrowedFd) -> Result<Option<(Vec<u8>, Vec<OwnedFd>)>> {
 fn serve(sock: OwnedFd) -> Result<()> {
     let idmap = IdMap::detect();
     let mut nodes: HashMap<String, Container> = HashMap::new();
-    let mut pending: HashMap<String, (Pending, UnixStream)> = HashMap::new();
+    let mut pending: HashMap<String, (Pending, UnixStream, bool)> = HashMap::new();
     while let Some((bytes, _)) = recv(sock.as_fd())? {
         let req: Request = serde_json::from_slice(&bytes)?;
         let (reply, fds): (Reply, Vec<OwnedFd>) = match req {
             Request::Start(start) => match prepare_node(&start, &idmap) {
                 Ok((node, agent)) => match std::fs::File::open(node.netns_path()) {
                     Ok(netns) => {
-                        pending.insert(start.name.clone(), (node, agent));
+                        pending.insert(start.name.clone(), (node, agent, start.memory.is_some()));
                         (Reply::Prepared, vec![netns.into()])
                     }
                     Err(e) => (
@@ -268,7 +272,7 @@ fn serve(sock: OwnedFd) -> Result<()> {
                 },
                 Err(e) => (Reply::Error { message: format!("{e:#}") }, vec![]),
             },
-            Request::Go { name } => match pending.remove(&name).map(|(node, agent)| start_node(node, agent)) {
+            Request::Go { name } => match pending.remove(&name).map(|(node, agent, limited)| start_node(node, agent, limited)) {
                 Some(Ok((node, started, fds))) => {
                     nodes.insert(name, node);
                     (Reply::Started(started), fds)
@@ -351,7 +355,7 @@ fn prepare_node(req: &StartRequest, idmap: &IdMap) -> Result<(Pending, UnixStrea
 }
 
 /// Lets a prepared node exec its init; returns it with the descriptors for the driver.
-fn start_node(node: Pending, driver_end: UnixStream) -> Result<(Container, Started, Vec<OwnedFd>)> {
+fn start_node(node: Pending, driver_end: UnixStream, memory_limited: bool) -> Result<(Container, Started, Vec<OwnedFd>)> {
     let node = node.start()?;
     let mut fds: Vec<OwnedFd> = vec![driver_end.into(), node.pidfd().try_clone_to_owned()?];
     if let Some(c) = node.console() {
@@ -374,6 +378,11 @@ fn start_node(node: Pending, driver_end: UnixStream) -> Result<(Container, Start
             .map(|p| (p.name().to_string(), node.timings().get(*p).as_secs_f64() * 1e3))
             .collect(),
         warnings: node.warnings().to_vec(),
+        oom_counters: if memory_limited {
+            hutch_runtime::oom_counters(node.name())
+        } else {
+            Vec::new()
+        },
     };
     Ok((node, started, fds))
 }

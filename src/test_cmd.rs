@@ -241,4 +241,7 @@ impl NodeControl for Shared {
     fn console(&self) -> Arc<hutch_driver::machine::ConsoleLog> {
         self.0.console()
     }
+    fn died(&self) -> Option<String> {
+        self.0.died()
+    }
 }

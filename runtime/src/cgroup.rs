@@ -131,6 +131,10 @@ impl NodeCgroup {
                     let rel = dir.strip_prefix("/sys/fs/cgroup").unwrap_or(dir).to_string_lossy().to_string();
                     let v2 = Cgroup::load(Box::new(V2::new()), rel);
                     set_limits(&v2, req)?;
+                    // An OOM kills the whole node, as it would a VM, not one process in it.
+                    if req.memory.is_some() {
+                        let _ = std::fs::write(dir.join("memory.oom.group"), "1");
+                    }
                 }
                 (CgroupMode::Hybrid | CgroupMode::Legacy, _, true)
                     if nix::unistd::access("/sys/fs/cgroup/memory", nix::unistd::AccessFlags::W_OK).is_ok() =>
@@ -221,6 +225,42 @@ impl Drop for NodeCgroup {
     fn drop(&mut self) {
         self.remove();
     }
+}
+
+/// The files whose `oom_kill` counters tell that the kernel's OOM killer hit node `name`
+/// (those that exist): v1 `memory.oom_control` of the limits cgroup and of the node's own
+/// cgroup below it (v1 counts a kill only where the victim lived), cgroup2 `memory.events`
+/// (hierarchical). Call it from the process that created the node: its pid is in the names.
+///
+/// Where the kernel kills only one process of a node (v1 always; v2 without
+/// `memory.oom.group`), the node lives on without it; the driver reads these counters to
+/// treat the node as crashed instead, like a VM whose kernel ran out of memory.
+pub fn oom_counters(name: &str) -> Vec<PathBuf> {
+    let leaf = format!("{name}-{}", std::process::id());
+    let v1 = Path::new("/sys/fs/cgroup/memory/hutch").join(&leaf);
+    let mut files = vec![v1.join("memory.oom_control"), v1.join("node/memory.oom_control")];
+    if let Some(mount) = CgroupMode::detect().unified_mount() {
+        files.push(mount.join("hutch").join(&leaf).join("memory.events"));
+        if let Some(own) = own_cgroup2() {
+            files.push(mount.join(own.trim_start_matches('/')).join(&leaf).join("memory.events"));
+        }
+    }
+    files.retain(|f| f.exists());
+    files
+}
+
+/// How many processes the OOM killer killed, summed over `files` (see [`oom_counters`]);
+/// files that are gone count 0.
+pub fn oom_kills(files: &[PathBuf]) -> u64 {
+    files
+        .iter()
+        .filter_map(|f| std::fs::read_to_string(f).ok())
+        .flat_map(|text| {
+            text.lines()
+                .filter_map(|l| l.strip_prefix("oom_kill ")?.trim().parse::<u64>().ok())
+                .collect::<Vec<_>>()
+        })
+        .sum()
 }
 
 fn set_limits(cg: &Cgroup, req: &Request) -> Result<(), Error> {

@@ -26,7 +26,7 @@ mod spec;
 mod sync;
 mod timings;
 
-pub use cgroup::CgroupMode;
+pub use cgroup::{oom_counters, oom_kills, CgroupMode};
 pub use container::{Container, Exit, Pending, StopReason};
 pub use error::Error;
 pub use idmap::{IdMap, IdMapKind};

@@ -3,6 +3,10 @@
 
 #![allow(dead_code)]
 
+mod census;
+#[allow(unused_imports)]
+pub use census::*;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
@@ -62,6 +66,27 @@ fn build_fixture(script: &str, args: &[&str]) -> PathBuf {
 pub fn busybox_image() -> &'static Path {
     static P: OnceLock<PathBuf> = OnceLock::new();
     P.get_or_init(|| build_fixture("busybox-image.sh", &[]))
+}
+
+/// The busybox root filesystem `user` boots: the plain one for root, else a copy shifted into
+/// the user's rootless mapping (fixtures/busybox-image.sh --shift-for USER).
+pub fn busybox_image_for(user: Option<u32>) -> PathBuf {
+    static SHIFTED: std::sync::Mutex<Vec<(u32, PathBuf)>> = std::sync::Mutex::new(Vec::new());
+    let Some(uid) = user.filter(|u| *u != 0) else {
+        return busybox_image().to_path_buf();
+    };
+    let mut shifted = SHIFTED.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((_, p)) = shifted.iter().find(|(u, _)| *u == uid) {
+        return p.clone();
+    }
+    let name = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
+        .ok()
+        .flatten()
+        .map(|u| u.name)
+        .unwrap_or_else(|| panic!("uid {uid} has no user name"));
+    let p = build_fixture("busybox-image.sh", &["--shift-for", &name]);
+    shifted.push((uid, p.clone()));
+    p
 }
 
 /// The offline-built NixOS-shaped toplevel (fixtures/nix-toplevel.sh).
@@ -176,9 +201,15 @@ pub fn hutch_command(user: Option<u32>, args: &[&str]) -> Command {
     let mut cmd = match user {
         Some(uid) => {
             let mut c = Command::new("setpriv");
+            // The user's primary group (nobody's is nogroup, 65534), else the uid.
+            let gid = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
+                .ok()
+                .flatten()
+                .map(|u| u.gid.as_raw())
+                .unwrap_or(uid);
             c.args([
                 format!("--reuid={uid}"),
-                format!("--regid={uid}"),
+                format!("--regid={gid}"),
                 "--clear-groups".into(),
                 hutch().into(),
             ]);
@@ -303,5 +334,109 @@ impl Drop for Boot {
             let _ = self.child.wait();
         }
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A scratch directory every user can write, removed on drop (also when the test fails).
+pub struct Scratch(pub PathBuf);
+
+impl Scratch {
+    /// A fresh `/tmp/hutch-<tag>-<pid>`.
+    pub fn new(tag: &str) -> Scratch {
+        let p = std::env::temp_dir().join(format!("hutch-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).unwrap();
+        std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
+        Scratch(p)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// tests/scripts/three_nodes.toml with the busybox fixture as its image, written into `dir`
+/// next to a copy of its script (`script` replaces three_nodes.py when given).
+/// The image is the one `user` can boot (shifted into its rootless mapping when not root).
+pub fn three_nodes_test(dir: &Path, user: Option<u32>, script: Option<&str>) -> PathBuf {
+    let scripts = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/scripts");
+    let toml = std::fs::read_to_string(scripts.join("three_nodes.toml")).unwrap();
+    let image = busybox_image_for(user).display().to_string();
+    std::fs::write(dir.join("three_nodes.toml"), toml.replace("\"IMAGE\"", &format!("{image:?}"))).unwrap();
+    let py = match script {
+        Some(s) => s.to_string(),
+        None => std::fs::read_to_string(scripts.join("three_nodes.py")).unwrap(),
+    };
+    std::fs::write(dir.join("three_nodes.py"), py).unwrap();
+    for f in ["three_nodes.toml", "three_nodes.py"] {
+        let _ = std::fs::set_permissions(dir.join(f), std::os::unix::fs::PermissionsExt::from_mode(0o644));
+    }
+    dir.join("three_nodes.toml")
+}
+
+/// A child process killed (by its pid) and reaped when the guard goes, so a failing test
+/// leaves no run behind.
+pub struct ChildGuard(Option<std::process::Child>);
+
+impl ChildGuard {
+    /// Guards `child`.
+    pub fn new(child: std::process::Child) -> ChildGuard {
+        ChildGuard(Some(child))
+    }
+
+    /// The guarded process.
+    pub fn child(&mut self) -> &mut std::process::Child {
+        self.0.as_mut().expect("the child was taken")
+    }
+
+    /// Its process id.
+    pub fn id(&self) -> u32 {
+        self.0.as_ref().map(|c| c.id()).unwrap_or(0)
+    }
+
+    /// Waits for it and collects its output (the guard has nothing left to clean).
+    pub fn output(mut self) -> Output {
+        self.0
+            .take()
+            .expect("the child was taken")
+            .wait_with_output()
+            .expect("waiting for the child")
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        if let Some(c) = self.0.as_mut() {
+            if c.try_wait().ok().flatten().is_none() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+    }
+}
+
+/// The uid of a local user, when it exists.
+pub fn uid_of_user(name: &str) -> Option<u32> {
+    nix::unistd::User::from_name(name).ok().flatten().map(|u| u.uid.as_raw())
+}
+
+/// Publishes the busybox fixture as the named image `busybox` in $HUTCH_CACHE/images, and a
+/// copy shifted for each of `users` as `busybox@<uid>` (what fixtures/debian-image.sh does for
+/// `debian`), so one test file naming `image = "busybox"` boots as root and as those users.
+pub fn publish_busybox_image(users: &[u32]) {
+    let images = cache().join("images");
+    std::fs::create_dir_all(&images).unwrap();
+    let mut links = vec![("busybox".to_string(), busybox_image().to_path_buf())];
+    for uid in users {
+        links.push((format!("busybox@{uid}"), busybox_image_for(Some(*uid))));
+    }
+    for (name, target) in links {
+        // A fresh link renamed over the old one: concurrent readers never see none.
+        let tmp = images.join(format!(".{name}.{}", std::process::id()));
+        let _ = std::fs::remove_file(&tmp);
+        std::os::unix::fs::symlink(&target, &tmp).unwrap();
+        std::fs::rename(&tmp, images.join(&name)).unwrap();
     }
 }

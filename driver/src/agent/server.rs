@@ -48,7 +48,15 @@ pub fn serve(stream: UnixStream) -> io::Result<()> {
 
 /// The whole life of the agent process that a node's PID 1 forks just before it execs the
 /// init: close every descriptor but `stream` and stdio (nothing of the runtime may leak into
-/// the node's commands), serve until the driver hangs up, exit. Never returns.
+/// the node's commands), serve until the driver hangs up, end the node's processes, exit.
+/// Never returns.
+///
+/// The driver's end of the socket is the node's only lifeline: it closes when the driver is
+/// done with the node, or when the driver was killed (SIGKILL of `hutch test`). The node then
+/// has no future, and waiting for its commands would keep it (and its network namespace) alive
+/// for as long as they run, forever for a daemon. The node's PID 1 cannot rely on its
+/// parent-death signal for this: the kernel clears it when PID 1 changes its credentials to
+/// become root of the node.
 pub fn agent_main(stream: UnixStream) -> ! {
     let keep = stream.as_raw_fd() as u32;
     // SAFETY: close_range only closes descriptors. This process is a fresh fork that never
@@ -59,10 +67,25 @@ pub fn agent_main(stream: UnixStream) -> ! {
         }
         libc::syscall(libc::SYS_close_range, keep.max(2) + 1, u32::MAX, 0u32);
     }
+    // Forked by PID 1: only a node's own init does that (the host's init never forks agents).
+    let own_pid_namespace = std::os::unix::process::parent_id() == 1;
     let code = if serve(stream).is_ok() { 0 } else { 1 };
+    if own_pid_namespace {
+        end_the_node();
+    }
     // SAFETY: _exit ends the process without running the parent's atexit handlers or
     // flushing stdio buffers it copied at fork.
     unsafe { libc::_exit(code) }
+}
+
+/// SIGKILLs every process of the node's PID namespace but PID 1 and the agent; a PID 1
+/// without an init then finds no child left and exits, which ends the node. Called only by an
+/// agent whose parent is PID 1, i.e. one that lives in the node's PID namespace and cannot
+/// reach the host's processes.
+fn end_the_node() {
+    // SAFETY: kill(-1) signals every process this one may signal in its own PID namespace
+    // (the kernel spares the namespace's init and the caller); no memory is touched.
+    unsafe { libc::kill(-1, libc::SIGKILL) };
 }
 
 /// Make the forked process fit to serve, whatever PID 1 had set before forking it.

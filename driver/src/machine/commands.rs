@@ -51,7 +51,18 @@ impl Machine {
             timeout_ms: timeout.map(|t| t.as_millis().min(u64::MAX as u128) as u64),
             cwd: None,
         };
-        let r = agent.run(req).map_err(|source| MachineError::Agent {
+        let r = agent.run(req);
+        // A node that died under the command (out of memory) is a crashed node, whatever
+        // the command's own status says.
+        if let Some(reason) = self.control.died() {
+            self.agent.lock().unwrap_or_else(|p| p.into_inner()).take();
+            self.log(&format!("crashed: {reason}"));
+            return Err(MachineError::Crashed {
+                node: self.name.clone(),
+                reason,
+            });
+        }
+        let r = r.map_err(|source| MachineError::Agent {
             node: self.name.clone(),
             source,
         })?;

@@ -106,6 +106,14 @@ pub enum MachineError {
         /// What went wrong.
         message: String,
     },
+    /// The node died by itself (the OOM killer hit it) and was stopped.
+    #[error("{node}: the node crashed: {reason}")]
+    Crashed {
+        /// The node.
+        node: String,
+        /// Why, in the runtime's words.
+        reason: String,
+    },
     /// The runtime could not carry out a lifecycle operation.
     #[error("{node}: {action} failed: {source}")]
     Node {
@@ -169,6 +177,7 @@ impl MachineError {
             | MachineError::UnitState { node, .. }
             | MachineError::Systemctl { node, .. }
             | MachineError::Node { node, .. }
+            | MachineError::Crashed { node, .. }
             | MachineError::Agent { node, .. }
             | MachineError::Copy { node, .. }
             | MachineError::Invalid { node, .. }

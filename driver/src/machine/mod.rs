@@ -42,6 +42,12 @@ pub trait NodeControl: Send + Sync {
     fn unblock(&self) -> Result<(), NodeError>;
     /// The node's console: the runtime pushes everything the node prints there.
     fn console(&self) -> Arc<ConsoleLog>;
+    /// Why the node died by itself while it was meant to run (e.g. the OOM killer hit it),
+    /// once it has; the runtime has stopped what was left of it. Asked after each command,
+    /// so a test sees such a node as crashed, like a VM that died.
+    fn died(&self) -> Option<String> {
+        None
+    }
 }
 
 /// What machines share with the run: its log, its output directory, its abort flag.
