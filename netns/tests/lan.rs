@@ -45,10 +45,7 @@ fn links_are_single_queue_and_quiet() {
     if !can_run("links_are_single_queue_and_quiet") {
         return;
     }
-    let topo = Topology::new([NodeSpec::new("a", [1]), NodeSpec::new("b", [1])]).unwrap();
-    let ns = bare_namespaces(2).unwrap();
-    let hub = Hub::new(&topo).unwrap();
-    hub.attach_many(&[("a", ns[0].as_fd()), ("b", ns[1].as_fd())]).unwrap();
+    let (hub, ns) = attached_lan(&[("a", &[1]), ("b", &[1])]);
     let text = |o: std::process::Output| String::from_utf8_lossy(&o.stdout).to_string();
     let node = text(run_in(&ns[1], &["ip", "-d", "link", "show", "eth1"]));
     assert!(node.contains("numtxqueues 1 numrxqueues 1"), "node end:\n{node}");
@@ -78,10 +75,7 @@ fn vlans_are_separate() {
     if !can_run("vlans_are_separate") {
         return;
     }
-    let topo = Topology::new([NodeSpec::new("a", [1]), NodeSpec::new("b", [2])]).unwrap();
-    let ns = bare_namespaces(2).unwrap();
-    let hub = Hub::new(&topo).unwrap();
-    hub.attach_many(&[("a", ns[0].as_fd()), ("b", ns[1].as_fd())]).unwrap();
+    let (_hub, ns) = attached_lan(&[("a", &[1]), ("b", &[2])]);
     // Make the other VLAN's subnet on-link, so only the bridges could carry the packets.
     sh_in(&ns[0], "ip route add 192.168.2.0/24 dev eth1");
     sh_in(&ns[1], "ip route add 192.168.1.0/24 dev eth1");
