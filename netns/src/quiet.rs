@@ -15,6 +15,9 @@
 
 use std::io;
 
+use nix::fcntl::{openat, OFlag};
+use nix::sys::stat::Mode;
+
 /// Per-link IPv6 settings, relative to /proc/sys/net/ipv6/conf/<link>/.
 const SETTINGS: [(&str, &str); 2] = [
     // No DAD for the link-local address the kernel makes at link up (MACs are unique here):
@@ -28,10 +31,21 @@ const SETTINGS: [(&str, &str); 2] = [
 /// Applies [`SETTINGS`] to each named link of the calling thread's network namespace
 /// (/proc/sys/net shows the namespace of the thread that opens it). Call it before the links
 /// go up. Stops at the first error: the node then only chatters more, it works all the same.
+///
+/// One path walk from /proc per call, the rest relative to it: every network namespace adds a
+/// `net` entry that a walk through /proc/sys compares against, so a full walk per setting
+/// would cost each node more the more nodes there are.
 pub(crate) fn quiet_links<'a>(links: impl IntoIterator<Item = &'a str>) -> io::Result<()> {
+    let conf = std::fs::File::open("/proc/sys/net/ipv6/conf")?;
     for link in links {
         for (key, value) in SETTINGS {
-            std::fs::write(format!("/proc/sys/net/ipv6/conf/{link}/{key}"), value)?;
+            let fd = openat(
+                &conf,
+                format!("{link}/{key}").as_str(),
+                OFlag::O_WRONLY | OFlag::O_CLOEXEC,
+                Mode::empty(),
+            )?;
+            nix::unistd::write(&fd, value.as_bytes())?;
         }
     }
     Ok(())
