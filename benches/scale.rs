@@ -241,45 +241,53 @@ fn bench(image: &str, nodes: usize, parallel: &str, rest: &[&str]) -> Vec<String
     v
 }
 
-/// Sections a and b: 24 nodes on one LAN that each run one command, or boot systemd and then
-/// run it: `hutch bench`, a real `hutch test`, and 24 systemd-nspawn runs when installed.
-struct Lan24 {
-    title: &'static str,
-    /// The target's name: under 3 s for the `hutch test` run.
-    what: &'static str,
-    bench: &'static str,
-    test: &'static str,
-    nspawn: &'static str,
-    boot: bool,
-    limit: Duration,
-}
-
-impl Lan24 {
-    fn run(&self, image: &str, nspawn: bool, rounds: usize) {
-        let dir = test_file(24, image, self.boot);
-        let rest: &[&str] = if self.boot {
-            &["--boot", "--vlan", "1"]
-        } else {
-            &["--vlan", "1", "--", "true"]
-        };
-        let test = argv(&[
-            hutch(),
-            "test",
-            &dir.join("test.toml").display().to_string(),
-            "--output-dir",
-            &dir.join("out").display().to_string(),
-        ]);
-        let mut cs = vec![
-            Contender::new(self.bench, vec![bench(image, 24, "2", rest)], 24),
-            Contender::new(self.test, vec![test], 24),
-        ];
-        if nspawn {
-            cs.insert(0, Contender::new(self.nspawn, nspawn_group(24, image, self.boot), 24));
-        }
-        let m = section(self.title, rounds, self.limit, &mut cs);
-        target(self.what, m[cs.len() - 1], 3.0, "s");
-        let _ = std::fs::remove_dir_all(dir);
+/// Sections a (`boot` false: busybox nodes that each run `true`) and b (`boot` true: Debian
+/// nodes that boot systemd, then run it): 24 nodes on one LAN, with `hutch bench`, a real
+/// `hutch test`, and 24 systemd-nspawn runs when installed. Target: the test under 3 s.
+fn lan24(boot: bool, image: &str, nspawn: bool, rounds: usize) {
+    let (title, what, names, limit, rest): (_, _, [&str; 3], _, &[&str]) = if boot {
+        (
+            "b. 24 systemd nodes: boot to multi-user, one command, power off (Debian image)",
+            "24-node systemd test (hutch test)",
+            [
+                "hutch bench --boot (24)",
+                "hutch test (24 systemd, succeed)",
+                "systemd-nspawn x24 -b (poweroff)",
+            ],
+            300,
+            &["--boot", "--vlan", "1"],
+        )
+    } else {
+        (
+            "a. 24 nodes, one command each (busybox image)",
+            "24-node test (hutch test)",
+            [
+                "hutch bench (24, LAN, `true`)",
+                "hutch test (24, LAN, succeed)",
+                "systemd-nspawn x24 (/bin/true)",
+            ],
+            120,
+            &["--vlan", "1", "--", "true"],
+        )
+    };
+    let dir = test_file(24, image, boot);
+    let test = argv(&[
+        hutch(),
+        "test",
+        &dir.join("test.toml").display().to_string(),
+        "--output-dir",
+        &dir.join("out").display().to_string(),
+    ]);
+    let mut cs = vec![
+        Contender::new(names[0], vec![bench(image, 24, "2", rest)], 24),
+        Contender::new(names[1], vec![test], 24),
+    ];
+    if nspawn {
+        cs.insert(0, Contender::new(names[2], nspawn_group(24, image, boot), 24));
     }
+    let m = section(title, rounds, Duration::from_secs(limit), &mut cs);
+    target(what, m[cs.len() - 1], 3.0, "s");
+    let _ = std::fs::remove_dir_all(dir);
 }
 
 fn nspawn_group(n: usize, image: &str, boot: bool) -> Vec<Vec<String>> {
@@ -361,29 +369,10 @@ fn main() {
             }
         }
     }
-    if only.contains('a') {
-        let s = Lan24 {
-            title: "a. 24 nodes, one command each (busybox image)",
-            what: "24-node test (hutch test)",
-            bench: "hutch bench (24, LAN, `true`)",
-            test: "hutch test (24, LAN, succeed)",
-            nspawn: "systemd-nspawn x24 (/bin/true)",
-            boot: false,
-            limit: Duration::from_secs(120),
-        };
-        s.run(&busybox, nspawn, rounds);
-    }
-    if only.contains('b') {
-        let s = Lan24 {
-            title: "b. 24 systemd nodes: boot to multi-user, one command, power off (Debian image)",
-            what: "24-node systemd test (hutch test)",
-            bench: "hutch bench --boot (24)",
-            test: "hutch test (24 systemd, succeed)",
-            nspawn: "systemd-nspawn x24 -b (poweroff)",
-            boot: true,
-            limit: Duration::from_secs(300),
-        };
-        s.run(&debian, nspawn, rounds);
+    for (letter, boot, image) in [('a', false, &busybox), ('b', true, &debian)] {
+        if only.contains(letter) {
+            lan24(boot, image, nspawn, rounds);
+        }
     }
     if only.contains('c') {
         let mut cs = vec![Contender::new(
