@@ -99,11 +99,8 @@ fn section(title: &str, rounds: usize, limit: Duration, contenders: &mut [Conten
         .iter()
         .find(|c| c.name.starts_with("systemd-nspawn"))
         .and_then(|c| median(c.samples.iter().map(|s| s.wall.as_secs_f64()).collect()));
-    println!(
-        "{:<34} {:>9} {:>8} {:>8} {:>9} {:>10} {:>10} {:>7} {:>8}",
-        "contender", "median s", "min s", "max s", "vs nspawn", "run MiB/N", "node MiB", "failed", "nodes/s"
-    );
     let mut medians = Vec::new();
+    let mut rows = Vec::new();
     for c in contenders.iter() {
         let walls: Vec<f64> = c.samples.iter().map(|s| s.wall.as_secs_f64()).collect();
         let med = median(walls.clone());
@@ -127,23 +124,60 @@ fn section(title: &str, rounds: usize, limit: Duration, contenders: &mut [Conten
                 .filter_map(|r| r["failures"].as_array().map(Vec::len))
                 .sum::<usize>();
         let f = |v: Option<f64>, p: usize| v.map(|x| format!("{x:.p$}")).unwrap_or_else(|| "-".into());
-        println!(
-            "{:<34} {:>9.3} {:>8.3} {:>8.3} {:>9} {:>10} {:>10} {:>7} {:>8}",
-            c.name,
-            m,
-            min,
-            max,
+        rows.push(vec![
+            c.name.clone(),
+            format!("{m:.3}"),
+            format!("{min:.3}"),
+            format!("{max:.3}"),
             ratio,
             f(per_node, 1),
             f(node_mib, 1),
-            failed,
-            f(nps, 1)
-        );
+            failed.to_string(),
+            f(nps, 1),
+        ]);
     }
+    print_table(
+        &[
+            "contender",
+            "median s",
+            "min s",
+            "max s",
+            "vs nspawn",
+            "run MiB/N",
+            "node MiB",
+            "failed",
+            "nodes/s",
+        ],
+        &rows,
+    );
     for c in contenders.iter().filter(|c| !c.reports.is_empty()) {
         print_phases(c);
     }
     medians
+}
+
+/// Prints a table: the first column left-aligned, the others right-aligned, each as wide as its
+/// widest cell.
+fn print_table(header: &[&str], rows: &[Vec<String>]) {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.len());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let text: Vec<String> = cells
+            .iter()
+            .zip(&widths)
+            .enumerate()
+            .map(|(i, (c, w))| if i == 0 { format!("{c:<w$}") } else { format!("{c:>w$}") })
+            .collect();
+        println!("{}", text.join(" "));
+    };
+    line(header.to_vec());
+    for row in rows {
+        line(row.iter().map(String::as_str).collect());
+    }
 }
 
 /// The phase table of the median round of a `hutch bench` contender.
@@ -187,6 +221,73 @@ fn target(what: &str, got: Option<f64>, limit: f64, unit: &str) {
         Some(v) => println!("target {what} under {limit} {unit}: MISSED ({v:.2} {unit})"),
         None => println!("target {what} under {limit} {unit}: not measured"),
     }
+}
+
+/// `hutch bench --json --image IMAGE --nodes NODES --parallel PARALLEL`, then `rest`.
+fn bench(image: &str, nodes: usize, parallel: &str, rest: &[&str]) -> Vec<String> {
+    let nodes = nodes.to_string();
+    let mut v = argv(&[
+        hutch(),
+        "bench",
+        "--json",
+        "--image",
+        image,
+        "--nodes",
+        &nodes,
+        "--parallel",
+        parallel,
+    ]);
+    v.extend(argv(rest));
+    v
+}
+
+/// Sections a (`boot` false: busybox nodes that each run `true`) and b (`boot` true: Debian
+/// nodes that boot systemd, then run it): 24 nodes on one LAN, with `hutch bench`, a real
+/// `hutch test`, and 24 systemd-nspawn runs when installed. Target: the test under 3 s.
+fn lan24(boot: bool, image: &str, nspawn: bool, rounds: usize) {
+    let (title, what, names, limit, rest): (_, _, [&str; 3], _, &[&str]) = if boot {
+        (
+            "b. 24 systemd nodes: boot to multi-user, one command, power off (Debian image)",
+            "24-node systemd test (hutch test)",
+            [
+                "hutch bench --boot (24)",
+                "hutch test (24 systemd, succeed)",
+                "systemd-nspawn x24 -b (poweroff)",
+            ],
+            300,
+            &["--boot", "--vlan", "1"],
+        )
+    } else {
+        (
+            "a. 24 nodes, one command each (busybox image)",
+            "24-node test (hutch test)",
+            [
+                "hutch bench (24, LAN, `true`)",
+                "hutch test (24, LAN, succeed)",
+                "systemd-nspawn x24 (/bin/true)",
+            ],
+            120,
+            &["--vlan", "1", "--", "true"],
+        )
+    };
+    let dir = test_file(24, image, boot);
+    let test = argv(&[
+        hutch(),
+        "test",
+        &dir.join("test.toml").display().to_string(),
+        "--output-dir",
+        &dir.join("out").display().to_string(),
+    ]);
+    let mut cs = vec![
+        Contender::new(names[0], vec![bench(image, 24, "2", rest)], 24),
+        Contender::new(names[1], vec![test], 24),
+    ];
+    if nspawn {
+        cs.insert(0, Contender::new(names[2], nspawn_group(24, image, boot), 24));
+    }
+    let m = section(title, rounds, Duration::from_secs(limit), &mut cs);
+    target(what, m[cs.len() - 1], 3.0, "s");
+    let _ = std::fs::remove_dir_all(dir);
 }
 
 fn nspawn_group(n: usize, image: &str, boot: bool) -> Vec<Vec<String>> {
@@ -255,7 +356,6 @@ fn main() {
             .map(|m| format!("{m} memory"))
             .unwrap_or_default()
     );
-    let h = hutch();
     if nspawn && (only.contains('b') || only.contains('c')) {
         // The peer gets the per-user limits many systemd nodes need, as hutch gives itself.
         for (key, value) in [("fs/inotify/max_user_instances", 8192u64), ("fs/inotify/max_user_watches", 1 << 20)] {
@@ -269,118 +369,15 @@ fn main() {
             }
         }
     }
-    if only.contains('a') {
-        let dir = test_file(24, &busybox, false);
-        let mut cs = vec![
-            Contender::new(
-                "hutch bench (24, LAN, `true`)",
-                vec![argv(&[
-                    h,
-                    "bench",
-                    "--json",
-                    "--image",
-                    &busybox,
-                    "--nodes",
-                    "24",
-                    "--parallel",
-                    "2",
-                    "--vlan",
-                    "1",
-                    "--",
-                    "true",
-                ])],
-                24,
-            ),
-            Contender::new(
-                "hutch test (24, LAN, succeed)",
-                vec![argv(&[
-                    h,
-                    "test",
-                    &dir.join("test.toml").display().to_string(),
-                    "--output-dir",
-                    &dir.join("out").display().to_string(),
-                ])],
-                24,
-            ),
-        ];
-        if nspawn {
-            cs.insert(
-                0,
-                Contender::new("systemd-nspawn x24 (/bin/true)", nspawn_group(24, &busybox, false), 24),
-            );
+    for (letter, boot, image) in [('a', false, &busybox), ('b', true, &debian)] {
+        if only.contains(letter) {
+            lan24(boot, image, nspawn, rounds);
         }
-        let m = section(
-            "a. 24 nodes, one command each (busybox image)",
-            rounds,
-            Duration::from_secs(120),
-            &mut cs,
-        );
-        target("24-node test (hutch test)", m[cs.len() - 1], 3.0, "s");
-        let _ = std::fs::remove_dir_all(dir);
-    }
-    if only.contains('b') {
-        let dir = test_file(24, &debian, true);
-        let mut cs = vec![
-            Contender::new(
-                "hutch bench --boot (24)",
-                vec![argv(&[
-                    h,
-                    "bench",
-                    "--json",
-                    "--image",
-                    &debian,
-                    "--boot",
-                    "--nodes",
-                    "24",
-                    "--parallel",
-                    "2",
-                    "--vlan",
-                    "1",
-                ])],
-                24,
-            ),
-            Contender::new(
-                "hutch test (24 systemd, succeed)",
-                vec![argv(&[
-                    h,
-                    "test",
-                    &dir.join("test.toml").display().to_string(),
-                    "--output-dir",
-                    &dir.join("out").display().to_string(),
-                ])],
-                24,
-            ),
-        ];
-        if nspawn {
-            cs.insert(
-                0,
-                Contender::new("systemd-nspawn x24 -b (poweroff)", nspawn_group(24, &debian, true), 24),
-            );
-        }
-        let m = section(
-            "b. 24 systemd nodes: boot to multi-user, one command, power off (Debian image)",
-            rounds,
-            Duration::from_secs(300),
-            &mut cs,
-        );
-        target("24-node systemd test (hutch test)", m[cs.len() - 1], 3.0, "s");
-        let _ = std::fs::remove_dir_all(dir);
     }
     if only.contains('c') {
         let mut cs = vec![Contender::new(
             "hutch bench --boot (100)",
-            vec![argv(&[
-                h,
-                "bench",
-                "--json",
-                "--image",
-                &debian,
-                "--boot",
-                "--nodes",
-                "100",
-                "--parallel",
-                "2",
-            ])],
+            vec![bench(&debian, 100, "2", &["--boot"])],
             100,
         )];
         if nspawn {
@@ -406,23 +403,7 @@ fn main() {
         target("100 systemd nodes, memory per node (node cgroup p50)", mib, 30.0, "MiB");
     }
     if only.contains('d') {
-        let ping = |k: &str| -> Vec<String> {
-            let mut v = argv(&[
-                h,
-                "bench",
-                "--json",
-                "--image",
-                &busybox,
-                "--nodes",
-                "1000",
-                "--parallel",
-                k,
-                "--vlan",
-                "1",
-            ]);
-            v.extend(argv(&["--", "ping", "-c", "1", "-W", "10", "node0001"]));
-            v
-        };
+        let ping = |k: &str| bench(&busybox, 1000, k, &["--vlan", "1", "--", "ping", "-c", "1", "-W", "10", "node0001"]);
         let mut cs = vec![
             Contender::new("hutch bench (1000, ping, -j2)", vec![ping("2")], 1000),
             Contender::new("hutch bench (1000, ping, -j32)", vec![ping("32")], 1000),

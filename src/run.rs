@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use clap::Args;
-use hutch_runtime::{Bind, Container, Exit, IdMap, NodeSpec, Phase, RootFs, Size};
+use hutch_runtime::{Bind, Container, Exit, IdMap, NodeSpec, Phase, Size};
+
+use crate::spawner::StartRequest;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
@@ -90,27 +92,10 @@ fn spec(args: &RunArgs) -> Result<NodeSpec> {
     if args.image.is_some() && (args.store.is_some() || args.closure_only) {
         anyhow::bail!("--store/--closure-only: they only apply to --toplevel (NixOS mode); drop them with --image");
     }
-    let root = match (&args.image, &args.toplevel) {
-        (Some(dir), _) => RootFs::Image(dir.clone()),
-        (None, Some(top)) => RootFs::Nix {
-            toplevel: top.clone(),
-            store: args.store.clone().unwrap_or_else(|| "/nix/store".into()),
-            closure_only: args.closure_only,
-        },
-        (None, None) => anyhow::bail!("--image or --toplevel: give one; --image DIR for a root filesystem, --toplevel PATH for NixOS"),
-    };
-    let mut spec = NodeSpec::new(&args.name, root);
-    spec.hostname = args.hostname.clone().unwrap_or_else(|| args.name.clone());
-    // A toplevel without a command boots its init, like --boot.
-    spec.boot = args.boot || (args.toplevel.is_some() && args.args.is_empty());
-    spec.args = args.args.clone();
-    spec.memory = args.memory.as_deref().map(str::parse::<Size>).transpose()?.map(|s| s.0);
-    spec.pids_max = match args.pids_max {
-        Some(n) if n <= 0 => anyhow::bail!("--pids-max: {n} is not a positive number of tasks; give e.g. 512"),
-        other => other.map(|n| n as u64),
-    };
-    spec.binds = args.binds.iter().map(|b| b.parse::<Bind>()).collect::<Result<_, _>>()?;
-    spec.env = args
+    if args.image.is_none() && args.toplevel.is_none() {
+        anyhow::bail!("--image or --toplevel: give one; --image DIR for a root filesystem, --toplevel PATH for NixOS");
+    }
+    let env = args
         .env
         .iter()
         .map(|kv| {
@@ -119,6 +104,27 @@ fn spec(args: &RunArgs) -> Result<NodeSpec> {
                 .context(format!("--setenv: {kv:?} is not K=V; write it as NAME=VALUE"))
         })
         .collect::<Result<_>>()?;
+    let request = StartRequest {
+        name: args.name.clone(),
+        hostname: args.hostname.clone().unwrap_or_else(|| args.name.clone()),
+        image: args.image.clone(),
+        toplevel: args.toplevel.clone(),
+        store: args.store.clone(),
+        closure_only: args.closure_only,
+        // A toplevel without a command boots its init, like --boot.
+        boot: args.boot || (args.toplevel.is_some() && args.args.is_empty()),
+        args: args.args.clone(),
+        env,
+        files: Vec::new(),
+        texts: Vec::new(),
+        memory: args.memory.as_deref().map(str::parse::<Size>).transpose()?.map(|s| s.0),
+        pids_max: match args.pids_max {
+            Some(n) if n <= 0 => anyhow::bail!("--pids-max: {n} is not a positive number of tasks; give e.g. 512"),
+            other => other.map(|n| n as u64),
+        },
+    };
+    let mut spec = request.node_spec()?;
+    spec.binds = args.binds.iter().map(|b| b.parse::<Bind>()).collect::<Result<_, _>>()?;
     if !(args.stop_timeout.is_finite() && args.stop_timeout >= 0.0) {
         anyhow::bail!("--stop-timeout: {} is not a number of seconds; give e.g. 10", args.stop_timeout);
     }

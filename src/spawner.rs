@@ -39,6 +39,38 @@ pub struct StartRequest {
     pub pids_max: Option<u64>,
 }
 
+impl StartRequest {
+    /// The runtime's description of this node. The one place a [`NodeSpec`] is built from
+    /// these fields: `hutch run` and the driver's nodes both go through it. Reads the host
+    /// files named in `files`.
+    pub fn node_spec(&self) -> Result<NodeSpec> {
+        let root = match (&self.image, &self.toplevel) {
+            (Some(dir), _) => RootFs::Image(dir.clone()),
+            (None, Some(top)) => RootFs::Nix {
+                toplevel: top.clone(),
+                store: self.store.clone().unwrap_or_else(|| "/nix/store".into()),
+                closure_only: self.closure_only,
+            },
+            (None, None) => bail!("node {}: neither image nor toplevel; give one", self.name),
+        };
+        let mut spec = NodeSpec::new(&self.name, root);
+        spec.hostname = self.hostname.clone();
+        spec.boot = self.boot;
+        spec.args = self.args.clone();
+        spec.env = self.env.clone();
+        spec.memory = self.memory;
+        spec.pids_max = self.pids_max;
+        for (guest, host) in &self.files {
+            let data = std::fs::read(host).with_context(|| format!("node {}: reading {}", self.name, host.display()))?;
+            spec.files.push((guest.clone(), data));
+        }
+        for (guest, text) in &self.texts {
+            spec.files.push((guest.clone(), text.clone().into_bytes()));
+        }
+        Ok(spec)
+    }
+}
+
 #[derive(Debug, Serialize, Deserialize)]
 enum Request {
     /// Clone the node and map its ids; it waits (reply: Prepared, with its netns).
@@ -322,29 +354,7 @@ fn serve(sock: OwnedFd) -> Result<()> {
 
 /// Clones the node (it waits) with the agent's socket handed over; returns our end.
 fn prepare_node(req: &StartRequest, idmap: &IdMap) -> Result<(Pending, UnixStream)> {
-    let root = match (&req.image, &req.toplevel) {
-        (Some(dir), _) => RootFs::Image(dir.clone()),
-        (None, Some(top)) => RootFs::Nix {
-            toplevel: top.clone(),
-            store: req.store.clone().unwrap_or_else(|| "/nix/store".into()),
-            closure_only: req.closure_only,
-        },
-        (None, None) => bail!("node {}: neither image nor toplevel", req.name),
-    };
-    let mut spec = NodeSpec::new(&req.name, root);
-    spec.hostname = req.hostname.clone();
-    spec.boot = req.boot;
-    spec.args = req.args.clone();
-    spec.env = req.env.clone();
-    spec.memory = req.memory;
-    spec.pids_max = req.pids_max;
-    for (guest, host) in &req.files {
-        let data = std::fs::read(host).with_context(|| format!("node {}: reading {}", req.name, host.display()))?;
-        spec.files.push((guest.clone(), data));
-    }
-    for (guest, text) in &req.texts {
-        spec.files.push((guest.clone(), text.clone().into_bytes()));
-    }
+    let mut spec = req.node_spec()?;
     let (driver_end, node_end) = UnixStream::pair().context("agent socketpair")?;
     spec.agent = Some(AgentHook {
         fd: node_end.as_raw_fd(),

@@ -200,28 +200,21 @@ impl Hub {
             node: node.to_string(),
             reason,
         })?;
-        let link = self.links(node, Some(vlan))?.remove(0);
-        self.call(Job::Shape {
-            link,
-            vlan: Vlan::new(u32::from(vlan)).ok_or(HubError::NotOnVlan {
-                node: node.to_string(),
-                vlan,
-            })?,
-            shape: Some(shape),
-        })
+        self.set_shape(node, vlan, Some(shape))
     }
 
     /// Removes the shaping of the node's link on `vlan` (no-op when there is none).
     pub fn unshape(&self, node: &str, vlan: u8) -> Result<(), HubError> {
+        self.set_shape(node, vlan, None)
+    }
+
+    fn set_shape(&self, node: &str, vlan: u8, shape: Option<Shape>) -> Result<(), HubError> {
         let link = self.links(node, Some(vlan))?.remove(0);
-        self.call(Job::Shape {
-            link,
-            vlan: Vlan::new(u32::from(vlan)).ok_or(HubError::NotOnVlan {
-                node: node.to_string(),
-                vlan,
-            })?,
-            shape: None,
-        })
+        let vlan = Vlan::new(u32::from(vlan)).ok_or(HubError::NotOnVlan {
+            node: node.to_string(),
+            vlan,
+        })?;
+        self.call(Job::Shape { link, vlan, shape })
     }
 
     /// Hub-side link names of an attached node, all or the one on `vlan`.

@@ -20,6 +20,7 @@ mod ethtool;
 mod hub;
 mod messages;
 mod ns;
+mod quiet;
 mod relay;
 mod shape;
 mod shaping;

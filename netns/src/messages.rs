@@ -63,20 +63,26 @@ pub(crate) fn new_bridge(name: &str, mac: [u8; 6]) -> RouteNetlinkMessage {
     RouteNetlinkMessage::NewLink(m)
 }
 
+/// One transmit and one receive queue for a veth end. Without them the kernel gives each end
+/// a queue pair per possible CPU, and registers every queue (sysfs objects, qdiscs) while the
+/// node waits; a node's link never needs more than one.
+fn single_queue() -> [LinkAttribute; 2] {
+    [LinkAttribute::NumTxQueues(1), LinkAttribute::NumRxQueues(1)]
+}
+
 /// A veth pair in one request: `hub_name` here, up, enslaved to `bridge`, with `peer` as its
-/// other end (see [`peer_in_node`] and [`peer_here`]).
-pub(crate) fn new_veth(hub_name: &str, bridge: u32, peer: LinkMessage) -> RouteNetlinkMessage {
+/// other end (see [`peer_in_node`] and [`peer_here`]). Both ends get a single queue pair.
+pub(crate) fn new_veth(hub_name: &str, bridge: u32, mut peer: LinkMessage) -> RouteNetlinkMessage {
+    peer.attributes.extend(single_queue());
     let mut m = LinkMessage::default();
     m.header.flags = LinkFlags::Up;
     m.header.change_mask = LinkFlags::Up;
-    m.attributes = vec![
-        LinkAttribute::IfName(hub_name.to_string()),
-        LinkAttribute::Controller(bridge),
-        LinkAttribute::LinkInfo(vec![
-            LinkInfo::Kind(InfoKind::Veth),
-            LinkInfo::Data(InfoData::Veth(InfoVeth::Peer(peer))),
-        ]),
-    ];
+    m.attributes = vec![LinkAttribute::IfName(hub_name.to_string()), LinkAttribute::Controller(bridge)];
+    m.attributes.extend(single_queue());
+    m.attributes.push(LinkAttribute::LinkInfo(vec![
+        LinkInfo::Kind(InfoKind::Veth),
+        LinkInfo::Data(InfoData::Veth(InfoVeth::Peer(peer))),
+    ]));
     RouteNetlinkMessage::NewLink(m)
 }
 

@@ -15,7 +15,7 @@ use crate::messages::{self as msg, request, ACK, CREATE};
 use crate::shape::{Shape, ShapingBackend};
 use crate::shaping::Relay;
 use crate::topology::Node;
-use crate::{ethtool, ns};
+use crate::{ethtool, ns, quiet};
 
 /// How many requests the thread keeps in flight on one connection. The kernel handles each
 /// request inside sendmsg; the window only saves wake-ups while keeping the replies well inside
@@ -186,8 +186,10 @@ impl Worker {
                 // reply is sent, which happens after this stream is finished.
                 let fd = unsafe { BorrowedFd::borrow_raw(n.netns) };
                 let opened = ns::with_netns(fd, home, || {
-                    // Best effort: without it the LAN works, only floods on big LANs suffer.
-                    let _ = ethtool::tune_node_ends(n.node.interfaces.iter().map(|i| i.name.as_str()));
+                    // Best effort, both: without them the LAN works, only big LANs suffer.
+                    let names = || n.node.interfaces.iter().map(|i| i.name.as_str());
+                    let _ = ethtool::tune_node_ends(names());
+                    let _ = quiet::quiet_links(names());
                     rtnetlink::new_connection()
                 });
                 async move {

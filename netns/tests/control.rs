@@ -10,11 +10,7 @@ use std::time::{Duration, Instant};
 
 /// Two nodes on VLAN 1: "a" (node 1, 192.168.1.1) and "b" (node 2).
 fn pair() -> (Hub, Vec<OwnedFd>) {
-    let topo = Topology::new([NodeSpec::new("a", [1]), NodeSpec::new("b", [1])]).unwrap();
-    let ns = bare_namespaces(2).unwrap();
-    let hub = Hub::new(&topo).unwrap();
-    hub.attach_many(&[("a", ns[0].as_fd()), ("b", ns[1].as_fd())]).unwrap();
-    (hub, ns)
+    attached_lan(&[("a", &[1]), ("b", &[1])])
 }
 
 fn eth1_state(ns: &OwnedFd) -> String {

@@ -37,15 +37,45 @@ fn ping_both_ways_ipv4_and_ipv6() {
     }
 }
 
+/// A node's link is cheap to create and quiet when it comes up, and IPv6 still works at once:
+/// one queue pair per veth end, no DAD for the link-local address (usable without the DAD
+/// second), no kernel router solicitations.
+#[test]
+fn links_are_single_queue_and_quiet() {
+    if !can_run("links_are_single_queue_and_quiet") {
+        return;
+    }
+    let (hub, ns) = attached_lan(&[("a", &[1]), ("b", &[1])]);
+    let text = |o: std::process::Output| String::from_utf8_lossy(&o.stdout).to_string();
+    let node = text(run_in(&ns[1], &["ip", "-d", "link", "show", "eth1"]));
+    assert!(node.contains("numtxqueues 1 numrxqueues 1"), "node end:\n{node}");
+    let hub_ns = hub.netns().try_clone_to_owned().unwrap();
+    let hub_end = text(run_in(&hub_ns, &["ip", "-d", "link", "show", "n2v1"]));
+    assert!(hub_end.contains("numtxqueues 1 numrxqueues 1"), "hub end:\n{hub_end}");
+    for (key, want) in [("accept_dad", "0"), ("router_solicitations", "0")] {
+        let got = text(run_in(&ns[1], &["cat", &format!("/proc/sys/net/ipv6/conf/eth1/{key}")]));
+        assert_eq!(got.trim(), want, "{key} on the node's eth1");
+    }
+    // The link-local address is there and not tentative, so it works right away.
+    let addrs = text(run_in(&ns[0], &["ip", "-6", "-o", "addr", "show", "dev", "eth1", "scope", "link"]));
+    assert!(addrs.contains("fe80::") && !addrs.contains("tentative"), "{addrs}");
+    let peer_ll = text(run_in(&ns[1], &["ip", "-6", "-o", "addr", "show", "dev", "eth1", "scope", "link"]));
+    let ll = peer_ll
+        .split_whitespace()
+        .find(|w| w.starts_with("fe80::"))
+        .and_then(|w| w.split('/').next())
+        .unwrap_or_else(|| panic!("no link-local address on b: {peer_ll}"))
+        .to_string();
+    assert_ping(&ns[0], &format!("{ll}%eth1"));
+    assert_ping(&ns[0], "2001:db8:1::2");
+}
+
 #[test]
 fn vlans_are_separate() {
     if !can_run("vlans_are_separate") {
         return;
     }
-    let topo = Topology::new([NodeSpec::new("a", [1]), NodeSpec::new("b", [2])]).unwrap();
-    let ns = bare_namespaces(2).unwrap();
-    let hub = Hub::new(&topo).unwrap();
-    hub.attach_many(&[("a", ns[0].as_fd()), ("b", ns[1].as_fd())]).unwrap();
+    let (_hub, ns) = attached_lan(&[("a", &[1]), ("b", &[2])]);
     // Make the other VLAN's subnet on-link, so only the bridges could carry the packets.
     sh_in(&ns[0], "ip route add 192.168.2.0/24 dev eth1");
     sh_in(&ns[1], "ip route add 192.168.1.0/24 dev eth1");

@@ -116,3 +116,18 @@ pub fn spawn_in<T: Send + 'static>(ns: &OwnedFd, f: impl FnOnce() -> T + Send + 
         f()
     })
 }
+
+/// A hub with `nodes` (name, VLANs) all attached, each in a bare namespace of its own; the
+/// namespaces come back in the order of `nodes`.
+pub fn attached_lan(nodes: &[(&str, &[u32])]) -> (hutch_netns::Hub, Vec<OwnedFd>) {
+    use std::os::fd::AsFd;
+    let specs = nodes
+        .iter()
+        .map(|(name, vlans)| hutch_netns::NodeSpec::new(*name, vlans.iter().copied()));
+    let topo = hutch_netns::Topology::new(specs).unwrap();
+    let ns = hutch_netns::bare_namespaces(nodes.len()).unwrap();
+    let hub = hutch_netns::Hub::new(&topo).unwrap();
+    let batch: Vec<_> = nodes.iter().zip(&ns).map(|((name, _), fd)| (*name, fd.as_fd())).collect();
+    hub.attach_many(&batch).unwrap();
+    (hub, ns)
+}
