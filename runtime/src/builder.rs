@@ -20,6 +20,17 @@ pub(crate) struct Builder {
     reaped: bool,
 }
 
+/// What the runtime has once the builder is on its way.
+pub(crate) struct HandOver {
+    /// PID 1 (as the runtime sees it) and its pidfd.
+    pub pid: Pid,
+    pub pidfd: OwnedFd,
+    /// The /run/host/notify socket, if the builder made it already.
+    pub notify: Option<OwnedFd>,
+    /// When the builder was let go (the end of the runtime's own id mapping work).
+    pub released: u64,
+}
+
 /// Why a node did not start: a step inside the node failed, or the runtime's own work did.
 pub(crate) enum Failure {
     Step { step: u32, errno: Errno },
@@ -39,14 +50,14 @@ impl Builder {
     }
 
     /// Maps the builder's ids, attaches the image view it mounts from, joins its v1 cgroups and
-    /// lets it clone the node's PID 1; returns PID 1 (pid and pidfd).
+    /// lets it go; returns once PID 1 exists with its network namespace.
     pub fn hand_over(
         &mut self,
         sock: &OwnedFd,
         idmap: &IdMap,
         view: Option<&(PathBuf, PathBuf)>,
         cgroup: Option<&NodeCgroup>,
-    ) -> Result<(Pid, OwnedFd), Failure> {
+    ) -> Result<HandOver, Failure> {
         idmap.apply(self.pid)?;
         if let Some((image, view)) = view {
             crate::idmount::attach_view(image, view, self.pid)?;
@@ -55,19 +66,41 @@ impl Builder {
             cg.add_v1(self.pid)?;
         }
         sync::send_child(sock.as_fd(), ToChild::Go).map_err(Error::sys("starting the node's builder"))?;
-        match sync::recv_parent(sock.as_fd()) {
-            Ok(Some(ToParent::Pid1(pidfd, pid))) => Ok((Pid::from_raw(pid), pidfd)),
-            Ok(Some(ToParent::Failed { step, errno })) => Err(Failure::Step { step, errno }),
-            Ok(_) => Err(Failure::Step {
+        let released = crate::timings::now_ns();
+        let (mut pid1, mut net, mut notify) = (None, false, None);
+        while pid1.is_none() || !net {
+            match sync::recv_parent(sock.as_fd()) {
+                Ok(Some(ToParent::Pid1(pidfd, pid))) => pid1 = Some((Pid::from_raw(pid), pidfd)),
+                Ok(Some(ToParent::NetReady)) => net = true,
+                Ok(Some(ToParent::NotifySocket(fd))) => notify = Some(fd),
+                Ok(Some(ToParent::Failed { step, errno })) => return Err(Failure::Step { step, errno }),
+                Ok(_) => {
+                    return Err(Failure::Step {
+                        step: child::STEP_PID1,
+                        errno: Errno::ECHILD,
+                    })
+                }
+                Err(e) => {
+                    return Err(Error::Sys {
+                        what: "reading the node builder's reply".into(),
+                        source: e,
+                    }
+                    .into())
+                }
+            }
+        }
+        let Some((pid, pidfd)) = pid1 else {
+            return Err(Failure::Step {
                 step: child::STEP_PID1,
                 errno: Errno::ECHILD,
-            }),
-            Err(e) => Err(Error::Sys {
-                what: "reading the node builder's reply".into(),
-                source: e,
-            }
-            .into()),
-        }
+            });
+        };
+        Ok(HandOver {
+            pid,
+            pidfd,
+            notify,
+            released,
+        })
     }
 
     /// Reaps the builder if it has exited; true once reaped. Its exit tears down the outer
@@ -109,7 +142,6 @@ impl Failure {
             child::STEP_WAIT => "waiting for the runtime".to_string(),
             child::STEP_IDS => "becoming root in the node".into(),
             child::STEP_PID1 => "cloning the node's PID 1 into its namespaces".into(),
-            child::STEP_JOIN => "joining the node's network namespace".into(),
             child::STEP_HANDOVER => "handing the mount table to PID 1".into(),
             child::STEP_NETWORK => "setting hostname and loopback".into(),
             child::STEP_AGENT => "forking the agent".into(),

@@ -28,7 +28,6 @@ use crate::timings::now_ns;
 /// Step numbers after the plan's steps, for errors outside it.
 pub(crate) const STEP_WAIT: u32 = u32::MAX - 9;
 pub(crate) const STEP_PID1: u32 = u32::MAX - 8;
-pub(crate) const STEP_JOIN: u32 = u32::MAX - 7;
 pub(crate) const STEP_HANDOVER: u32 = u32::MAX - 6;
 pub(crate) const STEP_AGENT: u32 = u32::MAX - 5;
 pub(crate) const STEP_IDS: u32 = u32::MAX - 4;
@@ -82,41 +81,68 @@ fn build(plan: &ChildPlan, sock: BorrowedFd) -> StepResult {
     unshare(CloneFlags::CLONE_NEWCGROUP).map_err(at(STEP_IDS))?;
     // Nothing we mount may propagate anywhere, nor anything into us.
     mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None::<&str>).map_err(at(STEP_IDS))?;
-    let (ready_r, ready_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(at(STEP_PID1))?;
+    // PID 1 says "mounts done" on one pipe, hears "network namespace made" on the other.
+    let cloexec = nix::fcntl::OFlag::O_CLOEXEC;
+    let (ready_r, ready_w) = nix::unistd::pipe2(cloexec).map_err(at(STEP_PID1))?;
+    let (net_r, net_w) = nix::unistd::pipe2(cloexec).map_err(at(STEP_PID1))?;
+    // PID 1 makes its network, uts and ipc namespaces itself, while we build the mounts.
     let clone = crate::clone::Clone {
-        flags: libc::CLONE_PARENT | libc::CLONE_NEWUSER | libc::CLONE_NEWPID | libc::CLONE_NEWNET | libc::CLONE_NEWUTS | libc::CLONE_NEWIPC,
+        flags: libc::CLONE_PARENT | libc::CLONE_NEWUSER | libc::CLONE_NEWPID,
         cgroup: None,
     };
     let Some((pid, pidfd)) = clone.run().map_err(at(STEP_PID1))? else {
-        drop(ready_w);
-        pid1::run(&plan.pid1, ready_r, sock);
+        drop((ready_w, net_r));
+        pid1::run(&plan.pid1, pid1::Pipes { ready: ready_r, net: net_w }, sock);
     };
-    drop(ready_r);
+    drop((ready_r, net_w));
     sync::send_parent(sock, &ToParent::Pid1(pidfd, pid.as_raw())).map_err(at(STEP_PID1))?;
     map_inner(pid).map_err(at(STEP_PID1))?;
-    let ns = |kind: &str| {
-        nix::fcntl::open(
-            format!("/proc/{pid}/ns/{kind}").as_str(),
-            nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_CLOEXEC,
-            Mode::empty(),
-        )
+    let ns_dir = nix::fcntl::open(
+        format!("/proc/{pid}/ns").as_str(),
+        nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_DIRECTORY | cloexec,
+        Mode::empty(),
+    )
+    .map_err(at(STEP_PID1))?;
+    let link = Pid1Link {
+        pidns: open_ns(&ns_dir, "pid").map_err(at(STEP_PID1))?,
+        ns_dir,
+        net_ready: net_r,
     };
-    let netns = ns("net").map_err(at(STEP_JOIN))?;
-    let pidns = ns("pid").map_err(at(STEP_JOIN))?;
-    // The runtime wires the node's network meanwhile.
-    sync::recv_child(sock).map_err(at(STEP_WAIT))?;
-    let go = now_ns();
-    // sysfs shows the network namespace of whoever mounts it.
-    setns(&netns, CloneFlags::CLONE_NEWNET).map_err(at(STEP_JOIN))?;
+    let start = now_ns();
     for (i, step) in plan.plan.steps.iter().enumerate() {
-        match run_op(&step.op, sock, pidns.as_fd()) {
+        match run_op(&step.op, sock, &link) {
             Err(Errno::ENOENT) if step.optional => {}
             other => other.map_err(at(i as u32))?,
         }
     }
-    let mut stamps = go.to_le_bytes().to_vec();
+    let mut stamps = start.to_le_bytes().to_vec();
     stamps.extend_from_slice(&now_ns().to_le_bytes());
     nix::unistd::write(&ready_w, &stamps).map(drop).map_err(at(STEP_HANDOVER))
+}
+
+/// What the builder's mount steps need of PID 1.
+struct Pid1Link {
+    /// /proc/<PID 1>/ns, opened before the builder pivots away from the host's /proc.
+    ns_dir: OwnedFd,
+    /// PID 1's pid namespace, for procfs.
+    pidns: OwnedFd,
+    /// Readable once PID 1 has its network namespace (end-of-file if it died).
+    net_ready: OwnedFd,
+}
+
+/// Opens one of PID 1's namespaces.
+fn open_ns(ns_dir: &OwnedFd, kind: &str) -> Result<OwnedFd, Errno> {
+    nix::fcntl::openat(ns_dir, kind, nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_CLOEXEC, Mode::empty())
+}
+
+/// Waits for PID 1's network namespace and joins it: sysfs shows the network namespace of
+/// whoever mounts it.
+fn join_net(link: &Pid1Link) -> Result<(), Errno> {
+    let mut byte = [0u8; 1];
+    if nix::unistd::read(link.net_ready.as_fd(), &mut byte)? != 1 {
+        return Err(Errno::ESRCH);
+    }
+    setns(open_ns(&link.ns_dir, "net")?, CloneFlags::CLONE_NEWNET)
 }
 
 fn become_root(set_groups: bool) -> Result<(), Errno> {
@@ -171,9 +197,10 @@ fn mount_proc(dst: &CString, flags: MsFlags, pidns: BorrowedFd) -> Result<(), Er
     }
 }
 
-fn run_op(op: &Op, sock: BorrowedFd, pidns: BorrowedFd) -> Result<(), Errno> {
+fn run_op(op: &Op, sock: BorrowedFd, link: &Pid1Link) -> Result<(), Errno> {
     match op {
-        Op::Proc { dst, flags } => mount_proc(dst, *flags, pidns),
+        Op::Proc { dst, flags } => mount_proc(dst, *flags, link.pidns.as_fd()),
+        Op::JoinNet => join_net(link),
         Op::Mount {
             src,
             dst,

@@ -23,7 +23,7 @@ use crate::pid1::Pid1Plan;
 use crate::plan::{self, ConsolePath, Context};
 use crate::spec::{NodeSpec, RootFs};
 use crate::sync::{self, ToChild, ToParent};
-use crate::timings::{now_ns, Timings};
+use crate::timings::{now_ns, Phase, Timings};
 use crate::Error;
 
 /// How a node ended.
@@ -179,23 +179,22 @@ impl Container {
         drop(child_sock);
         let mut builder = Builder::new(builder_pid, builder_fd);
         let t1 = now_ns();
-        let pid1 = builder.hand_over(&parent_sock, idmap, image_view.as_ref(), cgroup.as_ref());
-        let (pid, pidfd) = match pid1 {
-            Ok(pid1) => pid1,
+        let handed = match builder.hand_over(&parent_sock, idmap, image_view.as_ref(), cgroup.as_ref()) {
+            Ok(handed) => handed,
             Err(e) => {
                 builder.reap();
                 return Err(e.into_error(&spec.name, spec.boot, &cplan));
             }
         };
-        let node = Container {
+        let mut node = Container {
             name: spec.name.clone(),
-            pid,
-            pidfd,
+            pid: handed.pid,
+            pidfd: handed.pidfd,
             builder: Some(builder),
             boot: spec.boot,
             init,
             console,
-            notify: None,
+            notify: handed.notify,
             cgroup,
             timings: Timings::default(),
             started,
@@ -203,12 +202,13 @@ impl Container {
             exit: None,
             warnings,
         };
+        node.timings.phases[Phase::Clone as usize] = Duration::from_nanos(t1.saturating_sub(t0));
+        node.timings.phases[Phase::IdMap as usize] = Duration::from_nanos(handed.released.saturating_sub(t1));
         Ok(Pending {
             node,
             sock: parent_sock,
             cplan,
             t0,
-            t1,
         })
     }
 
@@ -378,7 +378,6 @@ pub struct Pending {
     sock: OwnedFd,
     cplan: ChildPlan,
     t0: u64,
-    t1: u64,
 }
 
 impl Pending {
@@ -399,7 +398,6 @@ impl Pending {
             sock: parent_sock,
             cplan,
             t0,
-            t1,
         } = self;
         sync::send_child(parent_sock.as_fd(), ToChild::Go).map_err(Error::sys("starting the node"))?;
         let mut stamps = None;
@@ -411,7 +409,7 @@ impl Pending {
                     let _ = node.wait();
                     break Err(Failure::Step { step, errno }.into_error(&node.name, node.boot, &cplan));
                 }
-                Ok(Some(ToParent::Pid1(..))) => {}
+                Ok(Some(ToParent::Pid1(..) | ToParent::NetReady)) => {}
                 Ok(None) => break Ok(()),
                 Err(e) => {
                     break Err(Error::Sys {
@@ -431,11 +429,12 @@ impl Pending {
             });
         };
         let t_exec = now_ns();
-        let points = [t0, t1, s[0], s[1], s[2], s[3], t_exec];
-        for (i, w) in points.windows(2).enumerate().take(6) {
-            // Phase i spans points[i]..points[i+1], except idmap which also covers the wait.
-            node.timings.phases[i] = Duration::from_nanos(w[1].saturating_sub(w[0]));
-        }
+        let span = |from: u64, to: u64| Duration::from_nanos(to.saturating_sub(from));
+        node.timings.phases[Phase::Mounts as usize] = span(s[0], s[1]);
+        node.timings.phases[Phase::Network as usize] = span(s[2], s[3]);
+        node.timings.phases[Phase::Confine as usize] = span(s[4], s[5]);
+        node.timings.phases[Phase::Exec as usize] = span(s[6], t_exec);
+        node.timings.wall = span(t0, t_exec);
         Ok(node)
     }
 }

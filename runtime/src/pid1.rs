@@ -34,10 +34,18 @@ pub(crate) struct Pid1Plan {
     pub agent: Option<crate::spec::AgentHook>,
 }
 
-/// Runs PID 1's steps and execs; never returns. `ready` delivers the builder's two timestamps
-/// (start and end of the mounts) once the mount table is complete; `sock` reaches the runtime.
-pub(crate) fn run(plan: &Pid1Plan, ready: OwnedFd, sock: BorrowedFd) -> ! {
-    let (step, errno) = match setup(plan, ready, sock) {
+/// PID 1's two pipes to its builder.
+pub(crate) struct Pipes {
+    /// Delivers the builder's two timestamps (start and end of the mounts) once the mount
+    /// table is complete; end-of-file if the builder failed.
+    pub ready: OwnedFd,
+    /// PID 1 writes a byte here once its network namespace exists.
+    pub net: OwnedFd,
+}
+
+/// Runs PID 1's steps and execs; never returns. `sock` reaches the runtime.
+pub(crate) fn run(plan: &Pid1Plan, pipes: Pipes, sock: BorrowedFd) -> ! {
+    let (step, errno) = match setup(plan, pipes, sock) {
         Ok(()) if plan.program.is_empty() => minimal_init(),
         Ok(()) => exec(plan),
         Err(failed) => failed,
@@ -47,31 +55,41 @@ pub(crate) fn run(plan: &Pid1Plan, ready: OwnedFd, sock: BorrowedFd) -> ! {
     unsafe { libc::_exit(125) }
 }
 
-fn setup(plan: &Pid1Plan, ready: OwnedFd, sock: BorrowedFd) -> StepResult {
+fn setup(plan: &Pid1Plan, pipes: Pipes, sock: BorrowedFd) -> StepResult {
+    let mut stamps = [0u64; STAMPS];
     // Die with the runtime (our parent: we were cloned with CLONE_PARENT).
     // SAFETY: prctl with PR_SET_PDEATHSIG and a signal number has no memory effects.
-    Errno::result(unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) }).map_err(at(STEP_HANDOVER))?;
+    Errno::result(unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) }).map_err(at(STEP_NETWORK))?;
+    // Our own network, uts and ipc namespaces, owned by our user namespace (node root
+    // administers them), made while the builder makes the mounts.
+    stamps[2] = now_ns();
+    unshare(CloneFlags::CLONE_NEWNET | CloneFlags::CLONE_NEWUTS | CloneFlags::CLONE_NEWIPC).map_err(at(STEP_NETWORK))?;
+    nix::unistd::write(&pipes.net, &[1]).map_err(at(STEP_NETWORK))?;
+    drop(pipes.net);
+    sync::send_parent(sock, &ToParent::NetReady).map_err(at(STEP_NETWORK))?;
+    sethostname(&plan.hostname).map_err(at(STEP_NETWORK))?;
+    loopback_up().map_err(at(STEP_NETWORK))?;
+    stamps[3] = now_ns();
     let mut built = [0u8; 16];
-    match nix::unistd::read(ready.as_fd(), &mut built) {
+    match nix::unistd::read(pipes.ready.as_fd(), &mut built) {
         Ok(16) => {}
         // The builder failed (and said why) or died: nothing to add.
         // SAFETY: _exit ends this process without running the runtime's atexit handlers.
         _ => unsafe { libc::_exit(125) },
     }
-    drop(ready);
-    let mut stamps = [0u64; STAMPS];
+    drop(pipes.ready);
     stamps[0] = u64::from_le_bytes(built[..8].try_into().unwrap_or_default());
+    stamps[1] = u64::from_le_bytes(built[8..].try_into().unwrap_or_default());
     // A mount namespace of our own, owned by the inner user namespace: the kernel copies the
     // builder's table into it with every mount locked (flags, and covering what is beneath).
     unshare(CloneFlags::CLONE_NEWNS).map_err(at(STEP_HANDOVER))?;
     chdir("/").map_err(at(STEP_HANDOVER))?;
-    stamps[1] = now_ns();
-    sethostname(&plan.hostname).map_err(at(STEP_NETWORK))?;
-    loopback_up().map_err(at(STEP_NETWORK))?;
-    stamps[2] = now_ns();
+    stamps[4] = now_ns();
     crate::confine::drop_bounding().map_err(at(STEP_CONFINE))?;
     crate::confine::install_seccomp(&plan.seccomp).map_err(at(STEP_CONFINE))?;
-    stamps[3] = now_ns();
+    stamps[5] = now_ns();
+    // The runtime wires our network meanwhile; the init must find it in place.
+    sync::recv_child(sock).map_err(at(STEP_EXEC))?;
     if plan.console_stdio {
         console_stdio().map_err(at(STEP_EXEC))?;
     }
@@ -81,7 +99,7 @@ fn setup(plan: &Pid1Plan, ready: OwnedFd, sock: BorrowedFd) -> StepResult {
     }
     // Nothing of the runtime's survives the exec (other nodes' descriptors included).
     close_from(3, CLOSE_RANGE_CLOEXEC);
-    stamps[4] = now_ns();
+    stamps[6] = now_ns();
     sync::send_parent(sock, &ToParent::Stamps(stamps)).map_err(at(STEP_EXEC))
 }
 

@@ -27,6 +27,8 @@ pub(crate) enum Op {
     },
     /// Mount procfs for the node's pid namespace (not the builder's).
     Proc { dst: CString, flags: MsFlags },
+    /// Wait for PID 1's network namespace and join it (sysfs shows the mounter's).
+    JoinNet,
     /// Remount a bind mount adding `flags`, keeping the flags it has (some are locked).
     Remount { dst: CString, flags: MsFlags },
     /// mkdir, an existing directory is fine.
@@ -219,7 +221,6 @@ pub(crate) fn compile(cx: &Context) -> Result<Plan, Error> {
     p.touch(Path::new("/masked/file"), 0o000);
     root_fs(cx, &mut p)?;
     proc_fs(&mut p);
-    sys_fs(cx, &mut p);
     dev_fs(cx, &mut p);
     run_and_tmp(cx, &mut p);
     for bind in &cx.spec.binds {
@@ -240,6 +241,9 @@ pub(crate) fn compile(cx: &Context) -> Result<Plan, Error> {
         }
         p.write(&under("/newroot", path), contents, 0o644);
     }
+    // Last: PID 1 makes its network namespace meanwhile.
+    p.push(Op::JoinNet, "joining the node's network namespace".into());
+    sys_fs(cx, &mut p);
     p.push(Op::EnterRoot, "pivot_root into the node's root".into());
     Ok(p)
 }

@@ -10,16 +10,19 @@ use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use nix::errno::Errno;
 use nix::sys::socket::{recvmsg, sendmsg, socketpair, AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags, SockFlag, SockType};
 
-/// How many timestamps the child reports (see [`crate::Phase`]: all but clone).
-pub(crate) const STAMPS: usize = 5;
+/// How many timestamps PID 1 reports: start and end of the builder's mounts, of PID 1's
+/// network and of its confinement, and the moment before exec.
+pub(crate) const STAMPS: usize = 7;
 
 /// What the child tells the parent.
 #[derive(Debug)]
 pub(crate) enum ToParent {
     /// Step number `step` of the plan failed with `errno`; the child exits.
     Failed { step: u32, errno: Errno },
-    /// CLOCK_MONOTONIC at the end of each setup phase, sent just before exec.
+    /// CLOCK_MONOTONIC at the start and end of each phase (see [`STAMPS`]), sent just before exec.
     Stamps([u64; STAMPS]),
+    /// PID 1 has its network namespace: the runtime may wire it.
+    NetReady,
     /// The bound `/run/host/notify` socket, for the parent to read READY=1 from.
     NotifySocket(OwnedFd),
     /// The builder cloned the node's PID 1: its pidfd and its pid as the runtime sees it.
@@ -29,8 +32,8 @@ pub(crate) enum ToParent {
 /// What the parent tells the child.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum ToChild {
-    /// The builder: the id maps are written and the cgroup placed (first), the network is
-    /// wired (second): go on.
+    /// To the builder: its id maps are written and its cgroups joined. To PID 1: its network
+    /// is wired, exec the init.
     Go,
 }
 
@@ -44,6 +47,7 @@ const STAMPS_TAG: u8 = 2;
 const NOTIFY: u8 = 3;
 const GO: u8 = 4;
 const PID1: u8 = 5;
+const NET_READY: u8 = 6;
 
 /// Sends a message to the parent.
 pub(crate) fn send_parent(fd: BorrowedFd, msg: &ToParent) -> Result<(), Errno> {
@@ -63,6 +67,7 @@ pub(crate) fn send_parent(fd: BorrowedFd, msg: &ToParent) -> Result<(), Errno> {
             buf.push(NOTIFY);
             fds.push(sock.as_raw_fd());
         }
+        ToParent::NetReady => buf.push(NET_READY),
         ToParent::Pid1(pidfd, pid) => {
             buf.push(PID1);
             buf.extend_from_slice(&pid.to_le_bytes());
@@ -111,6 +116,7 @@ pub(crate) fn recv_parent(fd: BorrowedFd) -> Result<Option<ToParent>, Errno> {
         },
         (STAMPS_TAG, n) if n == 1 + 8 * STAMPS => ToParent::Stamps(std::array::from_fn(|i| u64_at(1 + 8 * i))),
         (NOTIFY, 1) => ToParent::NotifySocket(passed.ok_or(Errno::EBADMSG)?),
+        (NET_READY, 1) => ToParent::NetReady,
         (PID1, 5) => ToParent::Pid1(passed.ok_or(Errno::EBADMSG)?, u32_at(1) as i32),
         _ => return Err(Errno::EBADMSG),
     }))
