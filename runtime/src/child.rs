@@ -92,7 +92,14 @@ fn build(plan: &ChildPlan, sock: BorrowedFd) -> StepResult {
     };
     let Some((pid, pidfd)) = clone.run().map_err(at(STEP_PID1))? else {
         drop((ready_w, net_r));
-        pid1::run(&plan.pid1, pid1::Pipes { ready: ready_r, net: net_w }, sock);
+        pid1::run(
+            &plan.pid1,
+            pid1::Pipes {
+                ready: ready_r,
+                net: net_w,
+            },
+            sock,
+        );
     };
     drop((ready_r, net_w));
     sync::send_parent(sock, &ToParent::Pid1(pidfd, pid.as_raw())).map_err(at(STEP_PID1))?;
@@ -132,7 +139,12 @@ struct Pid1Link {
 
 /// Opens one of PID 1's namespaces.
 fn open_ns(ns_dir: &OwnedFd, kind: &str) -> Result<OwnedFd, Errno> {
-    nix::fcntl::openat(ns_dir, kind, nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_CLOEXEC, Mode::empty())
+    nix::fcntl::openat(
+        ns_dir,
+        kind,
+        nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
 }
 
 /// Waits for PID 1's network namespace and joins it: sysfs shows the network namespace of
@@ -173,7 +185,7 @@ fn map_inner(pid: Pid) -> Result<(), Errno> {
 /// Mounts procfs for PID 1's pid namespace (procfs shows the mounter's by default): with the
 /// pidns= option where the kernel has it (6.15+), else from a child forked into that namespace.
 fn mount_proc(dst: &CString, flags: MsFlags, pidns: BorrowedFd) -> Result<(), Errno> {
-    let data = format!("pidns=/oldroot/proc/self/fd/{}", pidns.as_raw_fd());
+    let data = format!("pidns=/proc/self/fd/{}", pidns.as_raw_fd());
     match mount(Some("proc"), dst.as_c_str(), Some("proc"), flags, Some(data.as_str())) {
         Err(Errno::EINVAL) => {}
         other => return other,
@@ -238,10 +250,7 @@ fn run_op(op: &Op, sock: BorrowedFd, link: &Pid1Link) -> Result<(), Errno> {
             other => other,
         },
         Op::Write { path, contents, mode } => write_file(path, contents, *mode),
-        Op::PivotRoot { new_root, put_old } => {
-            pivot_root(new_root.as_c_str(), put_old.as_c_str())?;
-            chdir("/")
-        }
+        Op::Stage => stage(),
         Op::NotifySocket { path } => {
             let fd = socket(AddressFamily::Unix, SockType::Datagram, SockFlag::SOCK_CLOEXEC, None)?;
             bind(fd.as_raw_fd(), &UnixAddr::new(path.as_c_str())?)?;
@@ -254,14 +263,70 @@ fn run_op(op: &Op, sock: BorrowedFd, link: &Pid1Link) -> Result<(), Errno> {
             sync::send_parent(sock, &ToParent::NotifySocket(fd))
         }
         Op::EnterRoot => {
-            // pivot_root(".", ".") stacks the old root on top of the new one; detaching it
-            // drops the staging tmpfs and the whole host tree in one go.
-            chdir("/newroot")?;
+            // pivot_root(".", ".") stacks the old root (with the staging tmpfs on it) on top
+            // of the new one: two detaches drop the staging tmpfs, then the host's whole tree.
+            chdir("newroot")?;
             pivot_root(".", ".")?;
+            umount2(".", MntFlags::MNT_DETACH)?;
             umount2(".", MntFlags::MNT_DETACH)?;
             chdir("/")
         }
     }
+}
+
+/// fsconfig(2) commands (linux/mount.h).
+const FSCONFIG_SET_STRING: libc::c_uint = 1;
+const FSCONFIG_CMD_CREATE: libc::c_uint = 6;
+
+/// The staging tmpfs: made with the new mount API (a detached mount), stacked on `/` and made
+/// the working directory. Absolute paths still resolve from the process root, the host's
+/// root beneath it, so nothing of the host is hidden and no pivot_root is needed to build.
+fn stage() -> Result<(), Errno> {
+    // SAFETY: fsopen with a NUL-terminated name; returns a new fd we own.
+    let fs = Errno::result(unsafe { libc::syscall(libc::SYS_fsopen, c"tmpfs".as_ptr(), libc::FSOPEN_CLOEXEC) })?;
+    // SAFETY: the kernel returned a new descriptor.
+    let fs = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fs as i32) };
+    for (key, value) in [(c"mode", c"0755"), (c"size", c"1m")] {
+        // SAFETY: fsconfig on our fs context with NUL-terminated key and value.
+        Errno::result(unsafe {
+            libc::syscall(
+                libc::SYS_fsconfig,
+                fs.as_raw_fd(),
+                FSCONFIG_SET_STRING,
+                key.as_ptr(),
+                value.as_ptr(),
+                0,
+            )
+        })?;
+    }
+    // SAFETY: fsconfig's create command on our fs context, no key or value.
+    Errno::result(unsafe {
+        libc::syscall(
+            libc::SYS_fsconfig,
+            fs.as_raw_fd(),
+            FSCONFIG_CMD_CREATE,
+            std::ptr::null::<libc::c_char>(),
+            std::ptr::null::<libc::c_void>(),
+            0,
+        )
+    })?;
+    let attrs = libc::MOUNT_ATTR_NOSUID | libc::MOUNT_ATTR_NODEV;
+    // SAFETY: fsmount of our created context; returns a new mount fd we own.
+    let mnt = Errno::result(unsafe { libc::syscall(libc::SYS_fsmount, fs.as_raw_fd(), libc::FSMOUNT_CLOEXEC, attrs) })?;
+    // SAFETY: the kernel returned a new descriptor.
+    let mnt = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(mnt as i32) };
+    // SAFETY: move_mount of our detached mount onto "/", both paths NUL-terminated.
+    Errno::result(unsafe {
+        libc::syscall(
+            libc::SYS_move_mount,
+            mnt.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_FDCWD,
+            c"/".as_ptr(),
+            libc::MOVE_MOUNT_F_EMPTY_PATH,
+        )
+    })?;
+    nix::unistd::fchdir(&mnt)
 }
 
 fn write_file(path: &CString, contents: &[u8], mode: u32) -> Result<(), Errno> {

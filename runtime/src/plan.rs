@@ -1,9 +1,10 @@
 //! The node's filesystem, compiled in the parent into a list of steps the child runs in order.
 //!
 //! Compiling first keeps the child small (it only makes system calls) and lets an error name
-//! the exact step that failed. Paths are as the builder (see `child.rs`) sees them after its
-//! first pivot_root: `/` is a private staging tmpfs, `/oldroot` the host's root, `/newroot` the
-//! node's root.
+//! the exact step that failed. Host paths are absolute: the builder's root stays the host's
+//! (in its own mount namespace). Node paths are relative to its working directory, a private
+//! staging tmpfs stacked on `/` (no host path is hidden, no pivot_root needed): `newroot` is
+//! the node's root, `masked` and `overlay` the builder's scratch.
 
 use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt;
@@ -39,11 +40,12 @@ pub(crate) enum Op {
     Symlink { target: CString, link: CString },
     /// Write a whole file.
     Write { path: CString, contents: Vec<u8>, mode: u32 },
-    /// pivot_root into `new_root`, keeping the old root at `put_old`, then chdir /.
-    PivotRoot { new_root: CString, put_old: CString },
+    /// Make a private tmpfs, stack it on `/` and make it the working directory (the process
+    /// root stays the host's: absolute paths still reach host files).
+    Stage,
     /// Bind a datagram socket at `path` and hand it to the parent (systemd's NOTIFY_SOCKET).
     NotifySocket { path: CString },
-    /// Make `/newroot` the root and detach everything else (staging tmpfs and host root).
+    /// Make `newroot` the root and detach everything else (staging tmpfs and host root).
     EnterRoot,
 }
 
@@ -113,13 +115,7 @@ impl Plan {
                 flags: MsFlags::MS_BIND | MsFlags::MS_REC,
                 data: None,
             },
-            format!(
-                "bind {} on {}",
-                src.strip_prefix("/oldroot")
-                    .map(|p| p.display().to_string())
-                    .unwrap_or_else(|_| src.display().to_string()),
-                node_path(dst)
-            ),
+            format!("bind {} on {}", src.display(), node_path(dst)),
         );
         if read_only {
             self.push(
@@ -173,7 +169,7 @@ impl Plan {
 
 /// How a path reads in error messages: as the node will see it.
 fn node_path(p: &Path) -> String {
-    match p.strip_prefix("/newroot") {
+    match p.strip_prefix("newroot") {
         Ok(rest) => format!("/{}", rest.display()),
         Err(_) => p.display().to_string(),
     }
@@ -199,47 +195,31 @@ pub(crate) struct Context<'a> {
 /// Compiles the node's filesystem: staging, root, Container Interface mounts, binds, files.
 pub(crate) fn compile(cx: &Context) -> Result<Plan, Error> {
     let mut p = Plan::default();
-    // A private tmpfs to build in; pivoting into it first keeps every host path reachable
-    // under /oldroot (even /tmp, which the tmpfs covers).
-    p.mount(
-        Some("hutch"),
-        Path::new("/tmp"),
-        Some("tmpfs"),
-        NOSUID | NODEV,
-        Some("mode=0755,size=1m"),
-    );
-    p.mkdir(Path::new("/tmp/oldroot"), 0o755);
-    p.push(
-        Op::PivotRoot {
-            new_root: c("/tmp"),
-            put_old: c("/tmp/oldroot"),
-        },
-        "pivot_root into the staging tmpfs".into(),
-    );
-    p.mkdir(Path::new("/newroot"), 0o755);
-    p.mkdir(Path::new("/masked"), 0o755);
-    p.touch(Path::new("/masked/file"), 0o000);
+    p.push(Op::Stage, "make the staging tmpfs".into());
+    p.mkdir(Path::new("newroot"), 0o755);
+    p.mkdir(Path::new("masked"), 0o755);
+    p.touch(Path::new("masked/file"), 0o000);
     root_fs(cx, &mut p)?;
     proc_fs(&mut p);
     dev_fs(cx, &mut p);
     run_and_tmp(cx, &mut p);
     for bind in &cx.spec.binds {
-        let dst = under("/newroot", &bind.target);
+        let dst = under("newroot", &bind.target);
         if let Some(parent) = bind.target.parent() {
-            p.mkdir_all("/newroot", parent);
+            p.mkdir_all("newroot", parent);
         }
         if bind.source.is_dir() {
             p.mkdir(&dst, 0o755);
         } else {
             p.touch(&dst, 0o644);
         }
-        p.bind(&under("/oldroot", &bind.source), &dst, bind.read_only);
+        p.bind(&bind.source.clone(), &dst, bind.read_only);
     }
     for (path, contents) in &cx.spec.files {
         if let Some(parent) = path.parent() {
-            p.mkdir_all("/newroot", parent);
+            p.mkdir_all("newroot", parent);
         }
-        p.write(&under("/newroot", path), contents, 0o644);
+        p.write(&under("newroot", path), contents, 0o644);
     }
     // Last: PID 1 makes its network namespace meanwhile.
     p.push(Op::JoinNet, "joining the node's network namespace".into());
@@ -249,7 +229,7 @@ pub(crate) fn compile(cx: &Context) -> Result<Plan, Error> {
 }
 
 fn root_fs(cx: &Context, p: &mut Plan) -> Result<(), Error> {
-    let root = Path::new("/newroot");
+    let root = Path::new("newroot");
     match &cx.spec.root {
         RootFs::Image(dir) => {
             // The image is the read-only lower layer; the node writes into a private tmpfs.
@@ -257,34 +237,34 @@ fn root_fs(cx: &Context, p: &mut Plan) -> Result<(), Error> {
                 Some(view) => view.clone(),
                 None => dir.canonicalize().map_err(Error::io("resolving image", dir))?,
             };
-            p.mkdir(Path::new("/overlay"), 0o755);
+            p.mkdir(Path::new("overlay"), 0o755);
             p.mount(
                 Some("hutch-upper"),
-                Path::new("/overlay"),
+                Path::new("overlay"),
                 Some("tmpfs"),
                 MsFlags::empty(),
                 Some("mode=0755"),
             );
-            p.mkdir(Path::new("/overlay/upper"), 0o755);
-            p.mkdir(Path::new("/overlay/work"), 0o755);
-            let lower = under("/oldroot", &dir);
+            p.mkdir(Path::new("overlay/upper"), 0o755);
+            p.mkdir(Path::new("overlay/work"), 0o755);
+            let lower = dir;
             let data = format!(
-                "lowerdir={},upperdir=/overlay/upper,workdir=/overlay/work,userxattr",
+                "lowerdir={},upperdir=overlay/upper,workdir=overlay/work,userxattr",
                 escape_overlay(&lower)
             );
             p.mount(Some("overlay"), root, Some("overlay"), MsFlags::empty(), Some(&data));
         }
         RootFs::Nix { store, closure_only, .. } => {
             p.mount(Some("hutch-root"), root, Some("tmpfs"), MsFlags::empty(), Some("mode=0755"));
-            p.mkdir_all("/newroot", Path::new("/nix/store"));
-            let node_store = Path::new("/newroot/nix/store");
-            let host_store = under("/oldroot", &store.canonicalize().map_err(Error::io("resolving store", store))?);
+            p.mkdir_all("newroot", Path::new("/nix/store"));
+            let node_store = Path::new("newroot/nix/store");
+            let host_store = store.canonicalize().map_err(Error::io("resolving store", store))?;
             match (closure_only, &cx.closure) {
                 (true, Some(paths)) => {
                     p.mount(Some("hutch-store"), node_store, Some("tmpfs"), MsFlags::empty(), Some("mode=0755"));
                     for path in paths {
-                        let host = under("/oldroot", &host_store_path(path, store));
-                        let dst = under("/newroot", path);
+                        let host = host_store_path(path, store);
+                        let dst = under("newroot", path);
                         if host_store_path(path, store).is_dir() {
                             p.mkdir(&dst, 0o755);
                         } else {
@@ -302,9 +282,9 @@ fn root_fs(cx: &Context, p: &mut Plan) -> Result<(), Error> {
                 }
                 _ => p.bind(&host_store, node_store, true),
             }
-            p.mkdir(Path::new("/newroot/etc"), 0o755);
-            p.write(Path::new("/newroot/etc/os-release"), b"", 0o644);
-            p.write(Path::new("/newroot/etc/machine-id"), b"", 0o444);
+            p.mkdir(Path::new("newroot/etc"), 0o755);
+            p.write(Path::new("newroot/etc/os-release"), b"", 0o644);
+            p.write(Path::new("newroot/etc/machine-id"), b"", 0o444);
         }
     }
     for dir in ["proc", "sys", "dev", "run", "tmp"] {
@@ -323,7 +303,7 @@ fn escape_overlay(path: &Path) -> String {
 }
 
 fn proc_fs(p: &mut Plan) {
-    let proc_ = Path::new("/newroot/proc");
+    let proc_ = Path::new("newroot/proc");
     p.push(
         Op::Proc {
             dst: c(proc_),
@@ -340,7 +320,7 @@ fn proc_fs(p: &mut Plan) {
         let target = proc_.join(name);
         p.push_optional(
             Op::Mount {
-                src: Some(c("/masked/file")),
+                src: Some(c("masked/file")),
                 dst: c(&target),
                 fstype: None,
                 flags: MsFlags::MS_BIND,
@@ -353,7 +333,7 @@ fn proc_fs(p: &mut Plan) {
 
 fn sys_fs(cx: &Context, p: &mut Plan) {
     // A read-only /sys is the signal systemd, udevd and networkd look for in a container.
-    let sys = Path::new("/newroot/sys");
+    let sys = Path::new("newroot/sys");
     p.mount(
         Some("sysfs"),
         sys,
@@ -368,7 +348,7 @@ fn sys_fs(cx: &Context, p: &mut Plan) {
 }
 
 fn dev_fs(cx: &Context, p: &mut Plan) {
-    let dev = Path::new("/newroot/dev");
+    let dev = Path::new("newroot/dev");
     p.mount(
         Some("hutch-dev"),
         dev,
@@ -379,7 +359,7 @@ fn dev_fs(cx: &Context, p: &mut Plan) {
     for name in DEVICES {
         let target = dev.join(name);
         p.touch(&target, 0o666);
-        p.bind(&Path::new("/oldroot/dev").join(name), &target, false);
+        p.bind(&Path::new("/dev").join(name), &target, false);
     }
     p.mkdir(&dev.join("pts"), 0o755);
     let pts_opts = if cx.tty_gid {
@@ -402,12 +382,12 @@ fn dev_fs(cx: &Context, p: &mut Plan) {
     if let Some(ConsolePath(slave)) = &cx.console {
         let target = dev.join("console");
         p.touch(&target, 0o600);
-        p.bind(&under("/oldroot", slave), &target, false);
+        p.bind(slave, &target, false);
     }
 }
 
 fn run_and_tmp(cx: &Context, p: &mut Plan) {
-    let run = Path::new("/newroot/run");
+    let run = Path::new("newroot/run");
     p.mount(Some("hutch-run"), run, Some("tmpfs"), NOSUID | NODEV, Some("mode=0755"));
     p.mkdir(&run.join("host"), 0o755);
     p.write(&run.join("host/os-release"), &cx.host_os_release, 0o444);
@@ -422,7 +402,7 @@ fn run_and_tmp(cx: &Context, p: &mut Plan) {
     }
     p.mount(
         Some("hutch-tmp"),
-        Path::new("/newroot/tmp"),
+        Path::new("newroot/tmp"),
         Some("tmpfs"),
         NOSUID | NODEV,
         Some("mode=1777"),

@@ -83,7 +83,13 @@ pub fn all() -> Vec<Attempt> {
             ),
             super::image_unchanged,
         ),
-        row("reach the host's root through the old root", Busybox, "[ -e /oldroot ] && echo visible || echo absent", "no /oldroot", &["absent"]),
+        row(
+            "reach the host's mounts (its root or hutch's image views left under the node's root)",
+            Busybox,
+            "echo roots=$(awk '$5 == \"/\"' /proc/self/mountinfo | wc -l) views=$(grep -c hutch-views /proc/self/mountinfo)",
+            "one root, no host mount",
+            &["roots=1 views=0"],
+        ),
         row("remount a read-only --bind rw", Busybox, "$P mount - - /mnt/escape remount,bind", "EPERM", MOUNT_EPERM),
         custom(
             row(
