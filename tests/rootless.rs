@@ -28,23 +28,12 @@ fn nobody_with_a_subuid_range_gets_65536_ids() {
         return;
     }
     assert!(has_range(NOBODY), "CI gives nobody a range in /etc/subuid and /etc/subgid");
-    let img = busybox_image().display().to_string();
     let dir = SharedDir::new("range");
-    let r = run_as(
-        Some(NOBODY),
-        &[
-            "run",
-            "--image",
-            &img,
-            "--bind",
-            &dir.bind(),
-            "--",
-            "/bin/sh",
-            "-c",
-            "echo pid=$$; id -u; touch /mnt/ids/root /mnt/ids/one && chown 1:1 /mnt/ids/one; touch /mnt/ids/last && chown 65535:65535 /mnt/ids/last",
-        ],
-    )
-    .ok();
+    let r = run_with_ids(
+        NOBODY,
+        &dir,
+        "echo pid=$$; id -u; touch /mnt/ids/root /mnt/ids/one && chown 1:1 /mnt/ids/one; touch /mnt/ids/last && chown 65535:65535 /mnt/ids/last",
+    );
     let words: Vec<&str> = r.stdout.split_whitespace().collect();
     assert_eq!(words, ["pid=1", "0"], "{}{}", r.stdout, r.stderr);
     // What the host sees of the node's files: root is nobody, the rest is nobody's range.
@@ -73,23 +62,12 @@ fn a_user_without_a_range_gets_one_id_and_a_warning() {
         return;
     }
     assert!(!has_range(NO_RANGE));
-    let img = busybox_image().display().to_string();
     let dir = SharedDir::new("single");
-    let r = run_as(
-        Some(NO_RANGE),
-        &[
-            "run",
-            "--image",
-            &img,
-            "--bind",
-            &dir.bind(),
-            "--",
-            "/bin/sh",
-            "-c",
-            "echo pid=$$; touch /mnt/ids/root; chown 1 /mnt/ids/root 2>/dev/null || echo one-id",
-        ],
-    )
-    .ok();
+    let r = run_with_ids(
+        NO_RANGE,
+        &dir,
+        "echo pid=$$; touch /mnt/ids/root; chown 1 /mnt/ids/root 2>/dev/null || echo one-id",
+    );
     let words: Vec<&str> = r.stdout.split_whitespace().collect();
     assert_eq!(words, ["pid=1", "one-id"], "{}", r.stdout);
     assert_eq!(dir.owner("root").0, NO_RANGE);
@@ -110,4 +88,14 @@ fn systemd_without_a_delegated_cgroup_is_refused_with_the_fix() {
     assert_eq!(r.code, 125, "{}", r.stderr);
     assert!(r.stderr.contains("systemd needs a cgroup2 subtree it can write"), "{}", r.stderr);
     assert!(r.stderr.contains("Delegate=yes"), "{}", r.stderr);
+}
+
+/// Runs `script` in a busybox node as `user`, with `dir` bound at /mnt/ids.
+fn run_with_ids(user: u32, dir: &SharedDir, script: &str) -> Run {
+    let img = busybox_image().display().to_string();
+    run_as(
+        Some(user),
+        &["run", "--image", &img, "--bind", &dir.bind(), "--", "/bin/sh", "-c", script],
+    )
+    .ok()
 }
