@@ -187,6 +187,7 @@ fn run(args: RunArgs) -> Result<i32> {
             Exit::PowerOff => eprintln!("hutch: {}: powered off", spec.name),
             _ => {}
         }
+        hutch_runtime::defer_teardown(std::slice::from_mut(&mut node));
         return Ok(exit.code());
     }
 }

@@ -69,6 +69,8 @@ pub struct Container {
     pidfd: OwnedFd,
     /// The builder process, until it has handed the mounts over and been reaped.
     builder: Option<Builder>,
+    /// PID 1's mount namespace, held so its teardown can be left to a janitor (see janitor.rs).
+    mount_ns: Option<OwnedFd>,
     boot: bool,
     init: InitKind,
     console: Option<Console>,
@@ -191,6 +193,7 @@ impl Container {
             pid: handed.pid,
             pidfd: handed.pidfd,
             builder: Some(builder),
+            mount_ns: None,
             boot: spec.boot,
             init,
             console,
@@ -287,6 +290,11 @@ impl Container {
                 source: e,
             }),
         }
+    }
+
+    /// Takes the held mount namespace of PID 1 (for [`crate::defer_teardown`]).
+    pub(crate) fn take_mount_ns(&mut self) -> Option<OwnedFd> {
+        self.mount_ns.take()
     }
 
     /// Reaps the builder once it has exited (it is killed and reaped on drop otherwise).
@@ -403,7 +411,11 @@ impl Pending {
         let mut stamps = None;
         let result = loop {
             match sync::recv_parent(parent_sock.as_fd()) {
-                Ok(Some(ToParent::Stamps(s))) => stamps = Some(s),
+                Ok(Some(ToParent::Stamps(s))) => {
+                    // PID 1 has its own mount namespace now and is about to exec.
+                    node.mount_ns = File::open(format!("/proc/{}/ns/mnt", node.pid)).ok().map(OwnedFd::from);
+                    stamps = Some(s)
+                }
                 Ok(Some(ToParent::NotifySocket(fd))) => node.notify = Some(fd),
                 Ok(Some(ToParent::Failed { step, errno })) => {
                     let _ = node.wait();
