@@ -391,7 +391,7 @@ fn spawn_reaper(dirs: Vec<PathBuf>) -> Result<(Pid, OwnedFd), Error> {
     match unsafe { fork() }.map_err(Error::sys("forking the cgroup reaper"))? {
         ForkResult::Child => {
             drop(w);
-            close_all_but(r.as_raw_fd());
+            crate::fds::close_all_but(&[2, r.as_raw_fd()]);
             // Own session: a Ctrl-C meant for hutch must not kill the cleanup.
             let _ = nix::unistd::setsid();
             let _ = nix::sys::signal::SigSet::all().thread_block();
@@ -405,16 +405,6 @@ fn spawn_reaper(dirs: Vec<PathBuf>) -> Result<(Pid, OwnedFd), Error> {
         ForkResult::Parent { child } => {
             drop(r);
             Ok((child, w))
-        }
-    }
-}
-
-/// Closes every descriptor but `keep` and stderr, so the reaper holds no other node's pipe.
-fn close_all_but(keep: i32) {
-    for (lo, hi) in [(0u32, 2u32), (3, keep as u32), (keep as u32 + 1, u32::MAX)] {
-        if lo < hi {
-            // SAFETY: close_range on descriptors this process owns and never uses again.
-            unsafe { libc::syscall(libc::SYS_close_range, lo, hi - 1, 0) };
         }
     }
 }

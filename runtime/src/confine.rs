@@ -63,8 +63,18 @@ pub const DENIED_SYSCALLS: &[(&str, i64)] = &[
     ("userfaultfd", libc::SYS_userfaultfd),
 ];
 
-/// Compiles the filter: the denied calls fail with EPERM, everything else is allowed.
+/// The filter: the denied calls fail with EPERM, everything else is allowed. Compiled once per
+/// process, copied for each node.
 pub(crate) fn seccomp_program() -> Result<BpfProgram, Error> {
+    static PROGRAM: std::sync::OnceLock<BpfProgram> = std::sync::OnceLock::new();
+    if let Some(program) = PROGRAM.get() {
+        return Ok(program.clone());
+    }
+    let program = compile()?;
+    Ok(PROGRAM.get_or_init(|| program).clone())
+}
+
+fn compile() -> Result<BpfProgram, Error> {
     let rules = DENIED_SYSCALLS.iter().map(|(_, nr)| (*nr, vec![])).collect::<BTreeMap<_, _>>();
     let arch = TargetArch::try_from(std::env::consts::ARCH).map_err(|e| Error::Host {
         problem: format!("seccomp: {e}"),

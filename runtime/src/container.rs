@@ -148,9 +148,7 @@ impl Container {
             console: console.as_ref().map(|c| ConsolePath(c.slave.clone())),
             cgroup2: cgroup.as_ref().is_some_and(|c| c.unified.is_some()),
             tty_gid: idmap.count() > 5,
-            host_os_release: std::fs::read("/etc/os-release")
-                .or_else(|_| std::fs::read("/usr/lib/os-release"))
-                .unwrap_or_default(),
+            host_os_release: host_os_release(),
         };
         let cplan = ChildPlan {
             plan: plan::compile(&cx)?,
@@ -463,6 +461,16 @@ impl Drop for Container {
     }
 }
 
+/// The host's os-release (for /run/host/os-release), read once per process.
+fn host_os_release() -> &'static [u8] {
+    static TEXT: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+    TEXT.get_or_init(|| {
+        std::fs::read("/etc/os-release")
+            .or_else(|_| std::fs::read("/usr/lib/os-release"))
+            .unwrap_or_default()
+    })
+}
+
 /// The clone of the builder failed: most often user namespaces are off.
 fn clone_error(e: Errno) -> Error {
     match e {
@@ -550,10 +558,17 @@ fn environment(spec: &NodeSpec) -> Vec<CString> {
     env.into_iter().map(cstr).collect()
 }
 
+/// FNV-1a's offset basis: the usual seed of [`fnv1a`].
+pub(crate) const FNV_OFFSET: u64 = 0xcbf29ce484222325;
+
+/// FNV-1a of `bytes` from `seed`: a stable, dependency-free name hash.
+pub(crate) fn fnv1a(bytes: &[u8], seed: u64) -> u64 {
+    bytes.iter().fold(seed, |h, b| (h ^ *b as u64).wrapping_mul(0x100000001b3))
+}
+
 /// A UUID that stays the same for a node name across runs (systemd derives machine-id from it).
 pub(crate) fn uuid_for(name: &str) -> String {
-    let fnv = |seed: u64| name.bytes().fold(seed, |h, b| (h ^ b as u64).wrapping_mul(0x100000001b3));
-    let (a, b) = (fnv(0xcbf29ce484222325), fnv(0x84222325cbf29ce4));
+    let (a, b) = (fnv1a(name.as_bytes(), FNV_OFFSET), fnv1a(name.as_bytes(), 0x84222325cbf29ce4));
     let bytes: Vec<u8> = a.to_be_bytes().into_iter().chain(b.to_be_bytes()).collect();
     let hex: String = bytes
         .iter()

@@ -25,18 +25,16 @@ use crate::Error;
 /// so that a view attached after a node's clone propagates into the node's copy of it.
 const VIEWS: &str = "/run/hutch";
 
-/// Whether this process has its private mount namespace and the views tmpfs yet.
-static READY: Mutex<bool> = Mutex::new(false);
-
-/// The views attached so far.
+/// The views attached so far; `None` until this process has its private mount namespace and
+/// the views tmpfs.
 static ATTACHED: Mutex<Option<HashSet<PathBuf>>> = Mutex::new(None);
 
 /// The path where the view of `image` for ids starting at `start` appears (before the clone:
 /// the builder's mount table is copied then, and a view attached later propagates there).
 /// Call from a single-threaded process (the first call unshares the mount namespace).
 pub(crate) fn view_path(image: &Path, start: u32) -> Result<PathBuf, Error> {
-    let mut ready = READY.lock().unwrap_or_else(|e| e.into_inner());
-    if !*ready {
+    let mut attached = ATTACHED.lock().unwrap_or_else(|e| e.into_inner());
+    if attached.is_none() {
         // A private mount namespace: the idmapped mounts must never show on the host.
         unshare(CloneFlags::CLONE_NEWNS).map_err(Error::sys("unsharing the runtime's mount namespace"))?;
         mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_SLAVE, None::<&str>)
@@ -54,14 +52,13 @@ pub(crate) fn view_path(image: &Path, start: u32) -> Result<PathBuf, Error> {
         )
         .map_err(Error::sys(format!("mounting a tmpfs on {VIEWS}")))?;
         mount(None::<&str>, VIEWS, None::<&str>, MsFlags::MS_SHARED, None::<&str>).map_err(Error::sys("sharing the views tmpfs"))?;
-        *ready = true;
     }
-    let fnv = image
-        .as_os_str()
-        .as_encoded_bytes()
-        .iter()
-        .fold(0xcbf29ce484222325u64, |h, b| (h ^ *b as u64).wrapping_mul(0x100000001b3));
-    let view = Path::new(VIEWS).join(format!("{fnv:016x}-{start}"));
+    let attached = attached.get_or_insert_with(HashSet::new);
+    let hash = crate::container::fnv1a(image.as_os_str().as_encoded_bytes(), crate::container::FNV_OFFSET);
+    let view = Path::new(VIEWS).join(format!("{hash:016x}-{start}"));
+    if attached.contains(&view) {
+        return Ok(view);
+    }
     match std::fs::create_dir(&view) {
         Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => Err(Error::io("creating", &view)(e)),
         _ => Ok(view),

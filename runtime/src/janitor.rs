@@ -21,8 +21,8 @@ pub fn defer_teardown(nodes: &mut [Container]) {
         Ok(nix::unistd::ForkResult::Child) => {
             let mut keep: Vec<i32> = held.iter().map(|f| f.as_raw_fd()).collect();
             keep.push(alive_r.as_raw_fd());
-            keep.sort_unstable();
-            close_all_but(&keep);
+            crate::fds::close_all_but(&keep);
+            crate::fds::stdio_to_null();
             let mut byte = [0u8; 1];
             // End-of-file when the runtime has exited (its write end closes with it).
             while let Err(nix::errno::Errno::EINTR) = nix::unistd::read(&alive_r, &mut byte) {}
@@ -35,28 +35,5 @@ pub fn defer_teardown(nodes: &mut [Container]) {
             std::mem::forget(alive_w);
         }
         Err(_) => {}
-    }
-}
-
-/// Closes every descriptor but the sorted `keep` list, with /dev/null as stdin, stdout and stderr.
-fn close_all_but(keep: &[i32]) {
-    let mut from = 0u32;
-    for &fd in keep {
-        if fd as u32 > from {
-            // SAFETY: close_range only closes descriptors of this (forked) process.
-            unsafe { libc::syscall(libc::SYS_close_range, from, fd as u32 - 1, 0u32) };
-        }
-        from = fd as u32 + 1;
-    }
-    // SAFETY: as above.
-    unsafe { libc::syscall(libc::SYS_close_range, from, u32::MAX, 0u32) };
-    // SAFETY: open/dup2 on /dev/null onto the standard descriptors, now closed.
-    unsafe {
-        let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR);
-        for fd in 0..3 {
-            if !keep.contains(&fd) {
-                libc::dup2(null, fd);
-            }
-        }
     }
 }

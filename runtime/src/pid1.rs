@@ -98,18 +98,9 @@ fn setup(plan: &Pid1Plan, pipes: Pipes, sock: BorrowedFd) -> StepResult {
         fork_agent(agent).map_err(at(STEP_AGENT))?;
     }
     // Nothing of the runtime's survives the exec (other nodes' descriptors included).
-    close_from(3, CLOSE_RANGE_CLOEXEC);
+    crate::fds::cloexec_from_3();
     stamps[6] = now_ns();
     sync::send_parent(sock, &ToParent::Stamps(stamps)).map_err(at(STEP_EXEC))
-}
-
-/// close_range(2)'s flag: mark close-on-exec instead of closing.
-const CLOSE_RANGE_CLOEXEC: u32 = 1 << 2;
-
-/// Closes (or with CLOSE_RANGE_CLOEXEC marks) every descriptor from `first` up.
-fn close_from(first: u32, flags: u32) {
-    // SAFETY: close_range only closes or flags descriptors this process owns.
-    unsafe { libc::syscall(libc::SYS_close_range, first, u32::MAX, flags) };
 }
 
 /// Brings `lo` up: a fresh network namespace starts with it down.
@@ -150,18 +141,11 @@ fn fork_agent(agent: crate::spec::AgentHook) -> Result<(), Errno> {
             // A session of its own: systemd hangs up the console as it starts, which would
             // SIGHUP everything whose controlling terminal it is.
             let _ = nix::unistd::setsid();
-            // The agent keeps only its socket: no runtime descriptor may reach the node's
-            // commands through /proc/<agent>/fd.
-            // SAFETY: dup2 onto 3 of the agent's own socket; everything above 3 closes.
-            if unsafe { libc::dup2(agent.fd, 3) } != 3 {
-                // SAFETY: _exit ends this half-made agent.
-                unsafe { libc::_exit(125) }
-            }
-            close_from(4, 0);
-            // SAFETY: fcntl on descriptor 3, which this process owns: the agent's commands
-            // must not inherit its socket.
-            unsafe { libc::fcntl(3, libc::F_SETFD, libc::FD_CLOEXEC) };
-            let agent = crate::spec::AgentHook { fd: 3, ..agent };
+            // The agent keeps only its socket and stdio: no runtime descriptor may reach the
+            // node's commands through /proc/<agent>/fd, nor its socket the commands it execs.
+            crate::fds::close_all_but(&[0, 1, 2, agent.fd]);
+            // SAFETY: fcntl on the agent's socket, which this process owns.
+            unsafe { libc::fcntl(agent.fd, libc::F_SETFD, libc::FD_CLOEXEC) };
             // SAFETY: the fd was handed to this node by the caller and is owned by the agent now.
             let stream = unsafe { <std::os::unix::net::UnixStream as std::os::fd::FromRawFd>::from_raw_fd(agent.fd) };
             (agent.main)(stream)
@@ -179,19 +163,8 @@ fn minimal_init() -> ! {
     }
     // Nothing of the runtime stays open here (other nodes' reaper pipes, hutch's stdout):
     // an init would have dropped them at exec, and holders keep other nodes' cleanup waiting.
-    close_from(3, 0);
-    // SAFETY: open/dup2 on /dev/null onto the standard descriptors this process owns.
-    unsafe {
-        let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR);
-        if null >= 0 {
-            for fd in 0..3 {
-                libc::dup2(null, fd);
-            }
-            if null > 2 {
-                libc::close(null);
-            }
-        }
-    }
+    crate::fds::close_all_but(&[]);
+    crate::fds::stdio_to_null();
     for sig in [libc::SIGTERM, libc::SIGINT, libc::SIGRTMIN() + 3] {
         // SAFETY: installs a handler that only calls _exit.
         unsafe { libc::signal(sig, stop as *const () as libc::sighandler_t) };

@@ -189,7 +189,7 @@ pub(crate) struct Context<'a> {
     /// devpts may use gid 5 (tty): only when the node has more than one id.
     pub tty_gid: bool,
     /// Text of /run/host/os-release.
-    pub host_os_release: Vec<u8>,
+    pub host_os_release: &'a [u8],
 }
 
 /// Compiles the node's filesystem: staging, root, Container Interface mounts, binds, files.
@@ -390,7 +390,7 @@ fn run_and_tmp(cx: &Context, p: &mut Plan) {
     let run = Path::new("newroot/run");
     p.mount(Some("hutch-run"), run, Some("tmpfs"), NOSUID | NODEV, Some("mode=0755"));
     p.mkdir(&run.join("host"), 0o755);
-    p.write(&run.join("host/os-release"), &cx.host_os_release, 0o444);
+    p.write(&run.join("host/os-release"), cx.host_os_release, 0o444);
     p.write(&run.join("host/container-manager"), b"hutch\n", 0o444);
     if cx.spec.boot {
         p.push(

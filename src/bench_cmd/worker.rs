@@ -115,7 +115,7 @@ impl Worker {
         match unsafe { nix::unistd::fork() }.context("forking a worker")? {
             nix::unistd::ForkResult::Child => {
                 drop(ours);
-                close_all_but(theirs.as_raw_fd());
+                hutch_runtime::close_all_but(&[0, 1, 2, theirs.as_raw_fd()]);
                 // A worker (and with it every node) dies with hutch.
                 // SAFETY: prctl with a signal number has no memory effects.
                 unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
@@ -143,20 +143,6 @@ impl Drop for Worker {
         // Hanging up ends the worker's loop; it drops (kills) whatever nodes it still has.
         let _ = nix::sys::socket::shutdown(self.sock.as_raw_fd(), nix::sys::socket::Shutdown::Both);
         let _ = nix::sys::wait::waitpid(self.pid, None);
-    }
-}
-
-/// Closes every descriptor the worker inherited from the main process but its own socket and
-/// stdio: the other workers' sockets must not live on in this worker's nodes.
-fn close_all_but(keep: RawFd) {
-    let keep = keep as u32;
-    // SAFETY: close_range only closes descriptors; nothing in this fresh child owns the ones
-    // it closes (their owners live on in the parent).
-    unsafe {
-        if keep > 3 {
-            libc::syscall(libc::SYS_close_range, 3u32, keep - 1, 0u32);
-        }
-        libc::syscall(libc::SYS_close_range, keep.max(2) + 1, u32::MAX, 0u32);
     }
 }
 

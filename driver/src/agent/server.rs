@@ -2,7 +2,6 @@
 //! lock in whatever order requests finish.
 
 use std::io::{self, BufReader};
-use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::sync::{Arc, Mutex};
 
@@ -47,26 +46,15 @@ pub fn serve(stream: UnixStream) -> io::Result<()> {
 }
 
 /// The whole life of the agent process that a node's PID 1 forks just before it execs the
-/// init: close every descriptor but `stream` and stdio (nothing of the runtime may leak into
-/// the node's commands), serve until the driver hangs up, end the node's processes, exit.
-/// Never returns.
+/// init (the runtime has closed every descriptor but `stream` and stdio): serve until the
+/// driver hangs up, end the node's processes, exit. Never returns.
 ///
 /// The driver's end of the socket is the node's only lifeline: it closes when the driver is
 /// done with the node, or when the driver was killed (SIGKILL of `hutch test`). The node then
 /// has no future, and waiting for its commands would keep it (and its network namespace) alive
-/// for as long as they run, forever for a daemon. The node's PID 1 cannot rely on its
-/// parent-death signal for this: the kernel clears it when PID 1 changes its credentials to
-/// become root of the node.
+/// for as long as they run, forever for a daemon (PID 1's parent-death signal only covers a
+/// runtime that dies, not a driver that is done with the node).
 pub fn agent_main(stream: UnixStream) -> ! {
-    let keep = stream.as_raw_fd() as u32;
-    // SAFETY: close_range only closes descriptors. This process is a fresh fork that never
-    // returns to its caller (we _exit below), so no Rust owner of a closed fd runs again.
-    unsafe {
-        if keep > 3 {
-            libc::syscall(libc::SYS_close_range, 3u32, keep - 1, 0u32);
-        }
-        libc::syscall(libc::SYS_close_range, keep.max(2) + 1, u32::MAX, 0u32);
-    }
     // Forked by PID 1: only a node's own init does that (the host's init never forks agents).
     let own_pid_namespace = std::os::unix::process::parent_id() == 1;
     let code = if serve(stream).is_ok() { 0 } else { 1 };

@@ -45,7 +45,13 @@ pub fn fork_agent_with(root: Option<&std::path::Path>, setup: Option<&Setup>) ->
         if let Some(f) = setup {
             f();
         }
-        // Closes every other descriptor (another test's socket must not stay open here).
+        // Another test's socket must not stay open here (the runtime does this for real nodes).
+        let keep = std::os::fd::AsRawFd::as_raw_fd(&theirs) as u32;
+        // SAFETY: close_range only closes descriptors of this fresh child, which never returns.
+        unsafe {
+            libc::syscall(libc::SYS_close_range, 3u32, keep - 1, 0u32);
+            libc::syscall(libc::SYS_close_range, keep + 1, u32::MAX, 0u32);
+        }
         agent_main(theirs);
     }
     drop(theirs);
