@@ -152,8 +152,8 @@ fn sigkill_at_random_moments_leaves_nothing_and_the_next_run_passes() {
         if ran_out {
             ended_first += 1;
         }
-        let after = Census::settled_after(&before, CLEAN_WITHIN.saturating_sub(killed_at.elapsed()));
-        let took = killed_at.elapsed();
+        let took = Census::settle(&before, CLEAN_WITHIN.saturating_sub(killed_at.elapsed())) - killed_at;
+        let after = Census::take();
         worst = worst.max(took);
         println!(
             "kill {i:>2}: as {:<6} {phase:?} +{:>3} ms: {status}; host clean after {:.0} ms",

@@ -2,10 +2,9 @@
 //! own cgroup namespace), and memory/pids limits through cgroups-rs: on the cgroup2 subtree
 //! where the host is pure cgroup2, through the v1 controllers on hybrid hosts.
 //!
-//! A small reaper process removes the cgroups if hutch dies without doing it (SIGKILL).
+//! Every directory is announced to the reaper (reaper.rs) before it is made, so none outlives a
+//! hutch that dies without removing it (SIGKILL).
 
-use std::io::Read;
-use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -13,8 +12,7 @@ use cgroups_rs::hierarchies::{V1, V2};
 use cgroups_rs::memory::MemController;
 use cgroups_rs::pid::PidController;
 use cgroups_rs::{Cgroup, CgroupPid, MaxValue};
-use nix::sys::wait::waitpid;
-use nix::unistd::{fork, ForkResult, Pid};
+use nix::unistd::Pid;
 
 use crate::Error;
 
@@ -65,8 +63,6 @@ pub(crate) struct NodeCgroup {
     v1: Option<Cgroup>,
     /// Where the node's processes live under `v1` (its cgroup namespace root there).
     v1_node: Option<Cgroup>,
-    /// Write end of the reaper's pipe: closing it (or dying) tells the reaper to clean up.
-    reaper: Option<(Pid, OwnedFd)>,
     /// The unified directory is shared by every command node and outlives them.
     shared: bool,
 }
@@ -105,7 +101,6 @@ impl NodeCgroup {
                                 unified: Some(dir),
                                 v1: None,
                                 v1_node: None,
-                                reaper: None,
                                 shared: true,
                             }),
                             warnings,
@@ -122,7 +117,6 @@ impl NodeCgroup {
             unified,
             v1: None,
             v1_node: None,
-            reaper: None,
             shared: false,
         };
         if wants_limits {
@@ -141,6 +135,9 @@ impl NodeCgroup {
                 {
                     let controllers = Some(vec!["memory".to_string(), "pids".to_string()]);
                     let path = format!("hutch/{}", req.leaf);
+                    for controller in ["memory", "pids"] {
+                        crate::reaper::watch(&Path::new("/sys/fs/cgroup").join(controller).join(&path))?;
+                    }
                     let v1 = Cgroup::new_with_specified_controllers(Box::new(V1::new()), path, controllers).map_err(|e| Error::Host {
                         problem: format!("creating cgroup: {e}"),
                         fix: "check /sys/fs/cgroup/memory and /sys/fs/cgroup/pids are mounted".into(),
@@ -175,7 +172,6 @@ impl NodeCgroup {
         if cg.unified.is_none() && cg.v1.is_none() {
             return Ok((None, warnings));
         }
-        cg.reaper = Some(spawn_reaper(cg.dirs())?);
         Ok((Some(cg), warnings))
     }
 
@@ -213,10 +209,10 @@ impl NodeCgroup {
 
     /// Removes the cgroups: kills what is left in them, waits until empty, removes the dirs.
     pub(crate) fn remove(&mut self) {
-        clean(&self.dirs());
-        if let Some((pid, fd)) = self.reaper.take() {
-            drop(fd);
-            let _ = waitpid(pid, None);
+        let dirs = self.dirs();
+        clean(&dirs, Duration::from_secs(2));
+        for dir in dirs.iter().filter(|d| !d.exists()) {
+            crate::reaper::forget(dir);
         }
     }
 }
@@ -306,6 +302,7 @@ fn delegated_dir(mount: &Path, req: &Request, warnings: &mut Warnings) -> Result
         }
     };
     let dir = parent.join(req.leaf);
+    crate::reaper::watch(&dir)?;
     std::fs::create_dir(&dir).map_err(Error::io("creating cgroup", &dir))?;
     Ok(Some(dir))
 }
@@ -338,9 +335,10 @@ fn own_cgroup2() -> Option<String> {
     text.lines().find_map(|l| l.strip_prefix("0::").map(str::to_string))
 }
 
-/// Kills every process left in `dirs` (and below), waits for them to go, removes the dirs.
-fn clean(dirs: &[PathBuf]) {
-    let deadline = Instant::now() + Duration::from_secs(2);
+/// Kills every process left in `dirs` (and below), waits for them to go (at most `patience`),
+/// removes the dirs.
+pub(crate) fn clean(dirs: &[PathBuf], patience: Duration) {
+    let deadline = Instant::now() + patience;
     for dir in dirs {
         if !dir.exists() {
             continue;
@@ -378,33 +376,6 @@ fn collect_subdirs(dir: &Path, out: &mut Vec<PathBuf>) {
             if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
                 collect_subdirs(&e.path(), out);
             }
-        }
-    }
-}
-
-/// Forks the reaper: it waits for its pipe to close, then removes `dirs`. hutch closes the pipe
-/// after its own cleanup (the reaper then finds nothing to do); SIGKILL closes it too.
-fn spawn_reaper(dirs: Vec<PathBuf>) -> Result<(Pid, OwnedFd), Error> {
-    let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(Error::sys("creating the reaper's pipe"))?;
-    // SAFETY: the runtime is used from a single-threaded process (see Container::spawn); the
-    // child only reads a pipe, removes directories and exits.
-    match unsafe { fork() }.map_err(Error::sys("forking the cgroup reaper"))? {
-        ForkResult::Child => {
-            drop(w);
-            crate::fds::close_all_but(&[2, r.as_raw_fd()]);
-            // Own session: a Ctrl-C meant for hutch must not kill the cleanup.
-            let _ = nix::unistd::setsid();
-            let _ = nix::sys::signal::SigSet::all().thread_block();
-            let mut file = std::fs::File::from(r);
-            let mut buf = [0u8; 1];
-            while matches!(file.read(&mut buf), Ok(n) if n > 0) {}
-            clean(&dirs);
-            // SAFETY: exit without running the parent's atexit handlers.
-            unsafe { libc::_exit(0) }
-        }
-        ForkResult::Parent { child } => {
-            drop(r);
-            Ok((child, w))
         }
     }
 }

@@ -24,6 +24,7 @@ mod init;
 mod janitor;
 mod pid1;
 mod plan;
+mod reaper;
 mod spec;
 mod sync;
 mod timings;

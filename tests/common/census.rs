@@ -50,6 +50,16 @@ impl Census {
     /// Counts everything now.
     pub fn take() -> Census {
         Census {
+            cache: disk(&super::cache()),
+            state: disk(Path::new("/run/hutch")),
+            ..Census::live()
+        }
+    }
+
+    /// Counts everything a run holds while it lives (processes, mounts, namespaces, links,
+    /// cgroups), not the disk: walking the fixture cache takes longer than a teardown.
+    fn live() -> Census {
+        Census {
             mounts: mounts().len(),
             netns: netns_count(),
             run_netns: run_netns_count(),
@@ -63,8 +73,8 @@ impl Census {
                 .count(),
             hutch_processes: hutch_processes().len(),
             host_links: std::fs::read_dir("/sys/class/net").map(|d| d.count()).unwrap_or(0),
-            cache: disk(&super::cache()),
-            state: disk(Path::new("/run/hutch")),
+            cache: (0, 0),
+            state: (0, 0),
         }
     }
 
@@ -137,17 +147,23 @@ impl Census {
         grew
     }
 
-    /// Takes the census again until nothing has grown since `before` (other people's processes
-    /// and the last run's reapers settle), at most `limit`; returns the last census.
-    pub fn settled_after(before: &Census, limit: Duration) -> Census {
+    /// Takes the live census again until nothing of it has grown since `before` (other
+    /// people's processes and the last run's reapers settle), at most `limit`; returns when
+    /// that happened.
+    pub fn settle(before: &Census, limit: Duration) -> Instant {
         let deadline = Instant::now() + limit;
         loop {
-            let now = Census::take();
-            if now.growth(before).is_empty() || Instant::now() > deadline {
-                return now;
+            if Census::live().growth(before).is_empty() || Instant::now() > deadline {
+                return Instant::now();
             }
-            std::thread::sleep(Duration::from_millis(100));
+            std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// [`Census::settle`], then the whole census (disk included).
+    pub fn settled_after(before: &Census, limit: Duration) -> Census {
+        Census::settle(before, limit);
+        Census::take()
     }
 }
 
