@@ -44,6 +44,10 @@ rustPlatform.buildRustPackage {
   ];
   # rusqlite (the store database read by closure_only) links the system's SQLite.
   buildInputs = [ sqlite ];
+  # .cargo/config.toml links hutch statically (glibc's and SQLite's static libraries), which
+  # nixpkgs ships apart (glibc.static); Nix builds the default dynamic binary instead: empty
+  # encoded flags take precedence over the config's. Not built here (no nixpkgs offline).
+  env.CARGO_ENCODED_RUSTFLAGS = "";
 
   # The script bridge's tests run the Python test driver module; netns's rootless test makes a
   # user namespace with unshare and checks the LAN with ip and ping.

@@ -9,7 +9,8 @@ bash scripts/setup.sh
 bash fixtures/debian-image.sh >/dev/null
 image=$(bash fixtures/busybox-image.sh)
 toplevel=$(bash fixtures/nix-toplevel.sh)
+hutch=./target/$(rustc --print host-tuple)/release/hutch
 set -x
-./target/release/hutch test examples/nginx/test.toml --timings
-./target/release/hutch run --image "$image" --boot --timings
-./target/release/hutch run --toplevel "$toplevel" --closure-only --timings
+$hutch test examples/nginx/test.toml --timings
+$hutch run --image "$image" --boot --timings
+$hutch run --toplevel "$toplevel" --closure-only --timings

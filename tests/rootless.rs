@@ -11,11 +11,7 @@ const NO_RANGE: u32 = 4242;
 const NOBODY_GID: u32 = 65534;
 
 fn has_range(uid: u32) -> bool {
-    let name = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
-        .ok()
-        .flatten()
-        .map(|u| u.name)
-        .unwrap_or_default();
+    let name = hutch_runtime::Passwd::by_uid(uid).map(|p| p.name).unwrap_or_default();
     std::fs::read_to_string("/etc/subuid")
         .unwrap_or_default()
         .lines()

@@ -11,7 +11,7 @@
 use std::io::Write;
 use std::process::Command;
 
-use nix::unistd::{Gid, Pid, Uid, User};
+use nix::unistd::{Gid, Pid, Uid};
 
 use crate::Error;
 
@@ -72,7 +72,7 @@ impl IdMap {
                 IdMapKind::Single
             }
         } else {
-            let name = User::from_uid(Uid::from_raw(uid)).ok().flatten().map(|u| u.name);
+            let name = crate::Passwd::by_uid(uid).map(|p| p.name);
             let sub_u = subordinate_start("/etc/subuid", uid, name.as_deref());
             let sub_g = subordinate_start("/etc/subgid", uid, name.as_deref());
             match (sub_u, sub_g, helper_exists("newuidmap") && helper_exists("newgidmap")) {

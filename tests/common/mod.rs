@@ -79,10 +79,8 @@ pub fn busybox_image_for(user: Option<u32>) -> PathBuf {
     if let Some((_, p)) = shifted.iter().find(|(u, _)| *u == uid) {
         return p.clone();
     }
-    let name = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
-        .ok()
-        .flatten()
-        .map(|u| u.name)
+    let name = hutch_runtime::Passwd::by_uid(uid)
+        .map(|p| p.name)
         .unwrap_or_else(|| panic!("uid {uid} has no user name"));
     let p = build_fixture("busybox-image.sh", &["--shift-for", &name]);
     shifted.push((uid, p.clone()));
@@ -202,11 +200,7 @@ pub fn hutch_command(user: Option<u32>, args: &[&str]) -> Command {
         Some(uid) => {
             let mut c = Command::new("setpriv");
             // The user's primary group (nobody's is nogroup, 65534), else the uid.
-            let gid = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
-                .ok()
-                .flatten()
-                .map(|u| u.gid.as_raw())
-                .unwrap_or(uid);
+            let gid = hutch_runtime::Passwd::by_uid(uid).map(|p| p.gid).unwrap_or(uid);
             c.args([
                 format!("--reuid={uid}"),
                 format!("--regid={gid}"),
@@ -419,7 +413,7 @@ impl Drop for ChildGuard {
 
 /// The uid of a local user, when it exists.
 pub fn uid_of_user(name: &str) -> Option<u32> {
-    nix::unistd::User::from_name(name).ok().flatten().map(|u| u.uid.as_raw())
+    hutch_runtime::Passwd::by_name(name).map(|p| p.uid)
 }
 
 /// Publishes the busybox fixture as the named image `busybox` in $HUTCH_CACHE/images, and a
