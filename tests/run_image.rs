@@ -47,6 +47,39 @@ fn command_is_pid_1_with_the_hostname_and_a_full_shifted_id_map() {
 }
 
 #[test]
+fn the_node_may_use_every_cpu_hutch_may() {
+    if skip_unless_root("every_cpu") {
+        return;
+    }
+    // The builder moves PID 1 off its own CPU for the start; the node must get them all back,
+    // its init and the agent alike.
+    let host = std::fs::read_to_string("/proc/self/status").unwrap();
+    let allowed = |status: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+            .map(|v| v.trim().to_string())
+            .unwrap_or_default()
+    };
+    for _ in 0..5 {
+        let r = sh(&[], "cat /proc/1/status").ok();
+        assert_eq!(allowed(&r.stdout), allowed(&host), "{}", r.stdout);
+    }
+    // Started from one CPU (taskset, a CI runner's cpuset), the node keeps that one.
+    let this_thread = nix::unistd::Pid::from_raw(0);
+    let all = nix::sched::sched_getaffinity(this_thread).unwrap();
+    let first = (0..nix::sched::CpuSet::count()).find(|&c| all.is_set(c).unwrap()).unwrap();
+    let mut one = nix::sched::CpuSet::new();
+    one.set(first).unwrap();
+    nix::sched::sched_setaffinity(this_thread, &one).unwrap();
+    let r = sh(&[], "cat /proc/1/status; grep Cpus_allowed_list /proc/self/status");
+    nix::sched::sched_setaffinity(this_thread, &all).unwrap();
+    let r = r.ok();
+    assert_eq!(allowed(&r.stdout), first.to_string(), "{}", r.stdout);
+    assert!(r.stdout.ends_with(&format!("Cpus_allowed_list:\t{first}\n")), "{}", r.stdout);
+}
+
+#[test]
 fn exit_status_and_output_pass_through() {
     if skip_unless_root("exit_status") {
         return;

@@ -9,7 +9,7 @@ use std::ffi::CString;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 
 use nix::errno::Errno;
-use nix::sched::{unshare, CloneFlags};
+use nix::sched::{unshare, CloneFlags, CpuSet};
 use nix::sys::signal::SigSet;
 use nix::sys::socket::{socket, AddressFamily, SockFlag, SockType};
 use nix::sys::stat::Mode;
@@ -43,9 +43,11 @@ pub(crate) struct Pipes {
     pub net: OwnedFd,
 }
 
-/// Runs PID 1's steps and execs; never returns. `sock` reaches the runtime.
-pub(crate) fn run(plan: &Pid1Plan, pipes: Pipes, sock: BorrowedFd) -> ! {
-    let (step, errno) = match setup(plan, pipes, sock) {
+/// Runs PID 1's steps and execs; never returns. `sock` reaches the runtime; `affinity` is
+/// the CPU mask PID 1 was cloned with, which the builder narrows for the start (see
+/// `child::move_off_this_cpu`).
+pub(crate) fn run(plan: &Pid1Plan, pipes: Pipes, affinity: Option<CpuSet>, sock: BorrowedFd) -> ! {
+    let (step, errno) = match setup(plan, pipes, affinity, sock) {
         Ok(()) if plan.program.is_empty() => minimal_init(),
         Ok(()) => exec(plan),
         Err(failed) => failed,
@@ -55,7 +57,7 @@ pub(crate) fn run(plan: &Pid1Plan, pipes: Pipes, sock: BorrowedFd) -> ! {
     unsafe { libc::_exit(125) }
 }
 
-fn setup(plan: &Pid1Plan, pipes: Pipes, sock: BorrowedFd) -> StepResult {
+fn setup(plan: &Pid1Plan, pipes: Pipes, affinity: Option<CpuSet>, sock: BorrowedFd) -> StepResult {
     let mut stamps = [0u64; STAMPS];
     // Die with the runtime (our parent: we were cloned with CLONE_PARENT).
     // SAFETY: prctl with PR_SET_PDEATHSIG and a signal number has no memory effects.
@@ -78,6 +80,11 @@ fn setup(plan: &Pid1Plan, pipes: Pipes, sock: BorrowedFd) -> StepResult {
         _ => unsafe { libc::_exit(125) },
     }
     drop(pipes.ready);
+    // The builder narrowed our CPUs right after our clone, long before it finished the mounts:
+    // the node gets every CPU it was started with back.
+    if let Some(all) = &affinity {
+        nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), all).map_err(at(STEP_HANDOVER))?;
+    }
     stamps[0] = u64::from_le_bytes(built[..8].try_into().unwrap_or_default());
     stamps[1] = u64::from_le_bytes(built[8..].try_into().unwrap_or_default());
     // A mount namespace of our own, owned by the inner user namespace: the kernel copies the
