@@ -2,7 +2,7 @@
 //! test (tests/scripts/three_nodes.toml), as root and as `nobody`, then one `hutch test` whose
 //! script restarts a node 100 times while it counts the driver's descriptors and threads.
 //! A census of the host (mounts, network namespaces, cgroups, processes, links, disk in the
-//! cache and /run/hutch) before and after must show zero growth.
+//! cache) before and after must show zero growth.
 //!
 //! Run it: `cargo test --test soak -- --nocapture` (prints the figures the README quotes).
 

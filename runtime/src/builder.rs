@@ -2,7 +2,7 @@
 //! and cgroups, learn the PID 1 it clones, reap it once the mount table is handed over.
 
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
-use std::path::PathBuf;
+use std::path::Path;
 
 use nix::errno::Errno;
 use nix::unistd::Pid;
@@ -49,23 +49,22 @@ impl Builder {
         Builder { pid, pidfd, reaped: false }
     }
 
-    /// Maps the builder's ids, attaches the image view it mounts from, joins its v1 cgroups and
-    /// lets it go; returns once PID 1 exists with its network namespace.
+    /// Maps the builder's ids, joins it to its v1 cgroups and lets it go, with the idmapped
+    /// tree of `image` (a root-owned image seen by shifted ids); returns once PID 1 exists
+    /// with its network namespace.
     pub fn hand_over(
         &mut self,
         sock: &OwnedFd,
         idmap: &IdMap,
-        view: Option<&(PathBuf, PathBuf)>,
+        image: Option<&Path>,
         cgroup: Option<&NodeCgroup>,
     ) -> Result<HandOver, Failure> {
         idmap.apply(self.pid)?;
-        if let Some((image, view)) = view {
-            crate::idmount::attach_view(image, view, self.pid)?;
-        }
+        let tree = image.map(|image| crate::idmount::idmapped_tree(image, self.pid)).transpose()?;
         if let Some(cg) = cgroup {
             cg.add_v1(self.pid)?;
         }
-        sync::send_child(sock.as_fd(), ToChild::Go).map_err(Error::sys("starting the node's builder"))?;
+        sync::send_child(sock.as_fd(), ToChild::Go(tree)).map_err(Error::sys("starting the node's builder"))?;
         let released = crate::timings::now_ns();
         let (mut pid1, mut net, mut notify) = (None, false, None);
         while pid1.is_none() || !net {

@@ -10,7 +10,7 @@
 //! see beneath, or mount a fresh procfs beside them. Any failure is reported to the runtime as
 //! (step, errno) and the builder exits; PID 1 then sees its pipe close and exits too.
 
-use std::ffi::CString;
+use std::ffi::{CStr, CString};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 
 use nix::errno::Errno;
@@ -22,7 +22,7 @@ use nix::unistd::{chdir, pivot_root, Pid};
 
 use crate::pid1::{self, Pid1Plan};
 use crate::plan::{Op, Plan};
-use crate::sync::{self, ToParent};
+use crate::sync::{self, ToChild, ToParent};
 use crate::timings::now_ns;
 
 /// Step numbers after the plan's steps, for errors outside it.
@@ -67,7 +67,7 @@ pub(crate) fn run(plan: &ChildPlan, sock: OwnedFd) -> ! {
 fn build(plan: &ChildPlan, sock: BorrowedFd) -> StepResult {
     // The runtime writes our id maps and places us in our cgroups meanwhile (end-of-file if
     // it dies).
-    sync::recv_child(sock).map_err(at(STEP_WAIT))?;
+    let ToChild::Go(view) = sync::recv_child(sock).map_err(at(STEP_WAIT))?;
     become_root(plan.set_groups).map_err(at(STEP_IDS))?;
     // Die with the runtime. After become_root: changing ids clears the parent-death signal.
     // SAFETY: prctl with PR_SET_PDEATHSIG and a signal number has no memory effects.
@@ -122,7 +122,7 @@ fn build(plan: &ChildPlan, sock: BorrowedFd) -> StepResult {
     };
     let start = now_ns();
     for (i, step) in plan.plan.steps.iter().enumerate() {
-        match run_op(&step.op, sock, &link) {
+        match run_op(&step.op, sock, &link, view.as_ref()) {
             Err(Errno::ENOENT) if step.optional => {}
             other => other.map_err(at(i as u32))?,
         }
@@ -228,8 +228,9 @@ fn mount_proc(dst: &CString, flags: MsFlags, pidns: BorrowedFd) -> Result<(), Er
     }
 }
 
-fn run_op(op: &Op, sock: BorrowedFd, link: &Pid1Link) -> Result<(), Errno> {
+fn run_op(op: &Op, sock: BorrowedFd, link: &Pid1Link, view: Option<&OwnedFd>) -> Result<(), Errno> {
     match op {
+        Op::AttachView { dst } => attach(view.ok_or(Errno::EBADF)?, dst),
         Op::Proc { dst, flags } => mount_proc(dst, *flags, link.pidns.as_fd()),
         Op::JoinNet => join_net(link),
         Op::Mount {
@@ -293,6 +294,22 @@ fn run_op(op: &Op, sock: BorrowedFd, link: &Pid1Link) -> Result<(), Errno> {
     }
 }
 
+/// move_mount(2) of the detached tree `tree` onto `dst`.
+fn attach(tree: &OwnedFd, dst: &CStr) -> Result<(), Errno> {
+    // SAFETY: move_mount of a detached tree we own onto a NUL-terminated path.
+    Errno::result(unsafe {
+        libc::syscall(
+            libc::SYS_move_mount,
+            tree.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_FDCWD,
+            dst.as_ptr(),
+            libc::MOVE_MOUNT_F_EMPTY_PATH,
+        )
+    })
+    .map(drop)
+}
+
 /// fsconfig(2) commands (linux/mount.h).
 const FSCONFIG_SET_STRING: libc::c_uint = 1;
 const FSCONFIG_CMD_CREATE: libc::c_uint = 6;
@@ -334,17 +351,7 @@ fn stage() -> Result<(), Errno> {
     let mnt = Errno::result(unsafe { libc::syscall(libc::SYS_fsmount, fs.as_raw_fd(), libc::FSMOUNT_CLOEXEC, attrs) })?;
     // SAFETY: the kernel returned a new descriptor.
     let mnt = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(mnt as i32) };
-    // SAFETY: move_mount of our detached mount onto "/", both paths NUL-terminated.
-    Errno::result(unsafe {
-        libc::syscall(
-            libc::SYS_move_mount,
-            mnt.as_raw_fd(),
-            c"".as_ptr(),
-            libc::AT_FDCWD,
-            c"/".as_ptr(),
-            libc::MOVE_MOUNT_F_EMPTY_PATH,
-        )
-    })?;
+    attach(&mnt, c"/")?;
     nix::unistd::fchdir(&mnt)
 }
 

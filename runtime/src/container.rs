@@ -110,13 +110,9 @@ impl Container {
             } => Some(crate::closure::closure(toplevel, store)?),
             _ => None,
         };
-        // Shifted ids see a root-owned image through an idmapped view, attached after the clone.
+        // Shifted ids see a root-owned image through an idmapped view, made after the clone.
         let image_view = match (&spec.root, idmap.is_shifted()) {
-            (RootFs::Image(dir), true) => {
-                let dir = dir.canonicalize().map_err(Error::io("resolving image", dir))?;
-                let view = crate::idmount::view_path(&dir, idmap.host_uid(0).unwrap_or_default())?;
-                Some((dir, view))
-            }
+            (RootFs::Image(dir), true) => Some(dir.canonicalize().map_err(Error::io("resolving image", dir))?),
             _ => None,
         };
         let console = if spec.boot { Some(Console::open(idmap)?) } else { None };
@@ -143,7 +139,7 @@ impl Container {
         }
         let cx = Context {
             spec,
-            image_view: image_view.as_ref().map(|(_, view)| view.clone()),
+            image_view: image_view.is_some(),
             closure,
             console: console.as_ref().map(|c| ConsolePath(c.slave.clone())),
             cgroup2: cgroup.as_ref().is_some_and(|c| c.unified.is_some()),
@@ -179,7 +175,7 @@ impl Container {
         drop(child_sock);
         let mut builder = Builder::new(builder_pid, builder_fd);
         let t1 = now_ns();
-        let handed = match builder.hand_over(&parent_sock, idmap, image_view.as_ref(), cgroup.as_ref()) {
+        let handed = match builder.hand_over(&parent_sock, idmap, image_view.as_deref(), cgroup.as_ref()) {
             Ok(handed) => handed,
             Err(e) => {
                 builder.reap();
@@ -405,7 +401,7 @@ impl Pending {
             cplan,
             t0,
         } = self;
-        sync::send_child(parent_sock.as_fd(), ToChild::Go).map_err(Error::sys("starting the node"))?;
+        sync::send_child(parent_sock.as_fd(), ToChild::Go(None)).map_err(Error::sys("starting the node"))?;
         let mut stamps = None;
         let result = loop {
             match sync::recv_parent(parent_sock.as_fd()) {

@@ -45,6 +45,8 @@ pub(crate) enum Op {
     Stage,
     /// Bind a datagram socket at `path` and hand it to the parent (systemd's NOTIFY_SOCKET).
     NotifySocket { path: CString },
+    /// Attach the idmapped image tree the runtime passed to the builder at `dst`.
+    AttachView { dst: CString },
     /// Make `newroot` the root and detach everything else (staging tmpfs and host root).
     EnterRoot,
 }
@@ -178,8 +180,9 @@ fn node_path(p: &Path) -> String {
 /// What the parent knows that shapes the node's mounts.
 pub(crate) struct Context<'a> {
     pub spec: &'a NodeSpec,
-    /// Where the image is seen with the node's ids (an idmapped mount), when it needs one.
-    pub image_view: Option<PathBuf>,
+    /// The image is seen with the node's ids through an idmapped tree the runtime passes to
+    /// the builder (root-owned image, shifted ids), not at its own path.
+    pub image_view: bool,
     /// Store paths to mount with `--closure-only`.
     pub closure: Option<Vec<PathBuf>>,
     /// The host's pty slave for /dev/console (boot mode).
@@ -233,9 +236,14 @@ fn root_fs(cx: &Context, p: &mut Plan) -> Result<(), Error> {
     match &cx.spec.root {
         RootFs::Image(dir) => {
             // The image is the read-only lower layer; the node writes into a private tmpfs.
-            let dir = match &cx.image_view {
-                Some(view) => view.clone(),
-                None => dir.canonicalize().map_err(Error::io("resolving image", dir))?,
+            let dir = match cx.image_view {
+                true => {
+                    let view = PathBuf::from("view");
+                    p.mkdir(&view, 0o755);
+                    p.push(Op::AttachView { dst: c(&view) }, "attach the idmapped image".into());
+                    view
+                }
+                false => dir.canonicalize().map_err(Error::io("resolving image", dir))?,
             };
             p.mkdir(Path::new("overlay"), 0o755);
             p.mount(

@@ -30,11 +30,12 @@ pub(crate) enum ToParent {
 }
 
 /// What the parent tells the child.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug)]
 pub(crate) enum ToChild {
-    /// To the builder: its id maps are written and its cgroups joined. To PID 1: its network
-    /// is wired, exec the init.
-    Go,
+    /// To the builder: its id maps are written and its cgroups joined; with the detached,
+    /// idmapped tree of the image it mounts from, if any. To PID 1: its network is wired,
+    /// exec the init.
+    Go(Option<OwnedFd>),
 }
 
 /// Creates the close-on-exec socketpair (parent end, child end).
@@ -85,25 +86,7 @@ pub(crate) fn send_parent(fd: BorrowedFd, msg: &ToParent) -> Result<(), Errno> {
 /// Receives the next message from the child; `None` at end-of-file (the child exec'd or died).
 pub(crate) fn recv_parent(fd: BorrowedFd) -> Result<Option<ToParent>, Errno> {
     let mut buf = [0u8; 1 + 8 * STAMPS];
-    let mut space = nix::cmsg_space!([RawFd; 1]);
-    let mut iov = [IoSliceMut::new(&mut buf)];
-    let msg = loop {
-        match recvmsg::<()>(fd.as_raw_fd(), &mut iov, Some(&mut space), MsgFlags::MSG_CMSG_CLOEXEC) {
-            Err(Errno::EINTR) => continue,
-            other => break other?,
-        }
-    };
-    let mut passed: Option<OwnedFd> = None;
-    for cmsg in msg.cmsgs()? {
-        if let ControlMessageOwned::ScmRights(fds) = cmsg {
-            for raw in fds {
-                // SAFETY: the kernel just installed `raw` in our table for this message; we own it.
-                let owned = unsafe { OwnedFd::from_raw_fd(raw) };
-                passed.get_or_insert(owned);
-            }
-        }
-    }
-    let len = msg.bytes;
+    let (len, passed) = recv_packet(fd, &mut buf)?;
     if len == 0 {
         return Ok(None);
     }
@@ -124,19 +107,44 @@ pub(crate) fn recv_parent(fd: BorrowedFd) -> Result<Option<ToParent>, Errno> {
 
 /// Sends a message to the child.
 pub(crate) fn send_child(fd: BorrowedFd, msg: ToChild) -> Result<(), Errno> {
-    let ToChild::Go = msg;
-    nix::sys::socket::send(fd.as_raw_fd(), &[GO], MsgFlags::empty()).map(drop)
+    let ToChild::Go(passed) = msg;
+    let fds: Vec<RawFd> = passed.iter().map(|f| f.as_raw_fd()).collect();
+    let cmsgs: Vec<ControlMessage> = match fds.is_empty() {
+        true => vec![],
+        false => vec![ControlMessage::ScmRights(&fds)],
+    };
+    sendmsg::<()>(fd.as_raw_fd(), &[IoSlice::new(&[GO])], &cmsgs, MsgFlags::empty(), None).map(drop)
 }
 
 /// Waits for the parent's go-ahead; `Err(EPIPE)` when the parent died first.
 pub(crate) fn recv_child(fd: BorrowedFd) -> Result<ToChild, Errno> {
     let mut buf = [0u8; 1];
-    loop {
-        match nix::sys::socket::recv(fd.as_raw_fd(), &mut buf, MsgFlags::empty()) {
+    match recv_packet(fd, &mut buf)? {
+        (1, passed) if buf[0] == GO => Ok(ToChild::Go(passed)),
+        _ => Err(Errno::EPIPE),
+    }
+}
+
+/// Receives one packet into `buf`: its length and the descriptor passed with it, if any
+/// (more than one is closed: no message carries two).
+fn recv_packet(fd: BorrowedFd, buf: &mut [u8]) -> Result<(usize, Option<OwnedFd>), Errno> {
+    let mut space = nix::cmsg_space!([RawFd; 1]);
+    let mut iov = [IoSliceMut::new(buf)];
+    let msg = loop {
+        match recvmsg::<()>(fd.as_raw_fd(), &mut iov, Some(&mut space), MsgFlags::MSG_CMSG_CLOEXEC) {
             Err(Errno::EINTR) => continue,
-            Ok(1) if buf[0] == GO => return Ok(ToChild::Go),
-            Ok(_) => return Err(Errno::EPIPE),
-            Err(e) => return Err(e),
+            other => break other?,
+        }
+    };
+    let mut passed = None;
+    for cmsg in msg.cmsgs()? {
+        if let ControlMessageOwned::ScmRights(fds) = cmsg {
+            for raw in fds {
+                // SAFETY: the kernel just installed `raw` in our table for this message; we own it.
+                let owned = unsafe { OwnedFd::from_raw_fd(raw) };
+                passed.get_or_insert(owned);
+            }
         }
     }
+    Ok((msg.bytes, passed))
 }

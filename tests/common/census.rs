@@ -42,8 +42,6 @@ pub struct Census {
     pub host_links: usize,
     /// Bytes and entries under $HUTCH_CACHE.
     pub cache: (u64, u64),
-    /// Bytes and entries under /run/hutch (idmapped image views).
-    pub state: (u64, u64),
 }
 
 impl Census {
@@ -51,7 +49,6 @@ impl Census {
     pub fn take() -> Census {
         Census {
             cache: disk(&super::cache()),
-            state: disk(Path::new("/run/hutch")),
             ..Census::live()
         }
     }
@@ -74,7 +71,6 @@ impl Census {
             hutch_processes: hutch_processes().len(),
             host_links: std::fs::read_dir("/sys/class/net").map(|d| d.count()).unwrap_or(0),
             cache: (0, 0),
-            state: (0, 0),
         }
     }
 
@@ -105,8 +101,6 @@ impl Census {
             ("host network links", before.host_links as u64, after.host_links as u64),
             ("cache bytes", before.cache.0, after.cache.0),
             ("cache entries", before.cache.1, after.cache.1),
-            ("/run/hutch bytes", before.state.0, after.state.0),
-            ("/run/hutch entries", before.state.1, after.state.1),
         ];
         rows.iter()
             .map(|(name, b, a)| format!("  {name:<38} {b:>12} -> {a:<12}\n"))
@@ -142,8 +136,6 @@ impl Census {
         check("host network links", before.host_links as u64, self.host_links as u64);
         check("cache bytes", before.cache.0, self.cache.0);
         check("cache entries", before.cache.1, self.cache.1);
-        check("/run/hutch bytes", before.state.0, self.state.0);
-        check("/run/hutch entries", before.state.1, self.state.1);
         grew
     }
 

@@ -84,11 +84,11 @@ pub fn all() -> Vec<Attempt> {
             super::image_unchanged,
         ),
         row(
-            "reach the host's mounts (its root or hutch's image views left under the node's root)",
+            "reach the host's mounts (its root filesystem left mounted under the node's root)",
             Busybox,
-            "echo roots=$(awk '$5 == \"/\"' /proc/self/mountinfo | wc -l) views=$(grep -c hutch-views /proc/self/mountinfo)",
-            "one root, no host mount",
-            &["roots=1 views=0"],
+            "echo roots=$(awk '$5 == \"/\"' /proc/self/mountinfo | wc -l) hostroot=$(awk -v d=$MAJ:$MIN '$3 == d && $4 == \"/\"' /proc/self/mountinfo | wc -l)",
+            "one root, the host's root filesystem mounted nowhere",
+            &["roots=1 hostroot=0"],
         ),
         row("remount a read-only --bind rw", Busybox, "$P mount - - /mnt/escape remount,bind", "EPERM", MOUNT_EPERM),
         custom(
