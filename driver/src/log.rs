@@ -3,8 +3,9 @@
 //! in `<output>/<node>.log`.
 
 use std::collections::HashMap;
+use std::fmt::Write as _;
 use std::fs::File;
-use std::io::{self, IsTerminal, Write};
+use std::io::{self, IsTerminal, Write as _};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
@@ -96,36 +97,42 @@ impl Log {
 
     fn write(&self, node: Option<&str>, msg: &str, show: bool) {
         let t = self.start.elapsed().as_secs_f64();
+        let sep = if msg.starts_with('#') { " " } else { ": " };
         let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         let color = node.map(|n| g.color(n));
+        // Each sink gets the whole message in one write: a write per formatted fragment cost
+        // dozens of system calls per line, on the path of every command a script runs.
         if let Some(f) = node.and_then(|n| g.node_file(n)) {
-            for line in msg.lines() {
-                let _ = writeln!(f, "[{t:9.3}] {line}");
-            }
+            let _ = f.write_all(each_line(msg, |out, line| writeln!(out, "[{t:9.3}] {line}")).as_bytes());
         }
-        let sep = if msg.starts_with('#') { " " } else { ": " };
         if let Some(f) = g.main.as_mut() {
-            for line in msg.lines() {
-                let _ = match node {
-                    Some(n) => writeln!(f, "[{t:9.3}] {n}{sep}{line}"),
-                    None => writeln!(f, "[{t:9.3}] {line}"),
-                };
-            }
+            let text = each_line(msg, |out, line| match node {
+                Some(n) => writeln!(out, "[{t:9.3}] {n}{sep}{line}"),
+                None => writeln!(out, "[{t:9.3}] {line}"),
+            });
+            let _ = f.write_all(text.as_bytes());
         }
         drop(g);
         if !(show && self.terminal) {
             return;
         }
-        let mut err = io::stderr().lock();
-        for line in msg.lines() {
-            let _ = match (node, color, self.color) {
-                (Some(n), Some(c), true) => writeln!(err, "\x1b[{c}m{n}\x1b[0m{sep}{line}"),
-                (Some(n), _, _) => writeln!(err, "{n}{sep}{line}"),
-                (None, _, true) => writeln!(err, "\x1b[1m{line}\x1b[0m"),
-                (None, _, false) => writeln!(err, "{line}"),
-            };
-        }
+        let text = each_line(msg, |out, line| match (node, color, self.color) {
+            (Some(n), Some(c), true) => writeln!(out, "\x1b[{c}m{n}\x1b[0m{sep}{line}"),
+            (Some(n), _, _) => writeln!(out, "{n}{sep}{line}"),
+            (None, _, true) => writeln!(out, "\x1b[1m{line}\x1b[0m"),
+            (None, _, false) => writeln!(out, "{line}"),
+        });
+        let _ = io::stderr().lock().write_all(text.as_bytes());
     }
+}
+
+/// `msg`, each of its lines formatted by `format`, as one string.
+fn each_line(msg: &str, format: impl Fn(&mut String, &str) -> std::fmt::Result) -> String {
+    let mut out = String::with_capacity(msg.len() + 32);
+    for line in msg.lines() {
+        let _ = format(&mut out, line);
+    }
+    out
 }
 
 impl Inner {

@@ -192,13 +192,13 @@ pub(crate) fn command(req: &RunRequest, fast: bool) -> std::process::Command {
         None => cmd.envs(login::BASE_ENV.iter().copied()),
     };
     cmd.env("SHELL", sh).env("PAGER", "").env("SYSTEMD_PAGER", "").envs(&req.env);
-    let cwd = match &req.cwd {
-        Some(d) => d.as_str(),
-        None if Path::new("/tmp").is_dir() => "/tmp",
-        None => "/",
-    };
-    cmd.current_dir(cwd)
-        .process_group(0)
+    // Commands start in the agent's own directory (/tmp, see server.rs) unless the request
+    // names one: a directory per command makes std fork instead of posix_spawn (vfork) in a
+    // static hutch, whose glibc offers std no posix_spawn_file_actions_addchdir_np.
+    if let Some(dir) = &req.cwd {
+        cmd.current_dir(dir);
+    }
+    cmd.process_group(0)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());

@@ -268,8 +268,9 @@ fn answer(state: &State, id: u64, r: Result<Value, CallError>) {
         Ok(v) => json!({"id": id, "ok": v}),
         Err(e) => json!({"id": id, "error": {"type": e.kind, "message": e.message}}),
     };
-    let mut w = lock(&state.writer);
-    let _ = writeln!(w, "{msg}");
+    // One write per reply: the bridge's reader wakes up once, not per JSON token.
+    let line = format!("{msg}\n");
+    let _ = lock(&state.writer).write_all(line.as_bytes());
 }
 
 /// Serve one Machine or global call (on its own thread: calls may block for minutes).
