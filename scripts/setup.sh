@@ -6,7 +6,8 @@ cd "$(dirname "$0")/.."
 
 packages=(
     uidmap            # newuidmap/newgidmap: rootless id maps
-    libsqlite3-dev    # reading the Nix store database (--closure-only)
+    libsqlite3-dev    # reading the Nix store database (--closure-only); its libsqlite3.a
+    libc6-dev         # glibc's static libraries: hutch links statically (.cargo/config.toml)
     pkg-config gcc
     python3           # the test-script bridge
     nix-bin           # offline Nix store for NixOS-mode fixtures

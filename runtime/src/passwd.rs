@@ -9,8 +9,11 @@
 /// One /etc/passwd entry: what hutch and its tests need of it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Passwd {
+    /// The login name (what /etc/subuid lines may be keyed by).
     pub name: String,
+    /// The user id.
     pub uid: u32,
+    /// The primary group id.
     pub gid: u32,
 }
 
