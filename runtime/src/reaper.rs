@@ -40,13 +40,9 @@ fn send(op: char, dir: &Path) -> Result<(), Error> {
     let line = format!("{op}{}\n", dir.display());
     let mut reaper = REAPER.lock().unwrap_or_else(|e| e.into_inner());
     let me = std::process::id();
-    if let Some((owner, fd)) = reaper.take() {
-        if owner == me {
-            *reaper = Some((owner, fd));
-        } else {
-            // Inherited through fork: the descriptor may be closed or reused by now.
-            std::mem::forget(fd);
-        }
+    if reaper.as_ref().is_some_and(|(owner, _)| *owner != me) {
+        // Inherited through fork: the descriptor may be closed or reused by now.
+        std::mem::forget(reaper.take());
     }
     if let Some((_, fd)) = reaper.as_ref() {
         // One write of less than PIPE_BUF bytes: atomic.
