@@ -100,10 +100,13 @@ fn setup(plan: &Pid1Plan, pipes: Pipes, affinity: Option<CpuSet>, sock: Borrowed
     if plan.console_stdio {
         console_stdio().map_err(at(STEP_EXEC))?;
     }
-    SigSet::empty().thread_set_mask().map_err(at(STEP_EXEC))?;
     if let Some(agent) = plan.agent {
+        // Every signal stays blocked across the fork: the agent must leave our session and
+        // set its handlers before any signal meant for the init's session reaches it.
+        SigSet::all().thread_block().map_err(at(STEP_AGENT))?;
         fork_agent(agent).map_err(at(STEP_AGENT))?;
     }
+    SigSet::empty().thread_set_mask().map_err(at(STEP_EXEC))?;
     // Nothing of the runtime's survives the exec (other nodes' descriptors included).
     crate::fds::cloexec_from_3();
     stamps[6] = now_ns();
@@ -145,12 +148,15 @@ fn fork_agent(agent: crate::spec::AgentHook) -> Result<(), Errno> {
     // SAFETY: this process is single-threaded (a fresh clone of a single-threaded runtime).
     match unsafe { nix::unistd::fork() }? {
         nix::unistd::ForkResult::Child => {
-            // A session of its own: systemd hangs up the console as it starts, which would
-            // SIGHUP everything whose controlling terminal it is.
+            // A session of its own, taken with every signal still blocked: systemd gives up
+            // the console as it starts (TIOCNOTTY), which SIGHUPs the console's foreground
+            // process group, PID 1's; an agent forked but not yet scheduled was still in it
+            // and died (issue 17: 8 of 30 three-node boots under load, traced to this SIGHUP).
             let _ = nix::unistd::setsid();
             // The agent keeps only its socket and stdio: no runtime descriptor may reach the
             // node's commands through /proc/<agent>/fd, nor its socket the commands it execs.
-            crate::fds::close_all_but(&[0, 1, 2, agent.fd]);
+            crate::fds::close_all_but(&[agent.fd]);
+            crate::fds::stdio_to_null();
             // SAFETY: fcntl on the agent's socket, which this process owns.
             unsafe { libc::fcntl(agent.fd, libc::F_SETFD, libc::FD_CLOEXEC) };
             // SAFETY: the fd was handed to this node by the caller and is owned by the agent now.

@@ -78,11 +78,18 @@ fn end_the_node() {
 
 /// Make the forked process fit to serve, whatever PID 1 had set before forking it.
 fn prepare_process() {
-    // SAFETY: signal dispositions and the mask are set to plain defaults (no handler code);
-    // prctl(PR_SET_NAME) copies at most 16 bytes from a NUL-terminated literal.
+    // SAFETY: signal dispositions are set to SIG_IGN, SIG_DFL or a handler that does nothing,
+    // then the mask is emptied; prctl(PR_SET_NAME) copies at most 16 bytes from a
+    // NUL-terminated literal.
     unsafe {
         // A driver that vanishes mid-reply must not kill the agent with SIGPIPE.
         libc::signal(libc::SIGPIPE, libc::SIG_IGN);
+        // The guest decides nothing about the agent's life (the driver does): hang-ups of a
+        // terminal, an init's kill sprees and job control signals are caught and dropped. A
+        // handler, not SIG_IGN: handlers are reset at exec, so commands start with defaults.
+        for sig in GUEST_SIGNALS {
+            libc::signal(*sig, ignore_signal as *const () as libc::sighandler_t);
+        }
         // With SIGCHLD ignored the kernel would reap commands before we read their status.
         libc::signal(libc::SIGCHLD, libc::SIG_DFL);
         let mut none: libc::sigset_t = std::mem::zeroed();
@@ -95,6 +102,28 @@ fn prepare_process() {
     let home = if std::path::Path::new("/tmp").is_dir() { "/tmp" } else { "/" };
     let _ = std::env::set_current_dir(home);
 }
+
+/// Signals a guest may send the agent (a hang-up, an init's SIGTERM spree, job control),
+/// none of which may end or stop it. SIGKILL and SIGSTOP cannot be caught: the agent's place
+/// outside the node's pid namespace keeps those from the guest.
+const GUEST_SIGNALS: &[libc::c_int] = &[
+    libc::SIGHUP,
+    libc::SIGINT,
+    libc::SIGQUIT,
+    libc::SIGTERM,
+    libc::SIGUSR1,
+    libc::SIGUSR2,
+    libc::SIGALRM,
+    libc::SIGTSTP,
+    libc::SIGTTIN,
+    libc::SIGTTOU,
+    libc::SIGVTALRM,
+    libc::SIGPROF,
+    libc::SIGXCPU,
+    libc::SIGXFSZ,
+];
+
+extern "C" fn ignore_signal(_: libc::c_int) {}
 
 fn pong() -> AgentReply {
     AgentReply::Pong {
