@@ -27,6 +27,8 @@ pub(crate) struct HandOver {
     pub pidfd: OwnedFd,
     /// The /run/host/notify socket, if the builder made it already.
     pub notify: Option<OwnedFd>,
+    /// The agent the builder forked, if the node has one.
+    pub agent: Option<(Pid, OwnedFd)>,
     /// When the builder was let go (the end of the runtime's own id mapping work).
     pub released: u64,
 }
@@ -58,6 +60,7 @@ impl Builder {
         idmap: &IdMap,
         image: Option<&Path>,
         cgroup: Option<&NodeCgroup>,
+        with_agent: bool,
     ) -> Result<HandOver, Failure> {
         idmap.apply(self.pid)?;
         let tree = image.map(|image| crate::idmount::idmapped_tree(image, self.pid)).transpose()?;
@@ -66,10 +69,11 @@ impl Builder {
         }
         sync::send_child(sock.as_fd(), ToChild::Go(tree)).map_err(Error::sys("starting the node's builder"))?;
         let released = crate::timings::now_ns();
-        let (mut pid1, mut net, mut notify) = (None, false, None);
-        while pid1.is_none() || !net {
+        let (mut pid1, mut net, mut notify, mut agent) = (None, false, None, None);
+        while pid1.is_none() || !net || (with_agent && agent.is_none()) {
             match sync::recv_parent(sock.as_fd()) {
                 Ok(Some(ToParent::Pid1(pidfd, pid))) => pid1 = Some((Pid::from_raw(pid), pidfd)),
+                Ok(Some(ToParent::Agent(pidfd, pid))) => agent = Some((Pid::from_raw(pid), pidfd)),
                 Ok(Some(ToParent::NetReady)) => net = true,
                 Ok(Some(ToParent::NotifySocket(fd))) => notify = Some(fd),
                 Ok(Some(ToParent::Failed { step, errno })) => return Err(Failure::Step { step, errno }),
@@ -98,6 +102,7 @@ impl Builder {
             pid,
             pidfd,
             notify,
+            agent,
             released,
         })
     }
@@ -143,7 +148,7 @@ impl Failure {
             child::STEP_PID1 => "cloning the node's PID 1 into its namespaces".into(),
             child::STEP_HANDOVER => "handing the mount table to PID 1".into(),
             child::STEP_NETWORK => "setting hostname and loopback".into(),
-            child::STEP_AGENT => "forking the agent".into(),
+            child::STEP_AGENT => "starting the agent".into(),
             child::STEP_CONFINE => "dropping capabilities and installing the seccomp filter".into(),
             child::STEP_EXEC => {
                 let cmd = cplan.pid1.argv.first().map(|a| a.to_string_lossy().to_string()).unwrap_or_default();

@@ -41,6 +41,8 @@ pub(crate) struct ChildPlan {
     /// setgroups(2) is allowed (not a single-id map).
     pub set_groups: bool,
     pub pid1: Pid1Plan,
+    /// The agent to start beside PID 1 (see `agent.rs`).
+    pub agent: Option<crate::spec::AgentHook>,
 }
 
 /// A step that failed: its number and the kernel's answer.
@@ -85,6 +87,12 @@ fn build(plan: &ChildPlan, sock: BorrowedFd) -> StepResult {
     let cloexec = nix::fcntl::OFlag::O_CLOEXEC;
     let (ready_r, ready_w) = nix::unistd::pipe2(cloexec).map_err(at(STEP_PID1))?;
     let (net_r, net_w) = nix::unistd::pipe2(cloexec).map_err(at(STEP_PID1))?;
+    let (agent_r, agent_w) = match plan.agent {
+        Some(_) => crate::agent::ready_pipe()
+            .map(|(r, w)| (Some(r), Some(w)))
+            .map_err(at(STEP_AGENT))?,
+        None => (None, None),
+    };
     // PID 1 makes its network, uts and ipc namespaces itself, while we build the mounts.
     let clone = crate::clone::Clone {
         flags: libc::CLONE_PARENT | libc::CLONE_NEWUSER | libc::CLONE_NEWPID,
@@ -92,21 +100,23 @@ fn build(plan: &ChildPlan, sock: BorrowedFd) -> StepResult {
     };
     let affinity = nix::sched::sched_getaffinity(Pid::from_raw(0)).ok();
     let Some((pid, pidfd)) = clone.run().map_err(at(STEP_PID1))? else {
-        drop((ready_w, net_r));
+        drop((ready_w, net_r, agent_r));
         pid1::run(
             &plan.pid1,
             pid1::Pipes {
                 ready: ready_r,
                 net: net_w,
+                agent_ready: agent_w,
             },
             affinity,
             sock,
         );
     };
-    drop((ready_r, net_w));
+    drop((ready_r, net_w, agent_w));
     if let Some(all) = &affinity {
         move_off_this_cpu(pid, all);
     }
+    let pidfd_kept = pidfd.try_clone().map_err(|_| (STEP_PID1, Errno::EMFILE))?;
     sync::send_parent(sock, &ToParent::Pid1(pidfd, pid.as_raw())).map_err(at(STEP_PID1))?;
     map_inner(pid).map_err(at(STEP_PID1))?;
     let ns_dir = nix::fcntl::open(
@@ -115,6 +125,18 @@ fn build(plan: &ChildPlan, sock: BorrowedFd) -> StepResult {
         Mode::empty(),
     )
     .map_err(at(STEP_PID1))?;
+    if let (Some(hook), Some(ready)) = (plan.agent, &agent_r) {
+        let (agent, agent_fd) = crate::agent::fork(crate::agent::Fork {
+            hook,
+            pid1: pidfd_kept.as_fd(),
+            ns_dir: ns_dir.as_fd(),
+            ready: ready.as_fd(),
+            seccomp: &plan.pid1.seccomp,
+        })
+        .map_err(at(STEP_AGENT))?;
+        sync::send_parent(sock, &ToParent::Agent(agent_fd, agent.as_raw())).map_err(at(STEP_AGENT))?;
+    }
+    drop(agent_r);
     let link = Pid1Link {
         pidns: open_ns(&ns_dir, "pid").map_err(at(STEP_PID1))?,
         ns_dir,

@@ -69,6 +69,8 @@ pub struct Container {
     pidfd: OwnedFd,
     /// The builder process, until it has handed the mounts over and been reaped.
     builder: Option<Builder>,
+    /// The node's agent: our child, outside the node's pid namespace (see agent.rs).
+    agent: Option<Agent>,
     /// PID 1's mount namespace, held so its teardown can be left to a janitor (see janitor.rs).
     mount_ns: Option<OwnedFd>,
     boot: bool,
@@ -156,8 +158,8 @@ impl Container {
                 argv: argv(spec),
                 env: environment(spec),
                 console_stdio: spec.boot,
-                agent: spec.agent,
             },
+            agent: spec.agent,
         };
         let (parent_sock, child_sock) = sync::pair().map_err(Error::sys("creating the node's socketpair"))?;
         let cgroup_dir = match cgroup.as_ref().and_then(|c| c.unified.as_ref()) {
@@ -175,7 +177,7 @@ impl Container {
         drop(child_sock);
         let mut builder = Builder::new(builder_pid, builder_fd);
         let t1 = now_ns();
-        let handed = match builder.hand_over(&parent_sock, idmap, image_view.as_deref(), cgroup.as_ref()) {
+        let handed = match builder.hand_over(&parent_sock, idmap, image_view.as_deref(), cgroup.as_ref(), spec.agent.is_some()) {
             Ok(handed) => handed,
             Err(e) => {
                 builder.reap();
@@ -187,6 +189,7 @@ impl Container {
             pid: handed.pid,
             pidfd: handed.pidfd,
             builder: Some(builder),
+            agent: handed.agent.map(|(pid, pidfd)| Agent { pid, pidfd }),
             mount_ns: None,
             boot: spec.boot,
             init,
@@ -298,6 +301,11 @@ impl Container {
         }
     }
 
+    /// Why the node's agent ended, once it has (for a driver that lost its connection).
+    pub fn agent_ended(&self) -> Option<String> {
+        self.agent.as_ref().and_then(Agent::ended)
+    }
+
     /// Reaps PID 1 if it has exited.
     pub fn try_wait(&mut self) -> Result<Option<Exit>, Error> {
         self.reap_builder();
@@ -373,6 +381,49 @@ impl Container {
     }
 }
 
+/// A node's agent process as its parent, the runtime, sees it.
+struct Agent {
+    pid: Pid,
+    pidfd: OwnedFd,
+}
+
+impl Agent {
+    /// How the agent ended, if it has (the status stays to be reaped).
+    fn ended(&self) -> Option<String> {
+        // SAFETY: siginfo_t is plain old data; all-zero is a valid value.
+        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        // SAFETY: waitid on our child's pidfd, writing into `info`, which outlives the call.
+        let rc = unsafe {
+            libc::waitid(
+                libc::P_PIDFD,
+                self.pidfd.as_raw_fd() as libc::id_t,
+                &mut info,
+                libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
+            )
+        };
+        // SAFETY: waitid filled `info` (a zero si_pid means the agent still runs).
+        let (pid, code, status) = unsafe { (info.si_pid(), info.si_code, info.si_status()) };
+        if rc != 0 || pid == 0 {
+            return None;
+        }
+        Some(match code {
+            libc::CLD_EXITED => format!("the agent exited with status {status}"),
+            _ => format!(
+                "the agent was killed by {}",
+                Signal::try_from(status)
+                    .map(|s| s.as_str().to_string())
+                    .unwrap_or_else(|_| format!("signal {status}"))
+            ),
+        })
+    }
+
+    /// Kills and reaps the agent (it ends by itself once PID 1 has; this makes sure).
+    fn end(self) {
+        let _ = crate::clone::pidfd_signal(self.pidfd.as_raw_fd(), libc::SIGKILL);
+        while let Err(Errno::EINTR) = waitpid(self.pid, None) {}
+    }
+}
+
 /// A node cloned into its namespaces, ids mapped, waiting to build its root and exec its init
 /// (see [`Container::prepare`]). Dropping it kills the node.
 pub struct Pending {
@@ -415,7 +466,7 @@ impl Pending {
                     let _ = node.wait();
                     break Err(Failure::Step { step, errno }.into_error(&node.name, node.boot, &cplan));
                 }
-                Ok(Some(ToParent::Pid1(..) | ToParent::NetReady)) => {}
+                Ok(Some(ToParent::Pid1(..) | ToParent::Agent(..) | ToParent::NetReady)) => {}
                 Ok(None) => break Ok(()),
                 Err(e) => {
                     break Err(Error::Sys {
@@ -450,6 +501,10 @@ impl Drop for Container {
         if self.exit.is_none() {
             let _ = self.signal(libc::SIGKILL);
             let _ = self.wait();
+        }
+        // Before the cgroups go: the agent lives in the node's.
+        if let Some(agent) = self.agent.take() {
+            agent.end();
         }
         if let Some(mut cg) = self.cgroup.take() {
             cg.remove();

@@ -5,9 +5,11 @@
 //! user namespace and maps its ids (`container.rs`, `builder.rs`); the builder clones PID 1
 //! into an inner user namespace with the node's other namespaces and builds the root
 //! filesystem and systemd's Container Interface (`child.rs`); PID 1 takes a locked copy of
-//! that mount table, confines itself and execs the node's init (`pid1.rs`).
+//! that mount table, confines itself and execs the node's init (`pid1.rs`). The driver's agent
+//! is forked by the builder and joins the node from outside its pid namespace (`agent.rs`).
 //! The runtime knows nothing of tests or networks: the driver and netns crates build on it.
 
+mod agent;
 mod builder;
 mod cgroup;
 mod child;

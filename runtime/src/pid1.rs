@@ -1,5 +1,5 @@
 //! The node's PID 1 from its clone to exec: it takes over the mount table its builder made,
-//! sets hostname and loopback, confines itself, forks the agent and execs the init.
+//! sets hostname and loopback, confines itself and execs the init.
 //!
 //! It is cloned by the builder (see `child.rs`) into the inner user namespace and the node's
 //! pid, net, uts and ipc namespaces, as a sibling of the builder (CLONE_PARENT): the runtime
@@ -30,8 +30,6 @@ pub(crate) struct Pid1Plan {
     pub env: Vec<CString>,
     /// Open /dev/console as stdin/stdout/stderr and make it the controlling terminal.
     pub console_stdio: bool,
-    /// Fork this agent just before exec.
-    pub agent: Option<crate::spec::AgentHook>,
 }
 
 /// PID 1's two pipes to its builder.
@@ -41,6 +39,8 @@ pub(crate) struct Pipes {
     pub ready: OwnedFd,
     /// PID 1 writes a byte here once its network namespace exists.
     pub net: OwnedFd,
+    /// PID 1 writes a byte here once its mount namespace exists: the agent joins it then.
+    pub agent_ready: Option<OwnedFd>,
 }
 
 /// Runs PID 1's steps and execs; never returns. `sock` reaches the runtime; `affinity` is
@@ -91,6 +91,9 @@ fn setup(plan: &Pid1Plan, pipes: Pipes, affinity: Option<CpuSet>, sock: Borrowed
     // builder's table into it with every mount locked (flags, and covering what is beneath).
     unshare(CloneFlags::CLONE_NEWNS).map_err(at(STEP_HANDOVER))?;
     chdir("/").map_err(at(STEP_HANDOVER))?;
+    if let Some(w) = pipes.agent_ready {
+        crate::agent::tell_ready(w).map_err(at(STEP_AGENT))?;
+    }
     stamps[4] = now_ns();
     crate::confine::drop_bounding().map_err(at(STEP_CONFINE))?;
     crate::confine::install_seccomp(&plan.seccomp).map_err(at(STEP_CONFINE))?;
@@ -99,12 +102,6 @@ fn setup(plan: &Pid1Plan, pipes: Pipes, affinity: Option<CpuSet>, sock: Borrowed
     sync::recv_child(sock).map_err(at(STEP_EXEC))?;
     if plan.console_stdio {
         console_stdio().map_err(at(STEP_EXEC))?;
-    }
-    if let Some(agent) = plan.agent {
-        // Every signal stays blocked across the fork: the agent must leave our session and
-        // set its handlers before any signal meant for the init's session reaches it.
-        SigSet::all().thread_block().map_err(at(STEP_AGENT))?;
-        fork_agent(agent).map_err(at(STEP_AGENT))?;
     }
     SigSet::empty().thread_set_mask().map_err(at(STEP_EXEC))?;
     // Nothing of the runtime's survives the exec (other nodes' descriptors included).
@@ -142,54 +139,42 @@ fn console_stdio() -> Result<(), Errno> {
     Ok(())
 }
 
-/// Forks the agent: it runs in every namespace of the node, confined like the init, and is
-/// the init's child (it dies with the node). The init keeps no copy of the agent's socket.
-fn fork_agent(agent: crate::spec::AgentHook) -> Result<(), Errno> {
-    // SAFETY: this process is single-threaded (a fresh clone of a single-threaded runtime).
-    match unsafe { nix::unistd::fork() }? {
-        nix::unistd::ForkResult::Child => {
-            // A session of its own, taken with every signal still blocked: systemd gives up
-            // the console as it starts (TIOCNOTTY), which SIGHUPs the console's foreground
-            // process group, PID 1's; an agent forked but not yet scheduled was still in it
-            // and died (issue 17: 8 of 30 three-node boots under load, traced to this SIGHUP).
-            let _ = nix::unistd::setsid();
-            // The agent keeps only its socket and stdio: no runtime descriptor may reach the
-            // node's commands through /proc/<agent>/fd, nor its socket the commands it execs.
-            crate::fds::close_all_but(&[agent.fd]);
-            crate::fds::stdio_to_null();
-            // SAFETY: fcntl on the agent's socket, which this process owns.
-            unsafe { libc::fcntl(agent.fd, libc::F_SETFD, libc::FD_CLOEXEC) };
-            // SAFETY: the fd was handed to this node by the caller and is owned by the agent now.
-            let stream = unsafe { <std::os::unix::net::UnixStream as std::os::fd::FromRawFd>::from_raw_fd(agent.fd) };
-            (agent.main)(stream)
-        }
-        nix::unistd::ForkResult::Parent { .. } => nix::unistd::close(agent.fd),
-    }
-}
-
-/// PID 1 of a node without an init: reap every child until none is left, then exit. A stop
-/// signal ends it (and with it the node): PID 1 ignores signals it has no handler for.
+/// PID 1 of a node without an init: reap every child (orphans of the agent's commands) until
+/// stopped. A stop signal ends it, and with it the node; so does the agent, which SIGKILLs it
+/// when the driver hangs up. PID 1 ignores signals it has no handler for.
 fn minimal_init() -> ! {
     extern "C" fn stop(_: libc::c_int) {
         // SAFETY: _exit is async-signal-safe.
         unsafe { libc::_exit(0) }
     }
+    extern "C" fn child(_: libc::c_int) {}
     // Nothing of the runtime stays open here (other nodes' reaper pipes, hutch's stdout):
     // an init would have dropped them at exec, and holders keep other nodes' cleanup waiting.
     crate::fds::close_all_but(&[]);
     crate::fds::stdio_to_null();
+    // It only reaps and exits: no capability is needed for either.
+    let _ = caps::clear(None, caps::CapSet::Effective);
+    let _ = caps::clear(None, caps::CapSet::Permitted);
+    let _ = caps::clear(None, caps::CapSet::Inheritable);
     for sig in [libc::SIGTERM, libc::SIGINT, libc::SIGRTMIN() + 3] {
         // SAFETY: installs a handler that only calls _exit.
         unsafe { libc::signal(sig, stop as *const () as libc::sighandler_t) };
     }
+    // SAFETY: installs a handler that does nothing: SIGCHLD only has to end sigsuspend.
+    unsafe { libc::signal(libc::SIGCHLD, child as *const () as libc::sighandler_t) };
+    // SIGCHLD is blocked but while suspended, so a child that ends between the reaping and
+    // the suspend still wakes us.
+    let mut chld = SigSet::empty();
+    chld.add(nix::sys::signal::Signal::SIGCHLD);
+    let _ = chld.thread_block();
     loop {
-        match nix::sys::wait::wait() {
-            Err(Errno::ECHILD) => break,
-            _ => continue,
+        while let Ok(status) = nix::sys::wait::waitpid(None, Some(nix::sys::wait::WaitPidFlag::WNOHANG)) {
+            if status == nix::sys::wait::WaitStatus::StillAlive {
+                break;
+            }
         }
+        let _ = SigSet::empty().suspend();
     }
-    // SAFETY: ends this process without running the runtime's atexit handlers.
-    unsafe { libc::_exit(0) }
 }
 
 /// Execs the first candidate program that exists; returns only on failure.

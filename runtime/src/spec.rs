@@ -90,15 +90,18 @@ impl std::str::FromStr for Size {
     }
 }
 
-/// A process forked by the node's first process just before the init execs: it lives in all
-/// of the node's namespaces and confinement, and needs nothing from the node's filesystem
-/// (the driver's agent).
+/// The driver's agent in the node: a process the runtime starts beside the init, in every
+/// namespace of the node but its pid namespace (see `agent.rs`), that needs nothing from the
+/// node's filesystem.
 #[derive(Debug, Clone, Copy)]
 pub struct AgentHook {
     /// The agent's end of a socket; the runtime hands it over and the init never sees it.
     pub fd: std::os::fd::RawFd,
-    /// What the forked process runs; it never returns.
-    pub main: fn(std::os::unix::net::UnixStream) -> !,
+    /// What the agent runs once it is in the node, with its end of the driver's socket, a
+    /// pidfd of the node's PID 1 (the agent ends when PID 1 does, and ends the node by killing
+    /// PID 1) and the node's pid namespace (which each thread that starts commands must join
+    /// itself: see `agent.rs`); it never returns.
+    pub main: fn(std::os::unix::net::UnixStream, std::os::fd::OwnedFd, std::os::fd::OwnedFd) -> !,
 }
 
 /// Everything the runtime needs to start one node.
@@ -127,7 +130,7 @@ pub struct NodeSpec {
     pub pids_max: Option<u64>,
     /// How long a stop waits for a clean exit before SIGKILL.
     pub stop_timeout: Duration,
-    /// An agent to fork inside the node before the init execs.
+    /// An agent to start in the node beside its init.
     pub agent: Option<AgentHook>,
 }
 
@@ -151,7 +154,7 @@ impl NodeSpec {
     }
 
     /// True when the node runs only its agent: no init and no command. Its first process then
-    /// stays as a minimal PID 1 that reaps orphans until the agent is gone.
+    /// stays as a minimal PID 1 that reaps orphans until it is stopped or the agent ends it.
     pub fn runs_no_init(&self) -> bool {
         !self.boot && self.args.is_empty() && self.agent.is_some()
     }

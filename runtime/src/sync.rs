@@ -27,6 +27,8 @@ pub(crate) enum ToParent {
     NotifySocket(OwnedFd),
     /// The builder cloned the node's PID 1: its pidfd and its pid as the runtime sees it.
     Pid1(OwnedFd, i32),
+    /// The builder forked the node's agent: its pidfd and pid (the runtime reaps it).
+    Agent(OwnedFd, i32),
 }
 
 /// What the parent tells the child.
@@ -49,6 +51,7 @@ const NOTIFY: u8 = 3;
 const GO: u8 = 4;
 const PID1: u8 = 5;
 const NET_READY: u8 = 6;
+const AGENT: u8 = 7;
 
 /// Sends a message to the parent.
 pub(crate) fn send_parent(fd: BorrowedFd, msg: &ToParent) -> Result<(), Errno> {
@@ -69,8 +72,8 @@ pub(crate) fn send_parent(fd: BorrowedFd, msg: &ToParent) -> Result<(), Errno> {
             fds.push(sock.as_raw_fd());
         }
         ToParent::NetReady => buf.push(NET_READY),
-        ToParent::Pid1(pidfd, pid) => {
-            buf.push(PID1);
+        ToParent::Pid1(pidfd, pid) | ToParent::Agent(pidfd, pid) => {
+            buf.push(if matches!(msg, ToParent::Pid1(..)) { PID1 } else { AGENT });
             buf.extend_from_slice(&pid.to_le_bytes());
             fds.push(pidfd.as_raw_fd());
         }
@@ -101,6 +104,7 @@ pub(crate) fn recv_parent(fd: BorrowedFd) -> Result<Option<ToParent>, Errno> {
         (NOTIFY, 1) => ToParent::NotifySocket(passed.ok_or(Errno::EBADMSG)?),
         (NET_READY, 1) => ToParent::NetReady,
         (PID1, 5) => ToParent::Pid1(passed.ok_or(Errno::EBADMSG)?, u32_at(1) as i32),
+        (AGENT, 5) => ToParent::Agent(passed.ok_or(Errno::EBADMSG)?, u32_at(1) as i32),
         _ => return Err(Errno::EBADMSG),
     }))
 }

@@ -19,7 +19,10 @@ const MAX_AFTER_EXIT: Duration = Duration::from_secs(2);
 /// cannot start reports exit code 127 and why, as a shell would.
 pub(crate) fn run(req: &RunRequest) -> RunResult {
     let start = Instant::now();
-    let mut spawned = command(req, true).spawn();
+    // Threads first: once in the node's pid namespace for its children, this thread may not
+    // make any (see pidns.rs).
+    let feeder = stdin_feeder(req.stdin.clone());
+    let mut spawned = super::pidns::enter_for_children().and_then(|()| command(req, true).spawn());
     if matches!(&spawned, Err(e) if e.kind() == ErrorKind::NotFound) && matches!(req.command, Command::Shell(_)) {
         // A word list whose program is not in PATH: let the shell try (a builtin) and report.
         spawned = command(req, false).spawn();
@@ -43,22 +46,27 @@ pub(crate) fn run(req: &RunRequest) -> RunResult {
             };
         }
     };
-    feed_stdin(&mut child, req.stdin.clone());
+    // Without data, dropping the pipe closes it: the command sees end of file.
+    if let (Some(pipe), Some(feeder)) = (child.stdin.take(), feeder) {
+        let _ = feeder.send(pipe);
+    }
     let timeout = req.timeout_ms.map(Duration::from_millis);
     Collector::new(child, start, timeout).collect()
 }
 
-/// Write stdin from a thread (a command may not read it before writing output), then close it.
-fn feed_stdin(child: &mut Child, data: Vec<u8>) {
-    let Some(mut pipe) = child.stdin.take() else {
-        return;
-    };
+/// A thread that writes `data` to the command's stdin once it gets the pipe, then closes it
+/// (a command may not read its input before writing output); none without data.
+fn stdin_feeder(data: Vec<u8>) -> Option<std::sync::mpsc::Sender<std::process::ChildStdin>> {
     if data.is_empty() {
-        return; // dropping the pipe closes it: the command sees end of file
+        return None;
     }
-    let _ = std::thread::Builder::new().name("agent-stdin".into()).spawn(move || {
-        let _ = pipe.write_all(&data);
+    let (tx, rx) = std::sync::mpsc::channel::<std::process::ChildStdin>();
+    let spawned = std::thread::Builder::new().name("agent-stdin".into()).spawn(move || {
+        if let Ok(mut pipe) = rx.recv() {
+            let _ = pipe.write_all(&data);
+        }
     });
+    spawned.ok().map(|_| tx)
 }
 
 /// Up to `OUTPUT_CAP` bytes of one stream, and a count of what was dropped.

@@ -8,6 +8,7 @@ mod exec;
 pub(crate) mod files;
 mod frame;
 mod login;
+mod pidns;
 mod probe;
 mod server;
 

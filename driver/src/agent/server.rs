@@ -2,15 +2,16 @@
 //! lock in whatever order requests finish.
 
 use std::io::{self, BufReader};
+use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::sync::{Arc, Mutex};
 
 use super::frame::{decode, read_frame, write_frame};
 use super::{exec, files, probe, AgentReply, AgentRequest, Envelope};
 
-/// Serve the driver on `stream` until it closes. Runs inside the node: forked by the node's
-/// PID-1 process just before it execs the init, so it uses nothing from the node's filesystem
-/// but what the commands it runs need. Returns when the driver hangs up.
+/// Serve the driver on `stream` until it closes. Runs in the node's namespaces (its commands
+/// in its pid namespace too), started by the runtime, so it uses nothing from the node's
+/// filesystem but what the commands it runs need. Returns when the driver hangs up.
 pub fn serve(stream: UnixStream) -> io::Result<()> {
     prepare_process();
     let writer = Arc::new(Mutex::new(stream.try_clone()?));
@@ -45,35 +46,53 @@ pub fn serve(stream: UnixStream) -> io::Result<()> {
     Ok(())
 }
 
-/// The whole life of the agent process that a node's PID 1 forks just before it execs the
-/// init (the runtime has closed every descriptor but `stream` and stdio): serve until the
-/// driver hangs up, end the node's processes, exit. Never returns.
+/// The whole life of the agent process that the runtime starts beside a node's init (it has
+/// joined the node and closed every descriptor but its socket, `init`, PID 1's pidfd, and
+/// `pid_ns`, the node's pid namespace for its commands): serve until the driver hangs up,
+/// then end the node; end at once if the node's PID 1 ends first. Never returns.
 ///
 /// The driver's end of the socket is the node's only lifeline: it closes when the driver is
 /// done with the node, or when the driver was killed (SIGKILL of `hutch test`). The node then
 /// has no future, and waiting for its commands would keep it (and its network namespace) alive
 /// for as long as they run, forever for a daemon (PID 1's parent-death signal only covers a
 /// runtime that dies, not a driver that is done with the node).
-pub fn agent_main(stream: UnixStream) -> ! {
-    // Forked by PID 1: only a node's own init does that (the host's init never forks agents).
-    let own_pid_namespace = std::os::unix::process::parent_id() == 1;
+pub fn agent_main(stream: UnixStream, init: std::os::fd::OwnedFd, pid_ns: std::os::fd::OwnedFd) -> ! {
+    super::pidns::set(pid_ns);
+    let watched = init.try_clone();
+    // The node is gone when PID 1 is: nothing is left to serve.
+    let _ = watched.map(|pidfd| {
+        std::thread::Builder::new()
+            .name("agent-init-watch".into())
+            .spawn(move || exit_when_readable(pidfd))
+    });
     let code = if serve(stream).is_ok() { 0 } else { 1 };
-    if own_pid_namespace {
-        end_the_node();
-    }
-    // SAFETY: _exit ends the process without running the parent's atexit handlers or
-    // flushing stdio buffers it copied at fork.
+    // SAFETY: pidfd_send_signal with PID 1's pidfd, a null siginfo and no flags: the kernel
+    // then ends every process of the node's pid namespace.
+    unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            init.as_raw_fd(),
+            libc::SIGKILL,
+            std::ptr::null::<libc::siginfo_t>(),
+            0,
+        )
+    };
+    // SAFETY: _exit ends the process without running atexit handlers or flushing stdio
+    // buffers copied at fork.
     unsafe { libc::_exit(code) }
 }
 
-/// SIGKILLs every process of the node's PID namespace but PID 1 and the agent; a PID 1
-/// without an init then finds no child left and exits, which ends the node. Called only by an
-/// agent whose parent is PID 1, i.e. one that lives in the node's PID namespace and cannot
-/// reach the host's processes.
-fn end_the_node() {
-    // SAFETY: kill(-1) signals every process this one may signal in its own PID namespace
-    // (the kernel spares the namespace's init and the caller); no memory is touched.
-    unsafe { libc::kill(-1, libc::SIGKILL) };
+/// Waits until `pidfd`'s process has ended, then ends this one.
+fn exit_when_readable(pidfd: std::os::fd::OwnedFd) {
+    let mut fds = [libc::pollfd {
+        fd: pidfd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    }];
+    // SAFETY: poll on one pollfd that outlives the call, no timeout.
+    while unsafe { libc::poll(fds.as_mut_ptr(), 1, -1) } < 0 {}
+    // SAFETY: as in agent_main.
+    unsafe { libc::_exit(0) }
 }
 
 /// Make the forked process fit to serve, whatever PID 1 had set before forking it.
@@ -103,9 +122,10 @@ fn prepare_process() {
     let _ = std::env::set_current_dir(home);
 }
 
-/// Signals a guest may send the agent (a hang-up, an init's SIGTERM spree, job control),
-/// none of which may end or stop it. SIGKILL and SIGSTOP cannot be caught: the agent's place
-/// outside the node's pid namespace keeps those from the guest.
+/// Signals that must not end or stop the agent: a hang-up or interrupt from a terminal it
+/// was started from (the runtime's session, before it took its own), job control. The guest
+/// cannot name the agent at all (it lives outside the node's pid namespace); this is the
+/// second wall.
 const GUEST_SIGNALS: &[libc::c_int] = &[
     libc::SIGHUP,
     libc::SIGINT,

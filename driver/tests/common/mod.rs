@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+use std::os::fd::{AsRawFd, FromRawFd};
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::Arc;
@@ -34,6 +35,16 @@ pub fn fork_agent_with(root: Option<&std::path::Path>, setup: Option<&Setup>) ->
     assert!(pid >= 0, "fork failed");
     if pid == 0 {
         drop(ours);
+        // The agent ends its "node" when the driver hangs up: here that node is itself, and
+        // its commands stay in this pid namespace.
+        // SAFETY: pidfd_open of this process and open of a NUL-terminated path; the new
+        // descriptors are owned below.
+        let (init, pid_ns) = unsafe {
+            let init = libc::syscall(libc::SYS_pidfd_open, libc::getpid(), 0) as i32;
+            let pid_ns = libc::open(c"/proc/self/ns/pid".as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC);
+            assert!(init >= 0 && pid_ns >= 0, "pidfd_open or /proc/self/ns/pid failed");
+            (std::os::fd::OwnedFd::from_raw_fd(init), std::os::fd::OwnedFd::from_raw_fd(pid_ns))
+        };
         if let Some(r) = &root {
             // SAFETY: chroot and chdir with NUL-terminated paths; failure exits the child.
             unsafe {
@@ -46,13 +57,19 @@ pub fn fork_agent_with(root: Option<&std::path::Path>, setup: Option<&Setup>) ->
             f();
         }
         // Another test's socket must not stay open here (the runtime does this for real nodes).
-        let keep = std::os::fd::AsRawFd::as_raw_fd(&theirs) as u32;
-        // SAFETY: close_range only closes descriptors of this fresh child, which never returns.
-        unsafe {
-            libc::syscall(libc::SYS_close_range, 3u32, keep - 1, 0u32);
-            libc::syscall(libc::SYS_close_range, keep + 1, u32::MAX, 0u32);
+        let mut keep: Vec<u32> = [theirs.as_raw_fd(), init.as_raw_fd(), pid_ns.as_raw_fd()]
+            .map(|fd| fd as u32)
+            .to_vec();
+        keep.sort_unstable();
+        let mut from = 3u32;
+        for fd in keep {
+            // SAFETY: close_range only closes descriptors of this fresh child, which never returns.
+            unsafe { libc::syscall(libc::SYS_close_range, from, fd.saturating_sub(1), 0u32) };
+            from = fd + 1;
         }
-        agent_main(theirs);
+        // SAFETY: as above.
+        unsafe { libc::syscall(libc::SYS_close_range, from, u32::MAX, 0u32) };
+        agent_main(theirs, init, pid_ns);
     }
     drop(theirs);
     (ours, pid)
@@ -132,7 +149,9 @@ impl NodeControl for LocalNode {
     }
 
     fn shutdown(&self, timeout: Duration) -> Result<(), NodeError> {
-        self.stop(libc::SIGTERM, timeout)
+        // The agent ignores SIGTERM (no guest signal may end it): this "node" has no init to
+        // power off, so it ends the way a real node's agent does, with the node.
+        self.stop(libc::SIGKILL, timeout)
     }
 
     fn crash(&self) -> Result<(), NodeError> {
