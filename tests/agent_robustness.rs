@@ -143,7 +143,7 @@ fn a_misbehaving_node_fails_alone_and_the_driver_stays_responsive_and_small() {
     // agent gone with it: whichever the driver sees first), the others go on.
     let killed = line(&stdout, "KILLED ");
     let gone = |s: &str| s.contains("agent is gone") || s.contains("exit code 137");
-    assert!(killed.contains("b:") && gone(&killed), "{killed}");
+    assert!(killed.contains("b:") && gone(killed), "{killed}");
     assert_eq!(line(&stdout, "C-AFTER "), "C-AFTER c-alive");
     assert_eq!(line(&stdout, "A-AFTER "), "A-AFTER a-alive");
     assert!(timing(&stdout, "c-after") < 2.0 && timing(&stdout, "a-after") < 2.0, "{all}");
