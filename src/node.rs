@@ -223,6 +223,10 @@ impl NodeControl for RuntimeNode {
         let watch = self.oom.lock().unwrap_or_else(|e| e.into_inner()).clone()?;
         watch.check()
     }
+
+    fn agent_ended(&self) -> Option<String> {
+        self.spawner.agent_ended(self.name()).ok().flatten()
+    }
 }
 
 /// Watches a memory-limited node for the kernel's OOM killer. Where the kernel kills only

@@ -85,6 +85,8 @@ enum Request {
     Kill { name: String },
     /// Reap it if it has exited.
     Reap { name: String },
+    /// How its agent ended (reply: Exited, or Running while it runs).
+    AgentEnded { name: String },
 }
 
 /// How a start went, with the node's descriptors alongside.
@@ -228,6 +230,11 @@ impl Spawner {
     pub fn reap(&self, name: &str) -> Result<Option<String>> {
         self.exit_call(Request::Reap { name: name.into() })
     }
+
+    /// How the node's agent ended, if it has: for a driver whose connection broke.
+    pub fn agent_ended(&self, name: &str) -> Result<Option<String>> {
+        self.exit_call(Request::AgentEnded { name: name.into() })
+    }
 }
 
 impl Drop for Spawner {
@@ -286,6 +293,8 @@ fn serve(sock: OwnedFd) -> Result<()> {
     let idmap = IdMap::detect();
     let mut nodes: HashMap<String, Container> = HashMap::new();
     let mut pending: HashMap<String, (Pending, UnixStream, bool)> = HashMap::new();
+    // How the agents of removed nodes ended, for a driver that asks after the node is gone.
+    let mut agents_ended: HashMap<String, String> = HashMap::new();
     while let Some((bytes, _)) = recv(sock.as_fd())? {
         let req: Request = serde_json::from_slice(&bytes)?;
         let (reply, fds): (Reply, Vec<OwnedFd>) = match req {
@@ -328,8 +337,19 @@ fn serve(sock: OwnedFd) -> Result<()> {
                 },
                 None => (Reply::Exited { how: "not running".into() }, vec![]),
             },
+            Request::AgentEnded { name } => {
+                let how = match nodes.get(&name) {
+                    Some(node) => node.agent_ended(AGENT_END_WAIT),
+                    None => agents_ended.get(&name).cloned(),
+                };
+                match how {
+                    Some(how) => (Reply::Exited { how }, vec![]),
+                    None => (Reply::Running, vec![]),
+                }
+            }
             Request::Kill { name } => match nodes.remove(&name) {
                 Some(mut node) => {
+                    note_agent(&mut agents_ended, &name, &node);
                     let _ = node.signal(libc::SIGKILL);
                     let how = node.wait().map(|e| format!("{e:?}")).unwrap_or_else(|e| e.to_string());
                     (Reply::Exited { how }, vec![])
@@ -338,7 +358,9 @@ fn serve(sock: OwnedFd) -> Result<()> {
             },
             Request::Reap { name } => match nodes.get_mut(&name).map(|n| n.try_wait()) {
                 Some(Ok(Some(exit))) => {
-                    nodes.remove(&name);
+                    if let Some(node) = nodes.remove(&name) {
+                        note_agent(&mut agents_ended, &name, &node);
+                    }
                     (Reply::Exited { how: format!("{exit:?}") }, vec![])
                 }
                 Some(Ok(None)) => (Reply::Running, vec![]),
@@ -350,6 +372,18 @@ fn serve(sock: OwnedFd) -> Result<()> {
         send(sock.as_fd(), &serde_json::to_vec(&reply)?, &raw)?;
     }
     Ok(())
+}
+
+/// How long the spawner waits for a node's agent to end when asked why it ended: the driver
+/// sees the socket close a moment before the exit status exists.
+const AGENT_END_WAIT: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// Keeps how a removed node's agent ended (if it ended by itself) for later questions.
+fn note_agent(ended: &mut HashMap<String, String>, name: &str, node: &Container) {
+    match node.agent_ended(std::time::Duration::ZERO) {
+        Some(how) => ended.insert(name.to_string(), how),
+        None => ended.remove(name),
+    };
 }
 
 /// Clones the node (it waits) with the agent's socket handed over; returns our end.

@@ -244,4 +244,7 @@ impl NodeControl for Shared {
     fn died(&self) -> Option<String> {
         self.0.died()
     }
+    fn agent_ended(&self) -> Option<String> {
+        self.0.agent_ended()
+    }
 }

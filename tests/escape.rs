@@ -53,21 +53,6 @@ pub struct Ctx {
     root_dev: (u64, u64),
 }
 
-/// Compiles tests/escape/escape-probe.c with `gcc -static` into a new directory `nobody` can read.
-fn build_probe(dir: &Path) {
-    std::fs::create_dir_all(dir).unwrap();
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/escape/escape-probe.c");
-    let out = Command::new("gcc")
-        .args(["-static", "-O2", "-Wall", "-Wextra", "-Werror", "-o"])
-        .arg(dir.join("escape-probe"))
-        .arg(&src)
-        .output()
-        .expect("running gcc (apt-get install gcc libc6-dev)");
-    assert!(out.status.success(), "gcc failed:\n{}", String::from_utf8_lossy(&out.stderr));
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
-}
-
 impl Drop for Ctx {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.probe_dir);

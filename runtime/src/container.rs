@@ -301,9 +301,10 @@ impl Container {
         }
     }
 
-    /// Why the node's agent ended, once it has (for a driver that lost its connection).
-    pub fn agent_ended(&self) -> Option<String> {
-        self.agent.as_ref().and_then(Agent::ended)
+    /// Why the node's agent ended, if it has within `wait`: for a driver that lost its
+    /// connection (the socket closes a moment before the exit status exists).
+    pub fn agent_ended(&self, wait: Duration) -> Option<String> {
+        self.agent.as_ref().and_then(|a| a.ended(wait))
     }
 
     /// Reaps PID 1 if it has exited.
@@ -388,8 +389,10 @@ struct Agent {
 }
 
 impl Agent {
-    /// How the agent ended, if it has (the status stays to be reaped).
-    fn ended(&self) -> Option<String> {
+    /// How the agent ended, if it has within `wait` (the status stays to be reaped).
+    fn ended(&self, wait: Duration) -> Option<String> {
+        let ms = PollTimeout::try_from(wait.as_millis().min(10_000) as i32).unwrap_or(PollTimeout::ZERO);
+        let _ = poll(&mut [PollFd::new(self.pidfd.as_fd(), PollFlags::POLLIN)], ms);
         // SAFETY: siginfo_t is plain old data; all-zero is a valid value.
         let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
         // SAFETY: waitid on our child's pidfd, writing into `info`, which outlives the call.

@@ -434,3 +434,18 @@ pub fn publish_busybox_image(users: &[u32]) {
         std::fs::rename(&tmp, images.join(&name)).unwrap();
     }
 }
+
+/// Compiles tests/escape/escape-probe.c with `gcc -static` into a new directory `nobody` can read.
+pub fn build_probe(dir: &Path) {
+    std::fs::create_dir_all(dir).unwrap();
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/escape/escape-probe.c");
+    let out = Command::new("gcc")
+        .args(["-static", "-O2", "-Wall", "-Wextra", "-Werror", "-o"])
+        .arg(dir.join("escape-probe"))
+        .arg(&src)
+        .output()
+        .expect("running gcc (apt-get install gcc libc6-dev)");
+    assert!(out.status.success(), "gcc failed:\n{}", String::from_utf8_lossy(&out.stderr));
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+}

@@ -31,7 +31,9 @@
 #include <sys/sysmacros.h>
 #include <sys/time.h>
 #include <sys/timex.h>
+#include <sys/un.h>
 #include <sys/wait.h>
+#include <signal.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -53,7 +55,8 @@ static int report(const char *name, long rc)
 static int usage(void)
 {
 	fprintf(stderr, "usage: escape-probe open-w PATH | read PATH | mknod-blk PATH MAJ MIN |\n"
-			"  mknod-chr PATH MAJ MIN | ptrace PID | kill0 PID | pidfd PID |\n"
+			"  mknod-chr PATH MAJ MIN | ptrace PID | kill0 PID | pidfd PID | getfd PID |\n"
+			"  peer-pidfd SOCKET |\n"
 			"  connect ADDR PORT | sethostname NAME | settimeofday | clock_settime |\n"
 			"  clock_adjtime | iopl | ioperm | scan-pids | chroot-escape HOSTPATH | reboot |\n"
 			"  create PATH | mount FSTYPE|- SRC|- TARGET FLAG,...|none [DATA] | umount TARGET\n");
@@ -156,6 +159,60 @@ static int do_pidfd(pid_t pid)
 	if (fd >= 0)
 		close((int)fd);
 	return report("pidfd", fd);
+}
+
+/* pidfd_getfd of the target's first descriptors: ok means another process's file was taken. */
+static int do_getfd(pid_t pid)
+{
+	long fd = syscall(SYS_pidfd_open, pid, 0);
+	if (fd < 0)
+		return report("getfd", fd);
+	long rc = -1;
+	for (int target = 0; target < 16 && rc < 0; target++)
+		rc = syscall(SYS_pidfd_getfd, (int)fd, target, 0);
+	int saved = errno;
+	if (rc >= 0)
+		close((int)rc);
+	close((int)fd);
+	errno = saved;
+	return report("getfd", rc);
+}
+
+#ifndef SO_PEERPIDFD
+#define SO_PEERPIDFD 77
+#endif
+
+/* A Unix socket server that turns its first client's credentials against it: the pid it sees
+ * (SO_PEERCRED), then the client's pidfd (SO_PEERPIDFD) for pidfd_getfd and SIGSTOP. */
+static int peer_pidfd(const char *path)
+{
+	struct sockaddr_un sa;
+	memset(&sa, 0, sizeof sa);
+	sa.sun_family = AF_UNIX;
+	strncpy(sa.sun_path, path, sizeof sa.sun_path - 1);
+	int s = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	unlink(path);
+	if (s < 0 || bind(s, (struct sockaddr *)&sa, sizeof sa) != 0 || listen(s, 1) != 0)
+		return report("listen", -1);
+	int c = accept(s, NULL, NULL);
+	if (c < 0)
+		return report("accept", -1);
+	struct ucred cred;
+	socklen_t len = sizeof cred;
+	if (getsockopt(c, SOL_SOCKET, SO_PEERCRED, &cred, &len) == 0)
+		printf("peer-cred pid=%d\n", (int)cred.pid);
+	int pidfd = -1;
+	len = sizeof pidfd;
+	if (getsockopt(c, SOL_SOCKET, SO_PEERPIDFD, &pidfd, &len) != 0) {
+		report("peer-pidfd", -1);
+		return 0;
+	}
+	long rc = -1;
+	for (int target = 0; target < 16 && rc < 0; target++)
+		rc = syscall(SYS_pidfd_getfd, pidfd, target, 0);
+	report("peer-getfd", rc);
+	report("peer-sigstop", syscall(SYS_pidfd_send_signal, pidfd, SIGSTOP, NULL, 0));
+	return 0;
 }
 
 /* A non-blocking connect: an address without a route fails at once with ENETUNREACH. */
@@ -268,6 +325,10 @@ int main(int argc, char **argv)
 		return do_ptrace(atoi(argv[2]));
 	if (!strcmp(a, "kill0") && argc == 3)
 		return report("kill0", kill(atoi(argv[2]), 0));
+	if (!strcmp(a, "getfd") && argc == 3)
+		return do_getfd((pid_t)atoi(argv[2]));
+	if (!strcmp(a, "peer-pidfd") && argc == 3)
+		return peer_pidfd(argv[2]);
 	if (!strcmp(a, "pidfd") && argc == 3)
 		return do_pidfd(atoi(argv[2]));
 	if (!strcmp(a, "connect") && argc == 4)

@@ -62,10 +62,7 @@ impl Machine {
                 reason,
             });
         }
-        let r = r.map_err(|source| MachineError::Agent {
-            node: self.name.clone(),
-            source,
-        })?;
+        let r = r.map_err(|source| self.agent_err(source))?;
         let out = Output::from_result(r);
         if out.timed_out {
             self.log(&format!(

@@ -48,6 +48,11 @@ pub trait NodeControl: Send + Sync {
     fn died(&self) -> Option<String> {
         None
     }
+    /// How the node's agent ended, if it has: asked when the connection to it breaks, so the
+    /// error says why (its exit status or the signal that killed it), not only "Broken pipe".
+    fn agent_ended(&self) -> Option<String> {
+        None
+    }
 }
 
 /// What machines share with the run: its log, its output directory, its abort flag.
@@ -133,10 +138,7 @@ impl Machine {
         let t = Instant::now();
         let stream = self.control.start().map_err(|e| self.err_node("start", e))?;
         let client = AgentClient::new(stream).map_err(|e| self.err_node("start", NodeError::Failed(format!("agent socket: {e}"))))?;
-        client.ping(Duration::from_secs(30)).map_err(|source| MachineError::Agent {
-            node: self.name.clone(),
-            source,
-        })?;
+        client.ping(Duration::from_secs(30)).map_err(|source| self.agent_err(source))?;
         *lock(&self.agent) = Some(Arc::new(client));
         let took = t.elapsed();
         lock(&self.boots).push(took);
@@ -227,6 +229,23 @@ impl Machine {
 
     /// The agent connection, starting the node first when it is down (as the NixOS driver
     /// does on the first command).
+    /// The error for a failed agent request; a lost connection says how the agent ended.
+    fn agent_err(&self, source: crate::agent::AgentError) -> MachineError {
+        let source = match source {
+            crate::agent::AgentError::Gone { reason } => crate::agent::AgentError::Gone {
+                reason: match self.control.agent_ended() {
+                    Some(how) => format!("{reason}; {how}"),
+                    None => reason,
+                },
+            },
+            other => other,
+        };
+        MachineError::Agent {
+            node: self.name.clone(),
+            source,
+        }
+    }
+
     fn agent(&self) -> Result<Arc<AgentClient>, MachineError> {
         self.aborted()?;
         if let Some(a) = lock(&self.agent).as_ref().filter(|a| a.is_alive()) {

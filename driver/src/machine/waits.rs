@@ -7,13 +7,6 @@ use super::{shell_quote, Machine, MachineError};
 use crate::agent::{files, AgentReply, TreeEntry};
 
 impl Machine {
-    fn agent_err(&self, source: crate::agent::AgentError) -> MachineError {
-        MachineError::Agent {
-            node: self.name.clone(),
-            source,
-        }
-    }
-
     /// Wait until a path exists in the node.
     pub fn wait_for_file(&self, path: &str, timeout: Duration) -> Result<(), MachineError> {
         self.log(&format!("waiting for file {path}"));
