@@ -8,3 +8,5 @@ bash scripts/setup.sh
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo test --workspace --locked -- --test-threads="${HUTCH_TEST_THREADS:-4}"
+# The slow soaks marked #[ignore] (minutes each): kept out of quick local loops, run here.
+cargo test --locked --test agent_soak -- --ignored --nocapture

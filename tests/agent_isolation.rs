@@ -40,41 +40,6 @@ while not os.path.exists(os.environ["HUTCH_ISO_DONE"]) and time.time() < end:
 print("AFTER-HOST", a.succeed("echo alive").strip(), flush=True)
 "#;
 
-/// Fields 4 (ppid) and the comm of /proc/<pid>/stat.
-fn stat_of(pid: u32) -> Option<(String, u32)> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let comm = s[s.find('(')? + 1..s.rfind(')')?].to_string();
-    let ppid = s[s.rfind(')')? + 2..].split(' ').nth(1)?.parse().ok()?;
-    Some((comm, ppid))
-}
-
-fn descends_from(mut pid: u32, ancestor: u32) -> bool {
-    for _ in 0..16 {
-        if pid == ancestor {
-            return true;
-        }
-        match stat_of(pid) {
-            Some((_, ppid)) if ppid > 1 => pid = ppid,
-            _ => return false,
-        }
-    }
-    false
-}
-
-/// Host pids of the processes below `root` whose comm is `comm`.
-fn find_below(root: u32, comm: &str) -> Vec<u32> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        if stat_of(pid).is_some_and(|(c, _)| c == comm) && descends_from(pid, root) {
-            out.push(pid);
-        }
-    }
-    out
-}
-
 /// The node's PID 1 below `root`: the process whose innermost pid is 1.
 fn node_init_below(root: u32) -> Option<u32> {
     std::fs::read_dir("/proc").unwrap().flatten().find_map(|e| {
@@ -147,7 +112,7 @@ fn isolated(user: Option<u32>) {
     let mut host = String::new();
     if ready.exists() {
         let root = guard.id();
-        let agents = find_below(root, "hutch-agent");
+        let agents = hutch_descendants(root, "hutch-agent");
         let init = node_init_below(root);
         assert_eq!(agents.len(), 1, "one agent below hutch {root}: {agents:?}");
         let (agent, init) = (agents[0], init.expect("the node's PID 1"));

@@ -449,3 +449,39 @@ pub fn build_probe(dir: &Path) {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
 }
+
+/// The comm and the parent pid of a process, from /proc/<pid>/stat.
+pub fn stat_of(pid: u32) -> Option<(String, u32)> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let comm = s[s.find('(')? + 1..s.rfind(')')?].to_string();
+    let ppid = s[s.rfind(')')? + 2..].split(' ').nth(1)?.parse().ok()?;
+    Some((comm, ppid))
+}
+
+/// Whether `pid` is `ancestor` or below it (up to 16 generations).
+pub fn descends_from(mut pid: u32, ancestor: u32) -> bool {
+    for _ in 0..16 {
+        if pid == ancestor {
+            return true;
+        }
+        match stat_of(pid) {
+            Some((_, ppid)) if ppid > 1 => pid = ppid,
+            _ => return false,
+        }
+    }
+    false
+}
+
+/// Host pids of the processes below `root` whose comm is `comm`.
+pub fn hutch_descendants(root: u32, comm: &str) -> Vec<u32> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        if stat_of(pid).is_some_and(|(c, _)| c == comm) && descends_from(pid, root) {
+            out.push(pid);
+        }
+    }
+    out
+}

@@ -81,6 +81,11 @@ impl AgentClient {
         lock(&self.shared.pending).is_ok()
     }
 
+    /// Why the connection ended, once it has.
+    pub fn gone(&self) -> Option<String> {
+        lock(&self.shared.pending).as_ref().err().cloned()
+    }
+
     /// Send a request and wait for its reply (at most `limit`, when given).
     pub fn call(&self, body: AgentRequest, limit: Option<Duration>) -> Result<AgentReply, AgentError> {
         let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);

@@ -257,12 +257,11 @@ impl Machine {
                 return Ok(Arc::clone(a));
             }
         }
-        Err(MachineError::Agent {
-            node: self.name.clone(),
-            source: crate::agent::AgentError::Gone {
-                reason: "no connection to the node's agent".into(),
-            },
-        })
+        let reason = lock(&self.agent)
+            .as_ref()
+            .and_then(|a| a.gone())
+            .unwrap_or_else(|| "no connection to the node's agent".into());
+        Err(self.agent_err(crate::agent::AgentError::Gone { reason }))
     }
 }
 
