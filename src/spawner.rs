@@ -304,9 +304,13 @@ fn serve(sock: OwnedFd) -> Result<()> {
                         pending.insert(start.name.clone(), (node, agent, start.memory.is_some()));
                         (Reply::Prepared, vec![netns.into()])
                     }
+                    // PID 1 is gone already: a step of the build failed, and says which.
                     Err(e) => (
                         Reply::Error {
-                            message: format!("opening the node's network namespace: {e}"),
+                            message: match node.start() {
+                                Err(failed) => failed.to_string(),
+                                Ok(_) => format!("opening the node's network namespace: {e}"),
+                            },
                         },
                         vec![],
                     ),

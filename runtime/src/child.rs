@@ -20,6 +20,7 @@ use nix::sys::socket::{bind, socket, AddressFamily, SockFlag, SockType, UnixAddr
 use nix::sys::stat::Mode;
 use nix::unistd::{chdir, pivot_root, Pid};
 
+use crate::inroot;
 use crate::pid1::{self, Pid1Plan};
 use crate::plan::{Op, Plan};
 use crate::sync::{self, ToChild, ToParent};
@@ -225,9 +226,9 @@ fn map_inner(pid: Pid) -> Result<(), Errno> {
 
 /// Mounts procfs for PID 1's pid namespace (procfs shows the mounter's by default): with the
 /// pidns= option where the kernel has it (6.15+), else from a child forked into that namespace.
-fn mount_proc(dst: &CString, flags: MsFlags, pidns: BorrowedFd) -> Result<(), Errno> {
+fn mount_proc(dst: &CStr, flags: MsFlags, pidns: BorrowedFd) -> Result<(), Errno> {
     let data = format!("pidns=/proc/self/fd/{}", pidns.as_raw_fd());
-    match mount(Some("proc"), dst.as_c_str(), Some("proc"), flags, Some(data.as_str())) {
+    match mount(Some("proc"), dst, Some("proc"), flags, Some(data.as_str())) {
         Err(Errno::EINVAL) => {}
         other => return other,
     }
@@ -235,7 +236,7 @@ fn mount_proc(dst: &CString, flags: MsFlags, pidns: BorrowedFd) -> Result<(), Er
     // SAFETY: the builder is single-threaded; the child only mounts and exits.
     match unsafe { nix::unistd::fork() }? {
         nix::unistd::ForkResult::Child => {
-            let rc = match mount(Some("proc"), dst.as_c_str(), Some("proc"), flags, None::<&str>) {
+            let rc = match mount(Some("proc"), dst, Some("proc"), flags, None::<&str>) {
                 Ok(()) => 0,
                 Err(e) => e as i32,
             };
@@ -253,7 +254,7 @@ fn mount_proc(dst: &CString, flags: MsFlags, pidns: BorrowedFd) -> Result<(), Er
 fn run_op(op: &Op, sock: BorrowedFd, link: &Pid1Link, view: Option<&OwnedFd>) -> Result<(), Errno> {
     match op {
         Op::AttachView { dst } => attach(view.ok_or(Errno::EBADF)?, dst),
-        Op::Proc { dst, flags } => mount_proc(dst, *flags, link.pidns.as_fd()),
+        Op::Proc { dst, flags } => in_root_target(dst, |dst| mount_proc(dst, *flags, link.pidns.as_fd())),
         Op::JoinNet => join_net(link),
         Op::Mount {
             src,
@@ -261,10 +262,10 @@ fn run_op(op: &Op, sock: BorrowedFd, link: &Pid1Link, view: Option<&OwnedFd>) ->
             fstype,
             flags,
             data,
-        } => mount(src.as_deref(), dst.as_c_str(), fstype.as_deref(), *flags, data.as_deref()),
-        Op::Remount { dst, flags } => {
+        } => in_root_target(dst, |dst| mount(src.as_deref(), dst, fstype.as_deref(), *flags, data.as_deref())),
+        Op::Remount { dst, flags } => in_root_target(dst, |dst| {
             // Flags the mount already has may be locked (inherited from the host): keep them.
-            let current = nix::sys::statvfs::statvfs(dst.as_c_str())?.flags();
+            let current = nix::sys::statvfs::statvfs(dst)?.flags();
             let mut keep = MsFlags::empty();
             for (st, ms) in [
                 (nix::sys::statvfs::FsFlags::ST_NOSUID, MsFlags::MS_NOSUID),
@@ -277,20 +278,35 @@ fn run_op(op: &Op, sock: BorrowedFd, link: &Pid1Link, view: Option<&OwnedFd>) ->
                 }
             }
             let all = MsFlags::MS_REMOUNT | MsFlags::MS_BIND | keep | *flags;
-            mount(None::<&str>, dst.as_c_str(), None::<&str>, all, None::<&str>)
+            mount(None::<&str>, dst, None::<&str>, all, None::<&str>)
+        }),
+        Op::Mkdir { path, mode } => {
+            let made = match inroot::relative(path) {
+                Some(rel) => {
+                    let (dir, name) = inroot::parent_and_name(rel)?;
+                    nix::sys::stat::mkdirat(&dir, name.as_c_str(), Mode::from_bits_truncate(*mode))
+                }
+                None => nix::unistd::mkdir(path.as_c_str(), Mode::from_bits_truncate(*mode)),
+            };
+            match made {
+                Err(Errno::EEXIST) => Ok(()),
+                other => other,
+            }
         }
-        Op::Mkdir { path, mode } => match nix::unistd::mkdir(path.as_c_str(), Mode::from_bits_truncate(*mode)) {
-            Err(Errno::EEXIST) => Ok(()),
-            other => other,
-        },
-        Op::Touch { path, mode } => {
-            let flags = nix::fcntl::OFlag::O_CREAT | nix::fcntl::OFlag::O_WRONLY | nix::fcntl::OFlag::O_CLOEXEC;
-            nix::fcntl::open(path.as_c_str(), flags, Mode::from_bits_truncate(*mode)).map(drop)
+        Op::Touch { path, mode } => create(path, libc::O_WRONLY, *mode).map(drop),
+        Op::Symlink { target, link } => {
+            let made = match inroot::relative(link) {
+                Some(rel) => {
+                    let (dir, name) = inroot::parent_and_name(rel)?;
+                    nix::unistd::symlinkat(target.as_c_str(), &dir, name.as_c_str())
+                }
+                None => nix::unistd::symlinkat(target.as_c_str(), nix::fcntl::AT_FDCWD, link.as_c_str()),
+            };
+            match made {
+                Err(Errno::EEXIST) => Ok(()),
+                other => other,
+            }
         }
-        Op::Symlink { target, link } => match nix::unistd::symlinkat(target.as_c_str(), nix::fcntl::AT_FDCWD, link.as_c_str()) {
-            Err(Errno::EEXIST) => Ok(()),
-            other => other,
-        },
         Op::Write { path, contents, mode } => write_file(path, contents, *mode),
         Op::Stage => stage(),
         Op::NotifySocket { path } => {
@@ -377,9 +393,35 @@ fn stage() -> Result<(), Errno> {
     nix::unistd::fchdir(&mnt)
 }
 
+/// Calls `f` with `dst`, or, when `dst` lies in the node's root, with a path to the object it
+/// names there (resolved inside the root, see inroot.rs): mount targets.
+fn in_root_target(dst: &CStr, f: impl FnOnce(&CStr) -> Result<(), Errno>) -> Result<(), Errno> {
+    match inroot::relative(dst) {
+        Some(rel) => {
+            let target = inroot::open(rel, libc::O_PATH, 0)?;
+            f(&inroot::fd_path(&target))
+        }
+        None => f(dst),
+    }
+}
+
+/// Opens `path` for writing, created with `mode` if missing; inside the node's root when it
+/// lies there.
+fn create(path: &CStr, extra: libc::c_int, mode: u32) -> Result<OwnedFd, Errno> {
+    match inroot::relative(path) {
+        Some(rel) => inroot::open(rel, libc::O_CREAT | libc::O_WRONLY | extra, mode),
+        None => {
+            let flags = nix::fcntl::OFlag::O_CREAT
+                | nix::fcntl::OFlag::O_WRONLY
+                | nix::fcntl::OFlag::O_CLOEXEC
+                | nix::fcntl::OFlag::from_bits_truncate(extra);
+            nix::fcntl::open(path, flags, Mode::from_bits_truncate(mode))
+        }
+    }
+}
+
 fn write_file(path: &CString, contents: &[u8], mode: u32) -> Result<(), Errno> {
-    let flags = nix::fcntl::OFlag::O_CREAT | nix::fcntl::OFlag::O_WRONLY | nix::fcntl::OFlag::O_TRUNC | nix::fcntl::OFlag::O_CLOEXEC;
-    let fd = nix::fcntl::open(path.as_c_str(), flags, Mode::from_bits_truncate(mode))?;
+    let fd = create(path, libc::O_TRUNC, mode)?;
     let mut rest = contents;
     while !rest.is_empty() {
         let n = nix::unistd::write(&fd, rest)?;

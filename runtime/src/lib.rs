@@ -23,6 +23,7 @@ mod fds;
 mod idmap;
 mod idmount;
 mod init;
+mod inroot;
 mod janitor;
 mod passwd;
 mod pid1;
