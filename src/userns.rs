@@ -23,6 +23,8 @@ pub fn enter() -> Result<()> {
     if let Some(w) = idmap.warning() {
         eprintln!("hutch: {w}");
     }
+    // Inside, every per-user limit reads INT_MAX: the nodes' caps come from the host's.
+    hutch_runtime::read_host_limits();
     let (ready_r, ready_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).context("pipe")?;
     let parent = Pid::this();
     // SAFETY: no thread exists yet (the caller's contract); the child only waits on a pipe,

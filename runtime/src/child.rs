@@ -44,6 +44,8 @@ pub(crate) struct ChildPlan {
     pub pid1: Pid1Plan,
     /// The agent to start beside PID 1 (see `agent.rs`).
     pub agent: Option<crate::spec::AgentHook>,
+    /// Caps on per-user kernel counters for the node's user namespace (see `ucounts.rs`).
+    pub ucount_caps: &'static [crate::ucounts::Cap],
 }
 
 /// A step that failed: its number and the kernel's answer.
@@ -79,6 +81,7 @@ fn build(plan: &ChildPlan, sock: BorrowedFd) -> StepResult {
     // write PID 1's id maps.
     // SAFETY: prctl with PR_SET_DUMPABLE and a flag has no memory effects.
     Errno::result(unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 1) }).map_err(at(STEP_IDS))?;
+    crate::ucounts::apply(plan.ucount_caps).map_err(at(STEP_IDS))?;
     // After the v1 cgroups are joined: the namespace's roots are the node's cgroups. It is
     // owned by the outer user namespace, so the node cannot mount cgroup hierarchies itself.
     unshare(CloneFlags::CLONE_NEWCGROUP).map_err(at(STEP_IDS))?;

@@ -160,6 +160,7 @@ impl Container {
                 console_stdio: spec.boot,
             },
             agent: spec.agent,
+            ucount_caps: crate::ucounts::node_caps(),
         };
         let (parent_sock, child_sock) = sync::pair().map_err(Error::sys("creating the node's socketpair"))?;
         let cgroup_dir = match cgroup.as_ref().and_then(|c| c.unified.as_ref()) {

@@ -32,6 +32,7 @@ mod reaper;
 mod spec;
 mod sync;
 mod timings;
+mod ucounts;
 
 pub use cgroup::{oom_counters, oom_kills, CgroupMode};
 pub use container::{Container, Exit, Pending, StopReason};
@@ -43,3 +44,4 @@ pub use janitor::defer_teardown;
 pub use passwd::Passwd;
 pub use spec::{AgentHook, Bind, NodeSpec, RootFs, Size};
 pub use timings::{Phase, Timings};
+pub use ucounts::read_host_limits;

@@ -378,7 +378,8 @@ fn dev_fs(cx: &Context, p: &mut Plan) {
     p.mount(Some("devpts"), &dev.join("pts"), Some("devpts"), NOSUID | NOEXEC, Some(pts_opts));
     p.symlink("pts/ptmx", &dev.join("ptmx"));
     p.mkdir(&dev.join("shm"), 0o1777);
-    p.mount(Some("shm"), &dev.join("shm"), Some("tmpfs"), NOSUID | NODEV, Some("mode=1777"));
+    let shm = format!("mode=1777,{}", tmpfs_size(cx, SHM_SHARE));
+    p.mount(Some("shm"), &dev.join("shm"), Some("tmpfs"), NOSUID | NODEV, Some(&shm));
     for (link, target) in [
         ("fd", "/proc/self/fd"),
         ("stdin", "/proc/self/fd/0"),
@@ -396,7 +397,8 @@ fn dev_fs(cx: &Context, p: &mut Plan) {
 
 fn run_and_tmp(cx: &Context, p: &mut Plan) {
     let run = Path::new("newroot/run");
-    p.mount(Some("hutch-run"), run, Some("tmpfs"), NOSUID | NODEV, Some("mode=0755"));
+    let run_opts = format!("mode=0755,{}", tmpfs_size(cx, RUN_SHARE));
+    p.mount(Some("hutch-run"), run, Some("tmpfs"), NOSUID | NODEV, Some(&run_opts));
     p.mkdir(&run.join("host"), 0o755);
     p.write(&run.join("host/os-release"), cx.host_os_release, 0o444);
     p.write(&run.join("host/container-manager"), b"hutch\n", 0o444);
@@ -408,11 +410,29 @@ fn run_and_tmp(cx: &Context, p: &mut Plan) {
             "bind /run/host/notify".into(),
         );
     }
+    let tmp_opts = format!("mode=1777,{}", tmpfs_size(cx, TMP_SHARE));
     p.mount(
         Some("hutch-tmp"),
         Path::new("newroot/tmp"),
         Some("tmpfs"),
         NOSUID | NODEV,
-        Some("mode=1777"),
+        Some(&tmp_opts),
     );
+}
+
+/// Shares (percent) of the node's memory limit, or of the host's RAM without one, that its
+/// /run, /dev/shm and /tmp may fill: without a size each tmpfs offers half of the host's RAM,
+/// and a node without a memory cgroup (rootless on a host without delegation) put 1.5 GB into
+/// host shmem. With a limit the pages are charged to the node anyway; the size makes a full
+/// tmpfs an ENOSPC in the node rather than its OOM kill.
+const RUN_SHARE: u64 = 20;
+const SHM_SHARE: u64 = 20;
+const TMP_SHARE: u64 = 25;
+
+/// The `size=` option for a tmpfs that may take `share` percent of the node's memory.
+fn tmpfs_size(cx: &Context, share: u64) -> String {
+    match cx.spec.memory {
+        Some(limit) => format!("size={}", (limit / 100 * share).max(1 << 20)),
+        None => format!("size={share}%"),
+    }
 }

@@ -31,6 +31,7 @@
 #include <sys/sysmacros.h>
 #include <sys/time.h>
 #include <sys/timex.h>
+#include <sys/inotify.h>
 #include <sys/un.h>
 #include <sys/wait.h>
 #include <signal.h>
@@ -56,7 +57,7 @@ static int usage(void)
 {
 	fprintf(stderr, "usage: escape-probe open-w PATH | read PATH | mknod-blk PATH MAJ MIN |\n"
 			"  mknod-chr PATH MAJ MIN | ptrace PID | kill0 PID | pidfd PID | getfd PID |\n"
-			"  peer-pidfd SOCKET |\n"
+			"  peer-pidfd SOCKET | inotify-fill |\n"
 			"  connect ADDR PORT | sethostname NAME | settimeofday | clock_settime |\n"
 			"  clock_adjtime | iopl | ioperm | scan-pids | chroot-escape HOSTPATH | reboot |\n"
 			"  create PATH | mount FSTYPE|- SRC|- TARGET FLAG,...|none [DATA] | umount TARGET\n");
@@ -215,6 +216,20 @@ static int peer_pidfd(const char *path)
 	return 0;
 }
 
+/* Makes inotify instances until the kernel refuses one, reports how many, then holds them
+ * until killed: what a node can take of its user's per-user counter. */
+static int inotify_fill(void)
+{
+	long n = 0;
+	while (n < 1000000 && inotify_init1(IN_CLOEXEC) >= 0)
+		n++;
+	printf("inotify-fill count=%ld ", n);
+	report("inotify", -1);
+	for (;;)
+		pause();
+	return 0;
+}
+
 /* A non-blocking connect: an address without a route fails at once with ENETUNREACH. */
 static int do_connect(const char *addr, const char *port)
 {
@@ -325,6 +340,8 @@ int main(int argc, char **argv)
 		return do_ptrace(atoi(argv[2]));
 	if (!strcmp(a, "kill0") && argc == 3)
 		return report("kill0", kill(atoi(argv[2]), 0));
+	if (!strcmp(a, "inotify-fill"))
+		return inotify_fill();
 	if (!strcmp(a, "getfd") && argc == 3)
 		return do_getfd((pid_t)atoi(argv[2]));
 	if (!strcmp(a, "peer-pidfd") && argc == 3)
