@@ -3,6 +3,7 @@
 
 mod commands;
 mod console;
+mod copy_out;
 mod error;
 mod systemd;
 mod waits;
@@ -18,6 +19,7 @@ use crate::log::Log;
 
 pub use commands::{Output, DEFAULT_TIMEOUT};
 pub use console::{ConsoleLog, CONSOLE_KEEP};
+pub use copy_out::{CopyError, MAX_ENTRIES};
 pub use error::{MachineError, NodeError};
 
 /// A node's lifecycle, implemented by the runtime. Calls for one node come from one thread at
