@@ -7,7 +7,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-/// How much console text is kept for `get_console_log` and `wait_for_console_text`.
+/// How much console text is kept for `get_console_log` and `wait_for_console_text`: the last
+/// this many bytes (a flood must not blind later waits).
 pub const CONSOLE_KEEP: usize = 64 << 20;
 /// The longest console line handed to listeners; the rest of a longer one is cut.
 pub const LINE_CAP: usize = 64 << 10;
@@ -25,7 +26,9 @@ pub struct ConsoleLog {
 
 #[derive(Default)]
 struct Inner {
+    /// The kept tail of the console; `bytes[0]` is byte `dropped` of everything printed.
     bytes: Vec<u8>,
+    dropped: usize,
     lines: LineSplitter,
     listeners: Vec<Listener>,
 }
@@ -101,8 +104,13 @@ impl ConsoleLog {
     /// Append what the node printed; complete lines go to the listeners, in one batch.
     pub fn push(&self, data: &[u8]) {
         let mut g = self.lock();
-        let room = CONSOLE_KEEP.saturating_sub(g.bytes.len());
-        g.bytes.extend_from_slice(&data[..room.min(data.len())]);
+        g.bytes.extend_from_slice(data);
+        // Dropped in slices of a quarter, so keeping the tail costs O(bytes) too.
+        if g.bytes.len() > CONSOLE_KEEP + CONSOLE_KEEP / 4 {
+            let cut = g.bytes.len() - CONSOLE_KEEP;
+            g.bytes.drain(..cut);
+            g.dropped += cut;
+        }
         let lines = g.lines.split(data);
         if !lines.is_empty() {
             for f in &g.listeners {
@@ -117,14 +125,15 @@ impl ConsoleLog {
     pub fn subscribe(&self, f: impl Fn(&[Vec<u8>]) + Send + Sync + 'static) {
         self.lock().listeners.push(Box::new(f));
     }
-    /// Everything kept so far, as text.
+    /// The kept tail of the console, as text.
     pub fn text(&self) -> String {
         String::from_utf8_lossy(&self.lock().bytes).into_owned()
     }
 
-    /// Bytes kept so far (an offset for `wait_for`).
+    /// Bytes printed so far (an offset for `wait_for`).
     pub fn len(&self) -> usize {
-        self.lock().bytes.len()
+        let g = self.lock();
+        g.dropped + g.bytes.len()
     }
 
     /// Nothing printed yet.
@@ -137,9 +146,9 @@ impl ConsoleLog {
     pub fn wait_for(&self, re: &regex::bytes::Regex, from: usize, deadline: Instant, abort: &AtomicBool) -> Option<usize> {
         let mut g = self.lock();
         loop {
-            let start = from.min(g.bytes.len());
+            let start = from.saturating_sub(g.dropped).min(g.bytes.len());
             if let Some(m) = re.find(&g.bytes[start..]) {
-                return Some(start + m.end());
+                return Some(g.dropped + start + m.end());
             }
             let now = Instant::now();
             if now >= deadline || abort.load(Ordering::Relaxed) {
@@ -199,5 +208,21 @@ mod tests {
         one.extend_from_slice(b"\nok\n");
         c.push(&one);
         assert_eq!(*seen.lock().unwrap(), [cut, 4, cut, 2]);
+    }
+
+    #[test]
+    fn a_flood_keeps_the_tail_so_later_waits_still_match() {
+        let c = ConsoleLog::new();
+        let stop = AtomicBool::new(false);
+        let chunk = vec![b'y'; 1 << 20];
+        for _ in 0..(CONSOLE_KEEP >> 20) + 20 {
+            c.push(&chunk);
+        }
+        let before = c.len();
+        c.push(b"\nflood-done\n");
+        let re = regex::bytes::Regex::new("flood-done").unwrap();
+        let end = c.wait_for(&re, before, Instant::now(), &stop).expect("the text after the flood");
+        assert_eq!(end, before + 11);
+        assert!(c.text().len() <= CONSOLE_KEEP + CONSOLE_KEEP / 4);
     }
 }
