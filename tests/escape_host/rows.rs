@@ -45,9 +45,13 @@ fn line_with<'a>(o: &'a Outcome, marker: &str) -> Result<&'a str, String> {
         .ok_or_else(|| format!("no {marker:?} in the output (exit {})", o.code))
 }
 
+/// A message cut for a table cell (marked with `…` when cut).
 fn short(s: &str) -> String {
-    let s: String = s.chars().take(150).collect();
-    s.replace('`', "'")
+    let mut cut: String = s.chars().take(240).collect();
+    if cut.len() < s.len() {
+        cut.push('…');
+    }
+    cut.replace('`', "'")
 }
 
 fn links_refused(o: &Outcome, _: &Ctx) -> Result<String, String> {
