@@ -182,3 +182,27 @@ fn modes_are_masked_and_sizes_bounded() {
     let err = refused(&s, vec![dir(""), file(&"a".repeat(300), 0o644, "")], &"a".repeat(300));
     assert!(err.contains("255"), "{err}");
 }
+
+#[test]
+fn a_wide_tree_copies_with_few_descriptors_and_a_deep_one_is_refused() {
+    let s = setup("wide");
+    // 3,000 directories (more than the usual 1,024 open files), each with a file, and a parent
+    // revisited after its siblings (a forged but legal order).
+    let mut tree = vec![dir("")];
+    for i in 0..3000 {
+        tree.push(dir(&format!("d{i}")));
+        tree.push(file(&format!("d{i}/f"), 0o644, "x"));
+    }
+    tree.push(file("d0/late", 0o644, "late\n"));
+    let dest = s.copy(tree).unwrap();
+    assert_eq!(std::fs::read_to_string(dest.join("d0/late")).unwrap(), "late\n");
+    assert!(dest.join("d2999/f").exists());
+    let mut deep = vec![dir("")];
+    let mut path = String::new();
+    for _ in 0..200 {
+        path = if path.is_empty() { "d".into() } else { format!("{path}/d") };
+        deep.push(dir(&path));
+    }
+    let err = refused(&s, deep, &"d/".repeat(129)[..257]);
+    assert!(err.contains("deep"), "{err}");
+}

@@ -24,6 +24,8 @@ pub const MAX_ENTRIES: usize = 100_000;
 const MAX_PATH: usize = 4096;
 /// The longest path component accepted (Linux's NAME_MAX).
 const MAX_NAME: usize = 255;
+/// The deepest entry accepted, in directories below the copied root.
+const MAX_DEPTH: usize = 128;
 
 /// Why a copy out of a node was refused or could not be written.
 #[derive(Debug, thiserror::Error)]
@@ -127,6 +129,9 @@ fn components(path: &str) -> Result<Vec<&str>, CopyError> {
         return Err(refused(path, "is an absolute path; entries must be relative to the copied path"));
     }
     let parts: Vec<&str> = path.split('/').collect();
+    if parts.len() > MAX_DEPTH {
+        return Err(refused(path, format!("is more than {MAX_DEPTH} directories deep")));
+    }
     for p in &parts {
         let why = match *p {
             "" => "has an empty component",
@@ -268,26 +273,42 @@ pub fn write_tree(out: &Path, target_dir: &str, name: &str, entries: &[TreeEntry
         base = ensure_dir(base.as_fd(), c, false, &base_path.display().to_string())?;
     }
     let dest = base_path.join(name);
-    let mut dirs: HashMap<&str, OwnedFd> = HashMap::new();
+    // The open directories from the copied root down to the last parent used (at most
+    // `MAX_DEPTH` descriptors, whatever the tree's size); reopened without following links.
+    let mut chain: Vec<OwnedFd> = Vec::new();
+    let mut chain_names: Vec<&str> = Vec::new();
     for (e, p) in entries.iter().zip(&parts) {
-        let (parent, leaf) = match p.split_last() {
-            None => (base.as_fd(), name),
-            Some((leaf, _)) => {
-                let parent_path = e.path[..e.path.len() - leaf.len()].trim_end_matches('/');
-                (dirs[parent_path].as_fd(), *leaf)
-            }
-        };
         let at = shown(&dest, &e.path);
+        let Some((leaf, parent)) = p.split_last() else {
+            match &e.kind {
+                EntryKind::Dir => {
+                    let fd = ensure_dir(base.as_fd(), name, true, &at)?;
+                    fchmod(fd.as_fd(), dir_mode(e.mode)).map_err(host("setting the mode of", at))?;
+                    chain = vec![fd];
+                }
+                EntryKind::File { data } => write_file_at(base.as_fd(), name, data, e.mode, &at)?,
+                EntryKind::Symlink { .. } => unreachable!("check refuses a symbolic link as the root"),
+            }
+            continue;
+        };
+        let common = chain_names.iter().zip(parent).take_while(|(a, b)| a == b).count();
+        chain.truncate(common + 1);
+        chain_names.truncate(common);
+        for c in &parent[common..] {
+            let fd = open_dir(chain[chain.len() - 1].as_fd(), *c, &at)?;
+            chain.push(fd);
+            chain_names.push(c);
+        }
+        let dir = chain[chain.len() - 1].as_fd();
         match &e.kind {
             EntryKind::Dir => {
-                let fd = ensure_dir(parent, leaf, true, &at)?;
+                let fd = ensure_dir(dir, leaf, true, &at)?;
                 fchmod(fd.as_fd(), dir_mode(e.mode)).map_err(host("setting the mode of", at))?;
-                dirs.insert(e.path.as_str(), fd);
             }
-            EntryKind::File { data } => write_file_at(parent, leaf, data, e.mode, &at)?,
+            EntryKind::File { data } => write_file_at(dir, leaf, data, e.mode, &at)?,
             EntryKind::Symlink { target } => {
-                remove_at(parent, leaf, &at)?;
-                symlinkat(target.as_str(), parent, leaf).map_err(host("creating the link", at))?;
+                remove_at(dir, *leaf, &at)?;
+                symlinkat(target.as_str(), dir, *leaf).map_err(host("creating the link", at))?;
             }
         }
     }
