@@ -6,8 +6,7 @@ use super::{Outcome, Report};
 
 /// Text for XML attributes and content, from anything a node printed: control characters and
 /// the noncharacters U+FFFE/U+FFFF (which XML 1.0 cannot carry at all) are shown escaped by
-/// `safe_text`, colour codes dropped; newlines and tabs become character references, so
-/// attribute values keep them.
+/// `safe_text`, colour codes dropped.
 fn esc(s: &str) -> String {
     let safe = crate::safe_text::text(s, false);
     let mut o = String::with_capacity(safe.len());
@@ -18,8 +17,6 @@ fn esc(s: &str) -> String {
             '>' => o.push_str("&gt;"),
             '"' => o.push_str("&quot;"),
             '\'' => o.push_str("&apos;"),
-            '\n' => o.push_str("&#10;"),
-            '\t' => o.push_str("&#9;"),
             c => o.push(c),
         }
     }
