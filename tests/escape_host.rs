@@ -14,6 +14,9 @@ mod rows;
 #[path = "escape_host/forged.rs"]
 mod forged;
 
+#[path = "escape_host/terminal.rs"]
+mod terminal;
+
 #[path = "../driver/tests/common/forging.rs"]
 mod forging;
 

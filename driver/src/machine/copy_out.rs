@@ -287,7 +287,7 @@ pub fn write_tree(out: &Path, target_dir: &str, name: &str, entries: &[TreeEntry
                     chain = vec![fd];
                 }
                 EntryKind::File { data } => write_file_at(base.as_fd(), name, data, e.mode, &at)?,
-                EntryKind::Symlink { .. } => unreachable!("check refuses a symbolic link as the root"),
+                EntryKind::Symlink { .. } => return Err(refused("", "is a symbolic link")),
             }
             continue;
         };
