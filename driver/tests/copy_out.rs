@@ -135,17 +135,24 @@ fn links_leaving_the_tree_are_refused_and_links_inside_are_kept() {
 #[test]
 fn a_second_copy_to_the_same_place_replaces_a_planted_link_and_never_follows_it() {
     let s = setup("twice");
+    // Two copies to one place, the first planting a link to a host directory: refused whole,
+    // so the second finds nothing to follow.
+    let outside = s.outside.display().to_string();
+    refused(&s, vec![dir(""), link("l", &outside)], "l");
+    let dest = s.copy(vec![dir(""), dir("l"), file("l/planted", 0o644, "0\n")]).unwrap();
+    assert_eq!(s.outside_state(), (vec![], 0o755), "the copy wrote through a planted link");
+    assert!(dest.join("l").symlink_metadata().unwrap().is_dir());
     // The first copy may only plant links inside its tree now; an older copy (or another tool)
     // may have left one to a host directory: the second copy must not follow it.
     let first = s.copy(vec![dir(""), file("keep", 0o644, "1\n")]).unwrap();
-    std::os::unix::fs::symlink(&s.outside, first.join("l")).unwrap();
+    std::os::unix::fs::symlink(&s.outside, first.join("m")).unwrap();
     std::os::unix::fs::symlink(s.outside.join("f"), first.join("f")).unwrap();
     let second = s
-        .copy(vec![dir(""), dir("l"), file("l/planted", 0o644, "2\n"), file("f", 0o666, "3\n")])
+        .copy(vec![dir(""), dir("m"), file("m/planted", 0o644, "2\n"), file("f", 0o666, "3\n")])
         .unwrap();
     assert_eq!(s.outside_state(), (vec![], 0o755), "the copy wrote through a planted link");
-    assert!(second.join("l").symlink_metadata().unwrap().is_dir());
-    assert_eq!(std::fs::read_to_string(second.join("l/planted")).unwrap(), "2\n");
+    assert!(second.join("m").symlink_metadata().unwrap().is_dir());
+    assert_eq!(std::fs::read_to_string(second.join("m/planted")).unwrap(), "2\n");
     assert!(!second.join("f").symlink_metadata().unwrap().file_type().is_symlink());
     assert_eq!(
         std::fs::read_to_string(second.join("keep")).unwrap(),
