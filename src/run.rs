@@ -11,6 +11,7 @@ use clap::Args;
 use hutch_runtime::{Bind, Container, Exit, IdMap, NodeSpec, Phase, Size};
 
 use crate::spawner::StartRequest;
+use hutch_driver::machine::LineSplitter;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
@@ -226,7 +227,8 @@ fn print_timings(node: &Container) {
 }
 
 /// The event loop: relays the console, reports READY=1, turns signals into a clean stop.
-fn supervise(node: &mut Container, sigfd: &SignalFd, mut log: Option<&mut File>) -> Result<Exit> {
+fn supervise(node: &mut Container, sigfd: &SignalFd, log: Option<&mut File>) -> Result<Exit> {
+    let mut relay = Relay::new(log);
     let mut kill_at: Option<Instant> = None;
     let mut console_open = node.console().is_some();
     let mut buf = vec![0u8; 64 * 1024];
@@ -234,8 +236,9 @@ fn supervise(node: &mut Container, sigfd: &SignalFd, mut log: Option<&mut File>)
     loop {
         if let Some(exit) = node.try_wait()? {
             if console_open {
-                drain_console(node, &mut buf, &mut log);
+                drain_console(node, &mut buf, &mut relay);
             }
+            relay.finish();
             return Ok(exit);
         }
         let timeout = match kill_at {
@@ -269,7 +272,7 @@ fn supervise(node: &mut Container, sigfd: &SignalFd, mut log: Option<&mut File>)
                 node.notify_socket().is_some() && ready(n_idx),
             )
         };
-        if console_ready && !relay_console(node, &mut buf, &mut log) {
+        if console_ready && !relay_console(node, &mut buf, &mut relay) {
             console_open = false;
         }
         if notify_ready {
@@ -294,18 +297,63 @@ fn supervise(node: &mut Container, sigfd: &SignalFd, mut log: Option<&mut File>)
     }
 }
 
-/// Copies what the node printed to stdout (and the log); false once the console is gone.
-fn relay_console(node: &Container, buf: &mut [u8], log: &mut Option<&mut File>) -> bool {
+/// The console on its way out: split into lines (cut at 64 KiB), each made safe for stdout
+/// (`hutch_driver::safe_text`: escapes shown, colour only on a terminal without `NO_COLOR`)
+/// and written raw to `--console-log`, ending in a plain `\n` (never `\r\r\n`).
+struct Relay<'a> {
+    lines: LineSplitter,
+    color: bool,
+    log: Option<&'a mut File>,
+}
+
+impl<'a> Relay<'a> {
+    fn new(log: Option<&'a mut File>) -> Relay<'a> {
+        use std::io::IsTerminal;
+        let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
+        Relay {
+            lines: LineSplitter::default(),
+            color: std::io::stdout().is_terminal() && !no_color,
+            log,
+        }
+    }
+
+    fn write(&mut self, lines: &[Vec<u8>]) {
+        let (mut out, mut raw) = (String::new(), Vec::new());
+        for l in lines {
+            out.push_str(&hutch_driver::safe_text::line(l, self.color));
+            out.push('\n');
+            let end = l.iter().rposition(|&b| b != b'\r').map_or(0, |i| i + 1);
+            raw.extend_from_slice(&l[..end]);
+            raw.push(b'\n');
+        }
+        let mut stdout = std::io::stdout().lock();
+        let _ = stdout.write_all(out.as_bytes());
+        let _ = stdout.flush();
+        if let Some(f) = self.log.as_mut() {
+            let _ = f.write_all(&raw);
+        }
+    }
+
+    fn bytes(&mut self, data: &[u8]) {
+        let lines = self.lines.split(data);
+        self.write(&lines);
+    }
+
+    /// The node is gone: its unfinished last line too.
+    fn finish(&mut self) {
+        if let Some(rest) = self.lines.rest() {
+            self.write(&[rest]);
+        }
+    }
+}
+
+/// Relays what the node printed; false once the console is gone.
+fn relay_console(node: &Container, buf: &mut [u8], relay: &mut Relay) -> bool {
     let Some(fd) = node.console() else { return false };
     match nix::unistd::read(fd, buf) {
         Ok(0) | Err(nix::errno::Errno::EIO) => false,
         Ok(n) => {
-            let mut out = std::io::stdout().lock();
-            let _ = out.write_all(&buf[..n]);
-            let _ = out.flush();
-            if let Some(f) = log.as_mut() {
-                let _ = f.write_all(&buf[..n]);
-            }
+            relay.bytes(&buf[..n]);
             true
         }
         Err(nix::errno::Errno::EAGAIN | nix::errno::Errno::EINTR) => true,
@@ -313,10 +361,10 @@ fn relay_console(node: &Container, buf: &mut [u8], log: &mut Option<&mut File>) 
     }
 }
 
-fn drain_console(node: &Container, buf: &mut [u8], log: &mut Option<&mut File>) {
+fn drain_console(node: &Container, buf: &mut [u8], relay: &mut Relay) {
     while let Some(fd) = node.console() {
         let mut fds = [PollFd::new(fd, PollFlags::POLLIN)];
-        if !matches!(poll(&mut fds, PollTimeout::ZERO), Ok(n) if n > 0) || !relay_console(node, buf, log) {
+        if !matches!(poll(&mut fds, PollTimeout::ZERO), Ok(n) if n > 0) || !relay_console(node, buf, relay) {
             break;
         }
     }

@@ -33,6 +33,17 @@ pub struct TestArgs {
     /// Print each node's start phase timings.
     #[arg(long)]
     timings: bool,
+    /// Log at most this much of each node's console (e.g. 64M, 1G); the rest is dropped, with
+    /// a note saying so.
+    #[arg(long, value_name = "SIZE", default_value = "256M", value_parser = parse_size)]
+    console_log_max: u64,
+}
+
+/// A size flag's value, e.g. `256M`.
+fn parse_size(s: &str) -> Result<u64, String> {
+    s.parse::<hutch_runtime::Size>()
+        .map(|s| s.0)
+        .map_err(|_| format!("{s:?} is not a positive size; write it like 64M or 1G"))
 }
 
 /// Runs `hutch test`; returns the exit code (0 pass, 1 fail, 2 bad test file).
@@ -124,6 +135,7 @@ fn run(args: &TestArgs, plan: &TestPlan, spawner: Arc<Spawner>) -> Result<i32> {
     opts.junit_xml = args.junit_xml.clone();
     opts.interactive = args.interactive;
     opts.keep_going = args.keep_going;
+    opts.console_log_max = args.console_log_max;
     let controls: Vec<(String, Box<dyn NodeControl>)> = nodes
         .iter()
         .map(|(name, node)| (name.clone(), Box::new(Shared(Arc::clone(node))) as Box<dyn NodeControl>))

@@ -268,18 +268,9 @@ fn run_table(user: Option<u32>) {
             cell
         ));
     }
-    eprintln!("escape attempts, hutch run by {mode}:\n{table}");
-    if let Some(dir) = std::env::var_os("HUTCH_ESCAPE_REPORT") {
-        std::fs::write(Path::new(&dir).join(format!("escape-{mode}.md")), &table).unwrap();
-    }
     assert_eq!(boot_id(), boot, "the host rebooted");
     assert_eq!(host_hostname(), ctx.hostname, "the host's hostname changed");
-    assert!(
-        failures.is_empty(),
-        "{mode}: {} rows failed:\n{}",
-        failures.len(),
-        failures.join("\n")
-    );
+    finish_escape_table("escape", mode, &table, &failures);
 }
 
 #[test]

@@ -23,4 +23,5 @@ pub mod bridge;
 pub mod log;
 pub mod machine;
 pub mod plan;
+pub mod safe_text;
 pub mod session;

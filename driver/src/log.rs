@@ -1,6 +1,9 @@
 //! The run's log: lines prefixed by node name (coloured on a terminal) on stderr, the same
 //! lines with timestamps in `<output>/log.txt`, and each node's own lines (console included)
-//! in `<output>/<node>.log`.
+//! in `<output>/<node>.log`. What reaches stderr and log.txt is made safe first (`safe_text`:
+//! control characters shown escaped, colour only on a terminal without `NO_COLOR`); the
+//! node's file keeps its console's raw bytes. A node's console is logged up to a cap (default
+//! `DEFAULT_CONSOLE_CAP`), then dropped with one note saying so.
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -11,6 +14,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use crate::safe_text;
+
+/// How many bytes of a node's console are logged by default before the rest is dropped.
+pub const DEFAULT_CONSOLE_CAP: u64 = 256 << 20;
+
 /// ANSI colours given to nodes in turn.
 const PALETTE: &[&str] = &["36", "33", "35", "32", "34", "96", "93", "95", "92", "94"];
 
@@ -20,6 +28,7 @@ pub struct Log {
     color: bool,
     terminal: bool,
     serial_stdout: AtomicBool,
+    console_cap: u64,
     inner: Mutex<Inner>,
 }
 
@@ -27,13 +36,15 @@ struct Inner {
     main: Option<File>,
     files: HashMap<String, File>,
     colors: HashMap<String, &'static str>,
+    /// Console bytes logged per node, against `console_cap`.
+    console_bytes: HashMap<String, u64>,
     dir: Option<std::path::PathBuf>,
     next_color: usize,
 }
 
 impl Log {
-    /// A log to stderr (coloured when stderr is a terminal and `color` allows) and, when
-    /// `dir` is given, to files in it.
+    /// A log to stderr (coloured when `color` says so; by default when stderr is a terminal
+    /// and `NO_COLOR` is unset or empty) and, when `dir` is given, to files in it.
     pub fn new(dir: Option<&Path>, color: Option<bool>) -> io::Result<Log> {
         let main = match dir {
             Some(d) => {
@@ -44,13 +55,15 @@ impl Log {
         };
         Ok(Log {
             start: Instant::now(),
-            color: color.unwrap_or_else(|| io::stderr().is_terminal()),
+            color: color.unwrap_or_else(|| io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())),
             terminal: true,
             serial_stdout: AtomicBool::new(true),
+            console_cap: DEFAULT_CONSOLE_CAP,
             inner: Mutex::new(Inner {
                 main,
                 files: HashMap::new(),
                 colors: HashMap::new(),
+                console_bytes: HashMap::new(),
                 dir: dir.map(Path::to_path_buf),
                 next_color: 0,
             }),
@@ -62,6 +75,12 @@ impl Log {
         let mut l = Log::new(dir, Some(false))?;
         l.terminal = false;
         Ok(l)
+    }
+
+    /// The same log with another cap on the console bytes each node's log file holds.
+    pub fn with_console_cap(mut self, bytes: u64) -> Log {
+        self.console_cap = bytes;
+        self
     }
 
     /// Time since the log was made.
@@ -89,10 +108,63 @@ impl Log {
         self.write(Some(node), msg, false);
     }
 
-    /// A line the node printed on its console (`server # ...`).
-    pub fn console(&self, node: &str, line: &str) {
-        let show = self.serial_stdout.load(Ordering::Relaxed);
-        self.write(Some(node), &format!("# {line}"), show);
+    /// Lines the node printed on its console (`server # ...`), raw bytes without newlines:
+    /// kept raw in the node's file, made safe for log.txt and the terminal, all in one write
+    /// per sink. Past the node's cap, lines are dropped and one note says so.
+    pub fn console(&self, node: &str, lines: &[Vec<u8>]) {
+        let show = self.serial_stdout.load(Ordering::Relaxed) && self.terminal;
+        let t = self.start.elapsed().as_secs_f64();
+        let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let used = g.console_bytes.get(node).copied().unwrap_or(0);
+        if used > self.console_cap {
+            return;
+        }
+        let color = g.color(node);
+        let (mut raw, mut main, mut term) = (Vec::new(), String::new(), String::new());
+        let mut take = 0;
+        for l in lines {
+            let len = raw.len();
+            let _ = write!(raw, "[{t:9.3}] # ");
+            raw.extend_from_slice(l);
+            raw.push(b'\n');
+            if used + raw.len() as u64 > self.console_cap {
+                raw.truncate(len);
+                break;
+            }
+            take += 1;
+            let _ = writeln!(main, "[{t:9.3}] {node} # {}", safe_text::line(l, false));
+            if show && self.color {
+                let _ = writeln!(term, "\x1b[{color}m{node}\x1b[0m # {}", safe_text::line(l, true));
+            } else if show {
+                let _ = writeln!(term, "{node} # {}", safe_text::line(l, false));
+            }
+        }
+        // Past the cap, the count stays above it: nothing more is logged.
+        let used = if take < lines.len() {
+            self.console_cap + 1
+        } else {
+            used + raw.len() as u64
+        };
+        g.console_bytes.insert(node.to_string(), used);
+        if let Some(f) = g.node_file(node) {
+            let _ = f.write_all(&raw);
+        }
+        if let Some(f) = g.main.as_mut() {
+            let _ = f.write_all(main.as_bytes());
+        }
+        drop(g);
+        if !term.is_empty() {
+            let _ = io::stderr().lock().write_all(term.as_bytes());
+        }
+        if take < lines.len() {
+            self.node(
+                node,
+                &format!(
+                    "the console passed its log cap of {} MiB: the rest of it is not logged (hutch test --console-log-max SIZE)",
+                    self.console_cap >> 20
+                ),
+            );
+        }
     }
 
     fn write(&self, node: Option<&str>, msg: &str, show: bool) {
@@ -106,9 +178,12 @@ impl Log {
             let _ = f.write_all(each_line(msg, |out, line| writeln!(out, "[{t:9.3}] {line}")).as_bytes());
         }
         if let Some(f) = g.main.as_mut() {
-            let text = each_line(msg, |out, line| match node {
-                Some(n) => writeln!(out, "[{t:9.3}] {n}{sep}{line}"),
-                None => writeln!(out, "[{t:9.3}] {line}"),
+            let text = each_line(msg, |out, line| {
+                let line = safe_text::line(line.as_bytes(), false);
+                match node {
+                    Some(n) => writeln!(out, "[{t:9.3}] {n}{sep}{line}"),
+                    None => writeln!(out, "[{t:9.3}] {line}"),
+                }
             });
             let _ = f.write_all(text.as_bytes());
         }
@@ -116,11 +191,15 @@ impl Log {
         if !(show && self.terminal) {
             return;
         }
-        let text = each_line(msg, |out, line| match (node, color, self.color) {
-            (Some(n), Some(c), true) => writeln!(out, "\x1b[{c}m{n}\x1b[0m{sep}{line}"),
-            (Some(n), _, _) => writeln!(out, "{n}{sep}{line}"),
-            (None, _, true) => writeln!(out, "\x1b[1m{line}\x1b[0m"),
-            (None, _, false) => writeln!(out, "{line}"),
+        // Messages may quote node output (a failed command's): never raw on the terminal.
+        let text = each_line(msg, |out, line| {
+            let line = safe_text::line(line.as_bytes(), self.color);
+            match (node, color, self.color) {
+                (Some(n), Some(c), true) => writeln!(out, "\x1b[{c}m{n}\x1b[0m{sep}{line}"),
+                (Some(n), _, _) => writeln!(out, "{n}{sep}{line}"),
+                (None, _, true) => writeln!(out, "\x1b[1m{line}\x1b[0m"),
+                (None, _, false) => writeln!(out, "{line}"),
+            }
         });
         let _ = io::stderr().lock().write_all(text.as_bytes());
     }

@@ -9,6 +9,11 @@ use nix::pty::{grantpt, posix_openpt, ptsname_r, unlockpt};
 
 use crate::Error;
 
+/// The console's size as the node sees it (`stty size`): wide enough for systemd's status lines.
+const CONSOLE_COLUMNS: u16 = 200;
+/// Rows of the console.
+const CONSOLE_ROWS: u16 = 50;
+
 /// The master side of a node's console.
 pub(crate) struct Console {
     pub master: OwnedFd,
@@ -42,6 +47,16 @@ impl Console {
                 );
             }
         }
+        // A wide console: with none set (0x0) systemd assumes 80 columns and cuts its status
+        // lines to fit, ellipsis and colour codes cut in half included.
+        let size = libc::winsize {
+            ws_row: CONSOLE_ROWS,
+            ws_col: CONSOLE_COLUMNS,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        };
+        // SAFETY: TIOCSWINSZ reads one winsize from a valid pointer; the fd is our open master.
+        unsafe { libc::ioctl(std::os::fd::AsRawFd::as_raw_fd(&master), libc::TIOCSWINSZ, &size) };
         // Raw output: the node's bytes reach our logs as it wrote them (no \n to \r\n).
         if let Ok(mut t) = nix::sys::termios::tcgetattr(&slave_fd) {
             t.output_flags.remove(nix::sys::termios::OutputFlags::ONLCR);

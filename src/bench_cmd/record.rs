@@ -29,9 +29,10 @@ pub(super) struct RunRecord {
     pub warnings: Vec<String>,
 }
 
-/// The end of a node's console, for failure messages.
+/// The end of a node's console, for failure messages (made safe for the terminal: no raw
+/// escape sequences from the node).
 pub(super) fn tail(console: &[u8]) -> String {
-    let text = String::from_utf8_lossy(console);
+    let text = hutch_driver::safe_text::text(&String::from_utf8_lossy(console), false);
     let lines: Vec<&str> = text.lines().map(str::trim_end).filter(|l| !l.is_empty()).collect();
     if lines.is_empty() {
         return String::new();

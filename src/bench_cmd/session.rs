@@ -355,7 +355,7 @@ impl Run<'_> {
             }) => {
                 rec.cmd_done = Some(now_ns());
                 if !r.status.success() && rec.failure.is_none() {
-                    let err = String::from_utf8_lossy(&r.stderr);
+                    let err = hutch_driver::safe_text::text(&String::from_utf8_lossy(&r.stderr), false);
                     rec.failure = Some(format!("the command ended with {}: {}", r.status, err.trim()));
                 }
                 self.account(i);

@@ -485,3 +485,19 @@ pub fn hutch_descendants(root: u32, comm: &str) -> Vec<u32> {
     }
     out
 }
+
+/// Ends an escape table run (tests/escape*.rs): prints the table for `mode` (rootful or
+/// rootless), writes it to `$HUTCH_ESCAPE_REPORT/<stem>-<mode>.md` when asked, and fails on
+/// any row that was not refused.
+pub fn finish_escape_table(stem: &str, mode: &str, table: &str, failures: &[String]) {
+    eprintln!("{stem}, hutch run by {mode}:\n{table}");
+    if let Some(dir) = std::env::var_os("HUTCH_ESCAPE_REPORT") {
+        std::fs::write(Path::new(&dir).join(format!("{stem}-{mode}.md")), table).unwrap();
+    }
+    assert!(
+        failures.is_empty(),
+        "{mode}: {} rows failed:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}

@@ -3,6 +3,7 @@
 
 mod commands;
 mod console;
+mod copy_out;
 mod error;
 mod systemd;
 mod waits;
@@ -17,7 +18,8 @@ use crate::agent::AgentClient;
 use crate::log::Log;
 
 pub use commands::{Output, DEFAULT_TIMEOUT};
-pub use console::{ConsoleLog, CONSOLE_KEEP};
+pub use console::{ConsoleLog, LineSplitter, CONSOLE_KEEP, CUT_MARK, LINE_CAP};
+pub use copy_out::{CopyError, MAX_ENTRIES};
 pub use error::{MachineError, NodeError};
 
 /// A node's lifecycle, implemented by the runtime. Calls for one node come from one thread at
@@ -85,7 +87,7 @@ impl Machine {
     pub fn new(name: &str, control: Box<dyn NodeControl>, ctx: MachineContext) -> Machine {
         let log = Arc::clone(&ctx.log);
         let n = name.to_string();
-        control.console().subscribe(move |line| log.console(&n, line));
+        control.console().subscribe(move |lines| log.console(&n, lines));
         Machine {
             name: name.to_string(),
             control,

@@ -109,27 +109,17 @@ impl Machine {
     }
 
     /// Copy a file or directory out of the node into `<output dir>/<target_dir>/`; returns the
-    /// host path of the copy.
+    /// host path of the copy. What the node sends is hostile input (see `copy_out`).
     pub fn copy_from_machine(&self, source: &str, target_dir: &str) -> Result<PathBuf, MachineError> {
-        let name = Path::new(source).file_name().map(|n| n.to_owned()).unwrap_or_else(|| "root".into());
-        let dir = self.ctx.output_dir.join(target_dir);
-        let dest = dir.join(name);
-        self.log(&format!("copying {source} to {}", dest.display()));
+        let name = Path::new(source).file_name().and_then(|n| n.to_str()).unwrap_or("root");
+        self.log(&format!(
+            "copying {source} to {}",
+            self.ctx.output_dir.join(target_dir).join(name).display()
+        ));
         let entries: Vec<TreeEntry> = self.agent()?.read_tree(source).map_err(|e| self.agent_err(e))?;
-        let copy_err = |message: String| MachineError::Copy {
+        super::copy_out::write_tree(&self.ctx.output_dir, target_dir, name, &entries).map_err(|e| MachineError::Copy {
             node: self.name.clone(),
-            message,
-        };
-        std::fs::create_dir_all(&dir).map_err(|e| copy_err(format!("creating {}: {e}", dir.display())))?;
-        for e in &entries {
-            if e.path.split('/').any(|c| c == "..") {
-                return Err(copy_err(format!("the node sent a path that leaves the target: {:?}", e.path)));
-            }
-            files::write_entry(&dest, e).map_err(|r| match r {
-                AgentReply::Error { message } => copy_err(message),
-                _ => copy_err("copy failed".into()),
-            })?;
-        }
-        Ok(dest)
+            message: format!("copy_from_machine({source:?}): {e}"),
+        })
     }
 }

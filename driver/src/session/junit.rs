@@ -4,18 +4,19 @@ use std::fmt::Write as _;
 
 use super::{Outcome, Report};
 
-/// Escape text for XML attributes and content.
+/// Text for XML attributes and content, from anything a node printed: control characters and
+/// the noncharacters U+FFFE/U+FFFF (which XML 1.0 cannot carry at all) are shown escaped by
+/// `safe_text`, colour codes dropped.
 fn esc(s: &str) -> String {
-    let mut o = String::with_capacity(s.len());
-    for c in s.chars() {
+    let safe = crate::safe_text::text(s, false);
+    let mut o = String::with_capacity(safe.len());
+    for c in safe.chars() {
         match c {
             '&' => o.push_str("&amp;"),
             '<' => o.push_str("&lt;"),
             '>' => o.push_str("&gt;"),
             '"' => o.push_str("&quot;"),
             '\'' => o.push_str("&apos;"),
-            // XML 1.0 cannot carry most control characters at all.
-            c if (c as u32) < 0x20 && !matches!(c, '\n' | '\r' | '\t') => o.push('?'),
             c => o.push(c),
         }
     }
@@ -73,4 +74,23 @@ pub fn render(r: &Report) -> String {
         t = r.duration.as_secs_f64(),
         name = esc(&r.test)
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::esc;
+
+    #[test]
+    fn every_character_a_node_can_print_is_legal_xml() {
+        let all: String = (0u32..0x100).filter_map(char::from_u32).chain(['\u{fffe}', '\u{ffff}']).collect();
+        let text = esc(&all);
+        // XML 1.0's Char production, and no markup left unescaped.
+        let legal = |c: char| matches!(c, '\t' | '\n' | '\r' | '\u{20}'..='\u{d7ff}' | '\u{e000}'..='\u{fffd}' | '\u{10000}'..);
+        assert!(text.chars().all(legal), "{text:?}");
+        assert!(!text.contains('<') && !text.contains('"'), "{text:?}");
+        assert!(
+            text.contains("\\x00") && text.contains("\\x7f") && text.contains("\\u{9b}") && text.contains("\\u{ffff}"),
+            "{text:?}"
+        );
+    }
 }

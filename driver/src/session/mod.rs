@@ -35,6 +35,8 @@ pub struct SessionOptions {
     pub color: Option<bool>,
     /// Print nothing on the terminal (files only).
     pub quiet: bool,
+    /// How many bytes of each node's console are logged before the rest is dropped.
+    pub console_log_max: u64,
 }
 
 impl SessionOptions {
@@ -50,6 +52,7 @@ impl SessionOptions {
                 .map_or_else(|| "python3".into(), PathBuf::from),
             color: None,
             quiet: false,
+            console_log_max: crate::log::DEFAULT_CONSOLE_CAP,
         }
     }
 }
@@ -111,7 +114,8 @@ impl Session {
         } else {
             Log::new(Some(&opts.output_dir), opts.color)
         }
-        .map_err(out)?;
+        .map_err(out)?
+        .with_console_cap(opts.console_log_max);
         let log = Arc::new(log);
         let abort = AbortHandle {
             flag: Arc::new(AtomicBool::new(false)),

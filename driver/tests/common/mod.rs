@@ -9,6 +9,8 @@ use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+pub mod forging;
+
 use hutch_driver::agent::agent_main;
 use hutch_driver::machine::{ConsoleLog, NodeControl, NodeError};
 
