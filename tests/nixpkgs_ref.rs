@@ -1,0 +1,389 @@
+//! hutch as a backend of nixpkgs' own NixOS test framework, evaluated offline on a stand-in
+//! nixpkgs: the real `lib` (lib.tgz), the real `nixos/lib/testing` modules, virtualisation
+//! modules and test files of `../shared/nixpkgs-ref` (next to the repository; or
+//! `$HUTCH_NIXPKGS_REF`), and fixtures/nixpkgs-standin for what that copy lacks (packages, the
+//! rest of NixOS's options). Every shared test file evaluates through the flake's
+//! `lib.runTestOn` to a test derivation whose JSON test file hutch's driver accepts, except the
+//! two that need a VM, which are refused at evaluation with a message naming why. Without the
+//! reference copy (a user's clone) the tests say they are skipped and why.
+
+mod nix_support;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use hutch_driver::plan::{NodeRoot, PlanContext, TestPlan};
+use hutch_netns::{NodeSpec, Topology};
+use nix_support::{fake_toplevel, nix_instantiate, repo, Scratch};
+use serde_json::{json, Value};
+
+/// The reference copy, or None (and why) when it is not there.
+fn reference(test: &str) -> Option<PathBuf> {
+    let dir = std::env::var_os("HUTCH_NIXPKGS_REF")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo().join("../shared/nixpkgs-ref"));
+    if dir.join("lib.tgz").is_file() && dir.join("nixos/lib/testing").is_dir() {
+        return Some(dir);
+    }
+    eprintln!(
+        "skipping {test}: no nixpkgs reference copy at {} (lib.tgz and nixos/); it exists on the project's CI machines, or set HUTCH_NIXPKGS_REF",
+        dir.display()
+    );
+    None
+}
+
+fn copy_tree(from: &Path, to: &Path, overwrite: bool) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap().flatten() {
+        let (src, dst) = (e.path(), to.join(e.file_name()));
+        if src.is_dir() {
+            copy_tree(&src, &dst, overwrite);
+        } else {
+            assert!(
+                overwrite || !dst.exists(),
+                "the stand-in {} would replace the reference copy's file: a stand-in only fills gaps",
+                src.display()
+            );
+            std::fs::copy(&src, &dst).unwrap();
+        }
+    }
+}
+
+/// A stand-in nixpkgs tree: the reference copy's lib and nixos/, plus the fixture's stand-ins.
+struct Standin {
+    dir: Scratch,
+}
+
+impl Standin {
+    fn build(test: &str) -> Option<Standin> {
+        let reference = reference(test)?;
+        nix_instantiate(test)?;
+        let dir = Scratch::new(&format!("standin-{test}"));
+        let tar = Command::new("tar")
+            .arg("-xzf")
+            .arg(reference.join("lib.tgz"))
+            .arg("-C")
+            .arg(&dir.0)
+            .status()
+            .unwrap();
+        assert!(tar.success(), "unpacking lib.tgz");
+        copy_tree(&reference.join("nixos"), &dir.0.join("nixos"), true);
+        copy_tree(&repo().join("fixtures/nixpkgs-standin"), &dir.0, false);
+        Some(Standin { dir })
+    }
+
+    fn path(&self) -> &Path {
+        &self.dir.0
+    }
+
+    /// Evaluates `body` with `h` = tests/nix/standin-flake.nix on this tree and `tests` = its
+    /// nixos/tests; returns the JSON, or the error text. Warnings go to `warnings`.
+    fn eval(&self, body: &str) -> (Result<Value, String>, String) {
+        let expr = format!(
+            r#"{{ standin }}: let
+              h = import {repo}/tests/nix/standin-flake.nix {{ inherit standin; repo = {repo}; }};
+              inherit (h) lib pkgs;
+              tests = standin + "/nixos/tests";
+            in {body}"#,
+            repo = repo().display()
+        );
+        let out = nix_instantiate("nixpkgs_ref")
+            .unwrap()
+            .args([
+                "--eval",
+                "--strict",
+                "--json",
+                "--readonly-mode",
+                "-E",
+                &expr,
+                "--argstr",
+                "standin",
+            ])
+            .arg(self.path())
+            .output()
+            .expect("running nix-instantiate");
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        if !out.status.success() {
+            return (Err(stderr.clone()), stderr);
+        }
+        let v = serde_json::from_slice(&out.stdout).map_err(|e| format!("no JSON from nix-instantiate: {e}"));
+        (v, stderr)
+    }
+}
+
+fn text(v: &Value) -> &str {
+    v.as_str().unwrap_or_else(|| panic!("{v} is not a string"))
+}
+
+/// Hands a test file evaluated from a test to hutch's driver, with each toplevel (a stand-in:
+/// never built) replaced by one that passes hutch's checks; returns the plan.
+fn plan_of(summary: &Value, dir: &Path, tag: &str) -> TestPlan {
+    let top = fake_toplevel(dir);
+    let mut file = summary["testFile"].clone();
+    for (name, node) in file["nodes"].as_object_mut().unwrap() {
+        let toplevel = text(&node["toplevel"]).to_string();
+        assert_eq!(
+            toplevel,
+            text(&summary["machines"][name]["toplevel"]),
+            "{tag}: {name}'s test-file toplevel is its system.build.toplevel"
+        );
+        assert!(
+            toplevel.starts_with("/nix/store/") && toplevel.contains("-nixos-system-"),
+            "{toplevel}"
+        );
+        node["toplevel"] = json!(top);
+    }
+    let path = dir.join(format!("{}.json", tag.replace('/', "-")));
+    std::fs::write(&path, file.to_string()).unwrap();
+    let ctx = PlanContext {
+        cache_dir: dir.join("cache"),
+    };
+    TestPlan::load_with(&path, &ctx).unwrap_or_else(|e| panic!("hutch refused the test file of {tag}: {e}"))
+}
+
+/// Compiles the test script as `hutch test` does before starting anything.
+fn assert_script_compiles(plan: &TestPlan, tag: &str) {
+    let out = Command::new("python3")
+        .args(["-c", "import sys; compile(sys.stdin.read(), 'testScript', 'exec')"])
+        .stdin(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            std::io::Write::write_all(c.stdin.as_mut().unwrap(), plan.script.source.as_bytes())?;
+            c.wait_with_output()
+        })
+        .expect("running python3");
+    assert!(out.status.success(), "{tag}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// The shared test files (relative to nixos/tests), and the two that need a VM with what their
+/// refusal must name.
+fn shared_tests(reference: &Path) -> Vec<String> {
+    let mut found = Vec::new();
+    let root = reference.join("nixos/tests");
+    let mut stack = vec![root.clone()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p.extension().is_some_and(|x| x == "nix") {
+                found.push(p.strip_prefix(&root).unwrap().display().to_string());
+            }
+        }
+    }
+    found.sort();
+    found
+}
+
+const NEED_A_VM: [(&str, &[&str]); 2] = [
+    ("kexec.nix", &["needs a VM", "node1", "virtualisation.useBootLoader", "useEFIBoot"]),
+    ("keepassxc.nix", &["needs a VM", "enableOCR", "screen or keyboard of machine"]),
+];
+
+#[test]
+fn every_shared_nixpkgs_test_evaluates_to_a_test_file_hutch_accepts() {
+    let Some(standin) = Standin::build("nixpkgs_ref_tests") else {
+        return;
+    };
+    let tests = shared_tests(&reference("nixpkgs_ref_tests").unwrap());
+    assert!(tests.len() >= 12, "the reference copy's test files: {tests:?}");
+    let scratch = Scratch::new("ref-plans");
+    let mut accepted = 0;
+    for t in &tests {
+        let (result, stderr) = standin.eval(&format!("h.run (tests + \"/{t}\")"));
+        if let Some((_, must)) = NEED_A_VM.iter().find(|(name, _)| name == t) {
+            let err = result.expect_err(&format!("{t} needs a VM and was accepted"));
+            for m in must.iter() {
+                assert!(err.contains(m), "{t}: the refusal should name {m:?}:\n{err}");
+            }
+            continue;
+        }
+        let summary = result.unwrap_or_else(|e| panic!("{t} did not evaluate:\n{e}"));
+        for key in ["drvPath", "driver", "driverInteractive"] {
+            let p = text(&summary[key]);
+            assert!(p.starts_with("/nix/store/") && p.ends_with(".drv"), "{t}: {key} = {p}");
+        }
+        assert!(text(&summary["drvPath"]).contains("-hutch-test-"), "{t}: hutch's test derivation");
+        let plan = plan_of(&summary, &scratch.0, t);
+        assert_script_compiles(&plan, t);
+        let machines: Vec<&String> = summary["machines"].as_object().unwrap().keys().collect();
+        let planned: Vec<&String> = plan.nodes.iter().map(|n| &n.name).collect();
+        assert_eq!(planned, machines, "{t}: every machine is a hutch node");
+        for n in &plan.nodes {
+            let m = &summary["machines"][&n.name];
+            assert_eq!(m["isContainer"], json!(true), "{t}: {}", n.name);
+            assert!(matches!(n.root, NodeRoot::Toplevel { closure_only: true, .. }));
+            assert!(n.memory.is_some(), "{t}: {} has memorySize's limit", n.name);
+        }
+        assert!(!stderr.contains("hutch:"), "{t}: no hutch warning expected:\n{stderr}");
+        accepted += 1;
+    }
+    assert_eq!(accepted, tests.len() - NEED_A_VM.len());
+    eprintln!("{accepted} nixpkgs tests evaluated and accepted; {} refused", NEED_A_VM.len());
+}
+
+/// Where an option of a machine is declared, relative to the stand-in tree or the repository.
+fn declarations(standin: &Standin, options: &[&str]) -> Value {
+    let list = options.iter().map(|o| format!("\"{o}\"")).collect::<Vec<_>>().join(" ");
+    let (r, _) = standin.eval(&format!(
+        r#"let
+          t = h.self.lib.runTestOn pkgs {{ name = "decl"; nodes.a = {{ }}; testScript = ""; }};
+          opts = t.config.node.type.getSubOptions [ ];
+        in map (o: map toString (lib.attrByPath (lib.splitString "." o) null opts).declarations) [ {list} ]"#
+    ));
+    r.unwrap_or_else(|e| panic!("declarations: {e}"))
+}
+
+#[test]
+fn hutch_declares_no_option_nixos_declares() {
+    let Some(standin) = Standin::build("nixpkgs_ref_options") else {
+        return;
+    };
+    // NixOS (24.11 on) declares these; hutch must import those declarations, not add its own:
+    // a second declaration of diskSize made every test fail to evaluate.
+    let upstream = [
+        "virtualisation.diskSize",
+        "virtualisation.vlans",
+        "virtualisation.interfaces",
+        "networking.primaryIPAddress",
+    ];
+    let decl = declarations(&standin, &upstream);
+    let modules = standin.path().join("nixos/modules/virtualisation");
+    for (o, d) in upstream.iter().zip(decl.as_array().unwrap()) {
+        let files: Vec<&str> = d.as_array().unwrap().iter().map(text).collect();
+        assert_eq!(files.len(), 1, "{o} is declared once: {files:?}");
+        assert!(Path::new(files[0]).starts_with(&modules), "{o} is NixOS's own: {files:?}");
+    }
+    // The test framework's node module sets diskSize and interfaces; with them the test evaluates
+    // (diskSize: ignored with a warning; named interfaces: refused, hutch has no names for them).
+    let (r, stderr) = standin.eval(
+        r#"h.run { name = "knobs"; nodes.a.virtualisation.diskSize = 8192; nodes.a.virtualisation.cores = 4; testScript = "a.start()"; }"#,
+    );
+    let summary = r.unwrap_or_else(|e| panic!("{e}"));
+    assert!(summary["testFile"]["nodes"]["a"].is_object());
+    assert!(
+        stderr.contains("hutch: test `knobs'") && stderr.contains("a: virtualisation.cores, virtualisation.diskSize"),
+        "one warning naming the ignored settings:\n{stderr}"
+    );
+    let (r, _) = standin.eval(r#"h.run { name = "named"; nodes.a.virtualisation.interfaces.enp1s0.vlan = 2; testScript = ""; }"#);
+    let err = r.expect_err("named interfaces are refused");
+    assert!(err.contains("a: enp1s0 on VLAN 2") && err.contains("virtualisation.vlans"), "{err}");
+
+    // Where NixOS lacks the files (before 24.11), hutch's fallbacks declare the same options.
+    let (r, _) = standin.eval(
+        r#"let e = lib.evalModules {
+             modules = [ h.self.nixosModules.node (standin + "/nixos/modules/standin/options.nix") (standin + "/nixos/modules/misc/assertions.nix") { _module.args.pkgs = pkgs; } ];
+             specialArgs.modulesPath = "/nonexistent";
+           };
+         in {
+           decl = map toString e.options.virtualisation.diskSize.declarations ++ map toString e.options.virtualisation.vlans.declarations;
+           interfaces = lib.attrNames e.config.virtualisation.allInterfaces;
+           diskSize = e.config.virtualisation.diskSize;
+         }"#,
+    );
+    let v = r.unwrap_or_else(|e| panic!("{e}"));
+    let fallback = repo().join("nix/fallback");
+    for d in v["decl"].as_array().unwrap() {
+        assert!(Path::new(text(d)).starts_with(&fallback), "{d}");
+    }
+    assert_eq!(v["interfaces"], json!(["eth1"]));
+    assert_eq!(v["diskSize"], json!("auto"));
+}
+
+#[test]
+fn machines_get_the_tests_package_set() {
+    let Some(standin) = Standin::build("nixpkgs_ref_pkgs") else {
+        return;
+    };
+    // An overlay on the package set given to runTestOn reaches the machines (node.pkgs).
+    let test = r#"{
+        name = "pkgs";
+        nodes.a = { pkgs, ... }: { environment.systemPackages = [ pkgs.hello ]; };
+        containers.b = { pkgs, ... }: { environment.systemPackages = [ pkgs.hello ]; };
+        testScript = "start_all()";
+      }"#;
+    let (r, _) = standin.eval(&format!(
+        r#"let mine = import standin {{ system = "x86_64-linux"; overlays = [ (f: p: {{ hello = p.hello.override {{ pname = "hello-overlaid"; }}; hutch = p.hello; }}) ]; }};
+         in h.summary (h.self.lib.runTestOn mine {test})"#
+    ));
+    let s = r.unwrap_or_else(|e| panic!("{e}"));
+    for m in ["a", "b"] {
+        let pkgs: Vec<&str> = s["machines"][m]["systemPackages"].as_array().unwrap().iter().map(text).collect();
+        assert!(pkgs.contains(&"hello-overlaid-1.0"), "{m}: {pkgs:?}");
+    }
+    // ... and, as upstream, makes nixpkgs.* read-only unless node.pkgsReadOnly = false.
+    let (r, _) = standin.eval(r#"h.run { name = "ro"; nodes.a.nixpkgs.overlays = [ (f: p: { }) ]; testScript = ""; }"#);
+    assert!(r.expect_err("nixpkgs.overlays is read-only").contains("read-only"));
+    let (r, _) =
+        standin.eval(r#"h.run { name = "rw"; node.pkgsReadOnly = false; nodes.a.nixpkgs.overlays = [ (f: p: { }) ]; testScript = ""; }"#);
+    r.unwrap_or_else(|e| panic!("pkgsReadOnly = false: {e}"));
+}
+
+#[test]
+fn the_frameworks_network_and_options_are_what_hutch_runs() {
+    let Some(standin) = Standin::build("nixpkgs_ref_network") else {
+        return;
+    };
+    // nodes and containers, defaults and containerDefaults, specialArgs, a testScript function,
+    // memorySize, VLANs, an interactive override and extraPythonPackages: upstream's options.
+    let test = r#"{
+        name = "network";
+        node.specialArgs.role = { virtualisation.vlans = [ 12 3 ]; };
+        defaults.virtualisation.memorySize = 300;
+        containerDefaults.hutch.pidsMax = 500;
+        nodes.gateway = { role, ... }: { imports = [ role ]; };
+        nodes.db = { virtualisation.vlans = [ 12 ]; networking.hostName = "database"; };
+        containers.Web = { virtualisation.vlans = [ 3 ]; };
+        interactive.nodes.db.virtualisation.memorySize = lib.mkForce 400;
+        extraPythonPackages = p: [ p.pyyaml ];
+        globalTimeout = 600;
+        testScript = { nodes, ... }: "start_all()\nassert '${nodes.gateway.networking.primaryIPAddress}' == '192.168.12.3'";
+      }"#;
+    let (r, _) = standin.eval(&format!("h.run {test}"));
+    let s = r.unwrap_or_else(|e| panic!("{e}"));
+    let scratch = Scratch::new("ref-network");
+    let plan = plan_of(&s, &scratch.0, "network");
+    assert_script_compiles(&plan, "network");
+    assert_eq!(plan.timeout.as_secs(), 600);
+    assert!(plan.script.source.contains("'192.168.12.3' == '192.168.12.3'"));
+    let topology = Topology::new(
+        plan.nodes
+            .iter()
+            .map(|n| NodeSpec::new(n.name.clone(), n.vlans.iter().map(|&v| u32::from(v)))),
+    )
+    .unwrap();
+    // What upstream's network module configured is what hutch's netns sets up.
+    for t in topology.nodes() {
+        let m = &s["machines"][&t.name];
+        let ifaces = m["interfaces"].as_object().unwrap();
+        assert_eq!(ifaces.len(), t.interfaces.len(), "{}", t.name);
+        for i in &t.interfaces {
+            let nixos = &ifaces[&i.name];
+            assert_eq!(
+                nixos["addresses"],
+                json!([{ "address": i.ipv4.to_string(), "prefixLength": i.ipv4_prefix }])
+            );
+            assert_eq!(
+                nixos["ipv6"],
+                json!([{ "address": i.ipv6.to_string(), "prefixLength": i.ipv6_prefix }])
+            );
+        }
+        assert_eq!(text(&m["primaryIPAddress"]), t.interfaces[0].ipv4.to_string());
+        // NixOS's hosts lines name the host name (db's is `database`); hutch's the node name.
+        for other in topology.nodes() {
+            let host = text(&s["machines"][&other.name]["hostName"]);
+            let line = format!("{} {host}\n", other.interfaces[0].ipv4);
+            assert!(text(&m["extraHosts"]).contains(&line), "{}: {line}", t.name);
+        }
+    }
+    let db = plan.node("db").unwrap();
+    assert_eq!((db.memory, db.hostname.as_str()), (Some(300 << 20), "database"));
+    assert_eq!(plan.node("Web").unwrap().pids_max, Some(500));
+    assert_eq!(
+        s["machines"]["Web"]["isNspawnContainer"],
+        json!(true),
+        "containers keep upstream's container type"
+    );
+    assert_ne!(s["driver"], s["driverInteractive"]);
+}
