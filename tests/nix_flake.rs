@@ -330,3 +330,50 @@ with subtest("the VLANs are apart"):
     assert_eq!(output.status.code(), Some(0), "{all}");
     assert!(all.contains("passed"), "{all}");
 }
+
+/// Nix's flake checker (`nix flake check`) on a flake that re-exports `nixosModules.node`: it
+/// refused the path the flake used to export ("module must be a function or an attribute set").
+/// The repository is fetched as `git+file` (its tracked files, working-tree contents), its
+/// `nixpkgs` input is an empty local flake: nothing else of the repository's flake is evaluated.
+#[test]
+fn the_flake_checker_accepts_nixos_modules_node() {
+    if skip_unless_root("nix_flake_check") {
+        return;
+    }
+    let Some(_) = nix_instantiate("nix_flake_check") else {
+        return;
+    };
+    let dir = Scratch::new("flake-check");
+    let standin = dir.0.join("nixpkgs");
+    std::fs::create_dir_all(&standin).unwrap();
+    std::fs::write(standin.join("flake.nix"), "{ outputs = { self }: { lib = { }; }; }\n").unwrap();
+    let flake = |export: &str| {
+        format!(
+            r#"{{
+  inputs.hutch.url = "git+file://{repo}";
+  inputs.nixpkgs.url = "path:{standin}";
+  inputs.hutch.inputs.nixpkgs.follows = "nixpkgs";
+  outputs = {{ hutch, ... }}: {{ nixosModules.node = {export}; }};
+}}
+"#,
+            repo = repo().display(),
+            standin = standin.display()
+        )
+    };
+    let check = |export: &str| {
+        std::fs::write(dir.0.join("flake.nix"), flake(export)).unwrap();
+        let _ = std::fs::remove_file(dir.0.join("flake.lock"));
+        Command::new("nix")
+            .args(["flake", "check"])
+            .arg(&dir.0)
+            .env("NIX_CONFIG", format!("{NIX_CONFIG}\nexperimental-features = nix-command flakes"))
+            .output()
+            .expect("running nix flake check")
+    };
+    let out = check("hutch.nixosModules.node");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // The check means something: the path the flake exported before is refused.
+    let out = check(r#"hutch.outPath + "/nix/module.nix""#);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("module must be a function or an attribute set"));
+}

@@ -387,3 +387,23 @@ fn the_frameworks_network_and_options_are_what_hutch_runs() {
     );
     assert_ne!(s["driver"], s["driverInteractive"]);
 }
+
+#[test]
+fn the_flakes_checks_evaluate_to_test_files_hutch_accepts() {
+    let Some(standin) = Standin::build("nixpkgs_ref_checks") else {
+        return;
+    };
+    let scratch = Scratch::new("ref-checks");
+    for (check, vlans) in [
+        ("nginx", json!({ "client": [1], "server": [1] })),
+        ("router", json!({ "client": [1], "router": [1, 2], "server": [2] })),
+    ] {
+        let (r, stderr) = standin.eval(&format!("h.summary h.self.checks.x86_64-linux.{check}"));
+        let s = r.unwrap_or_else(|e| panic!("checks.{check}: {e}"));
+        let plan = plan_of(&s, &scratch.0, check);
+        assert_script_compiles(&plan, check);
+        let got: serde_json::Map<String, Value> = plan.nodes.iter().map(|n| (n.name.clone(), json!(n.vlans))).collect();
+        assert_eq!(Value::Object(got), vlans, "checks.{check}: the machines' VLANs");
+        assert!(!stderr.contains("hutch:"), "checks.{check}: {stderr}");
+    }
+}
