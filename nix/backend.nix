@@ -53,18 +53,22 @@ let
     hutch: test `${config.name}' needs a VM, which a hutch container cannot be:
     ${lib.concatMapStrings (r: "  - ${r}\n") vmReasons}Run it with nixpkgs' QEMU driver (pkgs.testers.runNixOSTest), or drop these settings.'';
 
-  # hutch's netns names a node's interfaces eth1, eth2, ... after its VLAN list; interfaces
-  # named otherwise (virtualisation.interfaces) are not in its test file yet.
-  namedInterfaces = lib.filterAttrs (_: i: i != { }) (
-    lib.mapAttrs (_: m: m.virtualisation.interfaces or { }) machines
+  # hutch's network has one link per machine and VLAN: a machine's interfaces (those of
+  # `virtualisation.vlans` and the named ones) must each be on a VLAN of its own.
+  sharedVlans = lib.filterAttrs (_: vs: vs != [ ]) (
+    lib.mapAttrs (
+      _: m:
+      let
+        vlans = map (i: i.vlan) (lib.attrValues m.virtualisation.allInterfaces);
+      in
+      lib.unique (lib.filter (v: lib.count (w: w == v) vlans > 1) vlans)
+    ) machines
   );
-  refuseNamed = lib.throwIf (namedInterfaces != { }) ''
-    hutch: test `${config.name}': hutch cannot yet give a machine interfaces by name (virtualisation.interfaces):
+  refuseShared = lib.throwIf (sharedVlans != { }) ''
+    hutch: test `${config.name}': a hutch machine has one interface per VLAN, and these have more:
     ${lib.concatStrings (
-      lib.mapAttrsToList (
-        n: is: "  - ${n}: ${lib.concatStringsSep ", " (lib.mapAttrsToList (_: i: "${i.name} on VLAN ${toString i.vlan}") is)}\n"
-      ) namedInterfaces
-    )}Put those VLANs in `virtualisation.vlans` instead: hutch names them eth1, eth2, ... in that order.'';
+      lib.mapAttrsToList (n: vs: "  - ${n}: VLAN ${lib.concatMapStringsSep ", " toString vs}\n") sharedVlans
+    )}Give each of the machine's interfaces (virtualisation.vlans and virtualisation.interfaces) a VLAN of its own.'';
 
   ignored = lib.filterAttrs (_: s: s != [ ]) (lib.mapAttrs (_: m: m.hutch.ignoredSettings) machines);
   driverArgs = [
@@ -87,7 +91,7 @@ let
   testFile =
     store:
     refuse (
-      refuseNamed (
+      refuseShared (
       warn (
         pure.testFile {
           inherit (config) name;

@@ -86,8 +86,20 @@ in
     hutch.node = {
       toplevel = "${config.system.build.toplevel}";
       # hutch names a node's interfaces eth1, eth2, ... in the order of its VLANs, as
-      # `virtualisation.vlans` does (guest-networking-options.nix).
+      # `virtualisation.vlans` does (guest-networking-options.nix), and MACs as QEMU's NICs.
       vlans = config.virtualisation.vlans;
+      # Interfaces named in `virtualisation.interfaces`, each on a VLAN of its own.
+      interfaces =
+        let
+          named = lib.attrValues config.virtualisation.interfaces;
+        in
+        if named == [ ] then
+          null
+        else
+          map (i: {
+            inherit (i) name vlan;
+            assign_ip = i.assignIP;
+          }) named;
       memory = cfg.memory;
       pids_max = cfg.pidsMax;
       env = if cfg.env == { } then null else cfg.env;

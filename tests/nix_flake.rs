@@ -276,11 +276,15 @@ fn hutch_runs_a_generated_file_on_nix_toplevels_each_node_seeing_its_closure() {
     // gateway's is on VLAN 1 and zulu's on VLAN 2, so gateway reaches both by name, alpha reaches
     // gateway by name, and zulu reaches gateway by its VLAN 2 address only.
     let node = |top: &Path, vlans: Value| json!({ "toplevel": top, "vlans": vlans, "closure_only": true, "memory": "512M" });
-    let nodes = json!({
+    let mut nodes = json!({
         "alpha": node(&systemd, json!([1])),
         "gateway": node(&wrapper, json!([1, 2])),
         "zulu": node(&systemd, json!([2])),
     });
+    // gateway and zulu also share VLAN 3 through named interfaces (NixOS's
+    // virtualisation.interfaces): gateway's with the plan's addresses, zulu's bare.
+    nodes["gateway"]["interfaces"] = json!([{ "name": "uplink", "vlan": 3, "assign_ip": true }]);
+    nodes["zulu"]["interfaces"] = json!([{ "name": "wan0", "vlan": 3 }]);
     let net = eval_pure(
         nix_instantiate("nix_generated_run").unwrap(),
         "topology",
@@ -305,6 +309,12 @@ with subtest("by name over the VLANs"):
     assert "{alpha_ip}/24" in alpha.succeed("ip -4 -o addr show eth1")
 with subtest("the VLANs are apart"):
     zulu.fail("ping -c1 -W1 alpha")
+with subtest("named interfaces"):
+    assert "52:54:00:12:03:03" in zulu.succeed("ip -o link show wan0")
+    assert "inet " not in zulu.succeed("ip -o -4 addr show wan0")
+    assert "192.168.3.2/24" in gateway.succeed("ip -o -4 addr show uplink")
+    zulu.succeed("ip addr add 192.168.3.99/24 dev wan0")
+    zulu.succeed("ping -c1 -W2 192.168.3.2")
 "#
     );
     let input = json!({ "name": "nix-generated", "testScript": script, "timeout": 300, "nodes": nodes });

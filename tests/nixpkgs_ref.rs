@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use hutch_driver::plan::{NodeRoot, PlanContext, TestPlan};
-use hutch_netns::{NodeSpec, Topology};
+use hutch_netns::{InterfaceSpec, NodeSpec, Topology};
 use nix_support::{fake_toplevel, nix_instantiate, repo, Scratch};
 use serde_json::{json, Value};
 
@@ -256,7 +256,7 @@ fn hutch_declares_no_option_nixos_declares() {
         assert!(Path::new(files[0]).starts_with(&modules), "{o} is NixOS's own: {files:?}");
     }
     // The test framework's node module sets diskSize and interfaces; with them the test evaluates
-    // (diskSize: ignored with a warning; named interfaces: refused, hutch has no names for them).
+    // (diskSize: ignored, with a warning).
     let (r, stderr) = standin.eval(
         r#"h.run { name = "knobs"; nodes.a.virtualisation.diskSize = 8192; nodes.a.virtualisation.cores = 4; testScript = "a.start()"; }"#,
     );
@@ -266,9 +266,17 @@ fn hutch_declares_no_option_nixos_declares() {
         stderr.contains("hutch: test `knobs'") && stderr.contains("a: virtualisation.cores, virtualisation.diskSize"),
         "one warning naming the ignored settings:\n{stderr}"
     );
+    // Named interfaces reach the test file; a machine has one interface per VLAN in hutch's
+    // network, so two on one VLAN are refused.
     let (r, _) = standin.eval(r#"h.run { name = "named"; nodes.a.virtualisation.interfaces.enp1s0.vlan = 2; testScript = ""; }"#);
-    let err = r.expect_err("named interfaces are refused");
-    assert!(err.contains("a: enp1s0 on VLAN 2") && err.contains("virtualisation.vlans"), "{err}");
+    let named = r.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        named["testFile"]["nodes"]["a"]["interfaces"],
+        json!([{ "name": "enp1s0", "vlan": 2, "assign_ip": false }])
+    );
+    let (r, _) = standin.eval(r#"h.run { name = "shared"; nodes.a.virtualisation.vlans = [ 1 ]; nodes.a.virtualisation.interfaces.enp1s0.vlan = 1; testScript = ""; }"#);
+    let err = r.expect_err("two interfaces on VLAN 1 are refused");
+    assert!(err.contains("a: VLAN 1") && err.contains("a VLAN of its own"), "{err}");
 
     // Where NixOS lacks the files (before 24.11), hutch's fallbacks declare the same options.
     let (r, _) = standin.eval(
@@ -332,7 +340,11 @@ fn the_frameworks_network_and_options_are_what_hutch_runs() {
         node.specialArgs.role = { virtualisation.vlans = [ 12 3 ]; };
         defaults.virtualisation.memorySize = 300;
         containerDefaults.hutch.pidsMax = 500;
-        nodes.gateway = { role, ... }: { imports = [ role ]; };
+        nodes.gateway = { role, ... }: {
+          imports = [ role ];
+          virtualisation.interfaces.lan9 = { vlan = 9; assignIP = true; };
+          virtualisation.interfaces.bare = { vlan = 7; };
+        };
         nodes.db = { virtualisation.vlans = [ 12 ]; networking.hostName = "database"; };
         containers.Web = { virtualisation.vlans = [ 3 ]; };
         interactive.nodes.db.virtualisation.memorySize = lib.mkForce 400;
@@ -347,18 +359,33 @@ fn the_frameworks_network_and_options_are_what_hutch_runs() {
     assert_script_compiles(&plan, "network");
     assert_eq!(plan.timeout.as_secs(), 600);
     assert!(plan.script.source.contains("'192.168.12.3' == '192.168.12.3'"));
-    let topology = Topology::new(
-        plan.nodes
-            .iter()
-            .map(|n| NodeSpec::new(n.name.clone(), n.vlans.iter().map(|&v| u32::from(v)))),
-    )
+    let topology = Topology::new(plan.nodes.iter().map(|n| {
+        NodeSpec::new(n.name.clone(), n.vlans.iter().map(|&v| u32::from(v))).with_interfaces(n.interfaces.iter().map(|i| InterfaceSpec {
+            name: i.name.clone(),
+            vlan: u32::from(i.vlan),
+            assign_ip: i.assign_ip,
+        }))
+    }))
     .unwrap();
-    // What upstream's network module configured is what hutch's netns sets up.
+    let gateway: Vec<_> = topology
+        .node("gateway")
+        .unwrap()
+        .interfaces
+        .iter()
+        .map(|i| (i.name.as_str(), i.vlan.get(), i.assign_ip))
+        .collect();
+    assert_eq!(
+        gateway,
+        [("eth1", 12, true), ("eth2", 3, true), ("bare", 7, false), ("lan9", 9, true)]
+    );
+    // What upstream's network module configured is what hutch's netns sets up: the same
+    // addresses on the same interfaces, none where NixOS assigns none.
     for t in topology.nodes() {
         let m = &s["machines"][&t.name];
         let ifaces = m["interfaces"].as_object().unwrap();
-        assert_eq!(ifaces.len(), t.interfaces.len(), "{}", t.name);
-        for i in &t.interfaces {
+        let addressed: Vec<_> = t.interfaces.iter().filter(|i| i.assign_ip).collect();
+        assert_eq!(ifaces.len(), addressed.len(), "{}", t.name);
+        for i in addressed {
             let nixos = &ifaces[&i.name];
             assert_eq!(
                 nixos["addresses"],
