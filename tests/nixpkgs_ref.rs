@@ -434,3 +434,57 @@ fn the_flakes_checks_evaluate_to_test_files_hutch_accepts() {
         assert!(!stderr.contains("hutch:"), "checks.{check}: {stderr}");
     }
 }
+
+#[test]
+fn every_way_in_gives_hutchs_test_and_the_rest_of_the_frameworks_options_hold() {
+    let Some(standin) = Standin::build("nixpkgs_ref_ways") else {
+        return;
+    };
+    // The same test file four ways: runTestOn, runTest with hostPkgs in the module, a finished
+    // test of the framework extended with the backend, and the backend as one import of
+    // nixos-lib's runTest (what a runNixOSTest user adds).
+    let (r, _) = standin.eval(
+        r#"let
+          nixosLib = import (standin + "/nixos/lib") { };
+          etcd = tests + "/etcd/etcd.nix";
+          file = t: t.config.hutch.testFile;
+        in {
+          on = file (h.self.lib.runTestOn pkgs etcd);
+          module = file (h.self.lib.runTest { imports = [ etcd ]; hostPkgs = pkgs; node.pkgs = pkgs; });
+          finished = file (h.self.lib.runTest (nixosLib.runTest { imports = [ etcd ]; hostPkgs = pkgs; node.pkgs = pkgs; }));
+          imported = file (nixosLib.runTest { imports = [ h.self.lib.testModule etcd ]; hostPkgs = pkgs; node.pkgs = pkgs; });
+          plain = (nixosLib.runTest { imports = [ etcd ]; hostPkgs = pkgs; }).name;
+        }"#,
+    );
+    let ways = r.unwrap_or_else(|e| panic!("{e}"));
+    for way in ["module", "finished", "imported"] {
+        assert_eq!(ways[way], ways["on"], "{way}");
+    }
+    assert_eq!(ways["on"]["nodes"]["node"]["vlans"], json!([1]));
+    assert_eq!(
+        ways["plain"],
+        json!("vm-test-run-etcd"),
+        "without the backend, the framework's QEMU test"
+    );
+
+    // Options the backend accepts without a VM: meta and passthru reach the derivation, the
+    // SSH backdoor's driver argument is named in a warning, lint and type checks are accepted.
+    let (r, stderr) = standin.eval(
+        r#"let t = h.self.lib.runTestOn pkgs {
+            name = "rest";
+            nodes.a = { };
+            sshBackdoor.enable = true;
+            skipLint = true;
+            skipTypeCheck = true;
+            meta.timeout = 123;
+            passthru.answer = 42;
+            testScript = "a.succeed('true')";
+          };
+        in { inherit (t) answer; timeout = t.meta.timeout; features = t.config.rawTestDerivation.drvAttrs.requiredSystemFeatures; drv = t.drvPath; }"#,
+    );
+    let v = r.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!((v["answer"].as_u64(), v["timeout"].as_u64()), (Some(42), Some(123)));
+    assert!(text(&v["drv"]).contains("-hutch-test-rest"));
+    assert_eq!(v["features"], json!(["uid-range"]), "the build asks for 65536 ids and /sys");
+    assert!(stderr.contains("--dump-vsocks") && stderr.contains("sshBackdoor"), "{stderr}");
+}
