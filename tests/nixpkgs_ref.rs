@@ -213,6 +213,7 @@ fn every_shared_nixpkgs_test_evaluates_to_a_test_file_hutch_accepts() {
         for n in &plan.nodes {
             let m = &summary["machines"][&n.name];
             assert_eq!(m["isContainer"], json!(true), "{t}: {}", n.name);
+            assert_eq!(m["backdoor"], json!(false), "{t}: {}: no QEMU backdoor service", n.name);
             assert!(matches!(n.root, NodeRoot::Toplevel { closure_only: true, .. }));
             assert!(n.memory.is_some(), "{t}: {} has memorySize's limit", n.name);
         }

@@ -36,6 +36,8 @@ let
       interfaces = builtins.mapAttrs (_: i: { inherit (i.ipv4) addresses; ipv6 = i.ipv6.addresses; }) m.networking.interfaces;
       isContainer = m.boot.isContainer;
       isNspawnContainer = m.boot.isNspawnContainer;
+      # test-instrumentation.nix's backdoor shell (hutch's agent runs the commands instead).
+      backdoor = m.systemd.services ? backdoor;
       systemPackages = map (p: p.name) m.environment.systemPackages;
     }) (test.config.allMachines or test.config.nodes);
   };
