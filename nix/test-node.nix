@@ -9,6 +9,11 @@
 # modules evaluate: `memorySize` becomes the node's memory limit; settings that need a VM
 # (a boot loader, EFI, extra disks) make the test refuse to evaluate (backend.nix); the rest
 # are accepted and ignored with one warning that names them.
+#
+# `upstream` is the option tree of the machine's own type without qemu-vm.nix (backend.nix):
+# an option some other NixOS module declares (a container module that learns `memorySize`,
+# say) is left to it, so this module never declares an option twice.
+{ upstream }:
 {
   config,
   lib,
@@ -24,6 +29,38 @@ let
     mkOption { inherit type default description; };
   flag = default: description: option types.bool default description;
   list = description: option (types.listOf types.str) [ ] description;
+
+  # The VM options, by their names under `virtualisation`.
+  vmOptions = {
+    memorySize = option types.ints.positive 1024 "Memory in MiB: the node's memory limit under hutch.";
+    cores = option types.ints.positive 1 "A VM's CPUs; a hutch node shares the host's.";
+    graphics = flag true "A VM's screen; a hutch node has none.";
+    resolution = option (types.attrsOf types.ints.positive) {
+      x = 1024;
+      y = 768;
+    } "A VM's screen resolution.";
+    useBootLoader = flag false "Boot a VM through a boot loader (needs a VM).";
+    useEFIBoot = flag false "Boot a VM with EFI firmware (needs a VM).";
+    installBootLoader = flag false "Install the boot loader into a VM's disk.";
+    emptyDiskImages = option (types.listOf (types.either types.ints.positive types.attrs)) [ ] "Extra disks for a VM (needs a VM).";
+    "tpm.enable" = flag false "A TPM for a VM (needs a VM).";
+    writableStore = flag true "An overlay on a VM's store.";
+    writableStoreUseTmpfs = flag true "The store overlay on a tmpfs.";
+    useNixStoreImage = flag false "A disk image of the store for a VM.";
+    mountHostNixStore = flag true "The host's store in a VM over 9p.";
+    useDefaultFilesystems = flag true "A VM's default file systems.";
+    additionalPaths = option (types.listOf types.path) [ ] "Store paths a VM needs besides its system's closure.";
+    sharedDirectories = option (types.attrsOf types.attrs) { } "Host directories shared with a VM.";
+    forwardPorts = option (types.listOf types.attrs) [ ] "Ports forwarded from the host to a VM.";
+    restrictNetwork = flag false "Cut a VM off from the host's network.";
+    diskImage = option (types.nullOr types.str) "./${config.system.name}.qcow2" "A VM's disk image.";
+    "host.pkgs" = option types.raw null "The package set of the VM's host.";
+    "qemu.package" = option types.raw null "The QEMU package.";
+    "qemu.options" = list "Extra QEMU arguments.";
+    "qemu.networkingOptions" = list "QEMU's networking arguments.";
+    "qemu.consoles" = list "QEMU's consoles.";
+    "qemu.enableSharedMemory" = flag false "Shared memory for virtiofs and the SSH backdoor.";
+  };
 
   # A setting counts as set when a definition above option-default priority (mkDefault and
   # plain ones) gives it a value other than its default (compared for plain values only: a
@@ -84,38 +121,16 @@ in
     };
   };
 
-  options.virtualisation = {
-    memorySize = option types.ints.positive 1024 "Memory in MiB: the node's memory limit under hutch.";
-    cores = option types.ints.positive 1 "A VM's CPUs; a hutch node shares the host's.";
-    graphics = flag true "A VM's screen; a hutch node has none.";
-    resolution = option (types.attrsOf types.ints.positive) {
-      x = 1024;
-      y = 768;
-    } "A VM's screen resolution.";
-    useBootLoader = flag false "Boot a VM through a boot loader (needs a VM).";
-    useEFIBoot = flag false "Boot a VM with EFI firmware (needs a VM).";
-    installBootLoader = flag false "Install the boot loader into a VM's disk.";
-    emptyDiskImages = option (types.listOf (types.either types.ints.positive types.attrs)) [ ] "Extra disks for a VM (needs a VM).";
-    tpm.enable = flag false "A TPM for a VM (needs a VM).";
-    writableStore = flag true "An overlay on a VM's store.";
-    writableStoreUseTmpfs = flag true "The store overlay on a tmpfs.";
-    useNixStoreImage = flag false "A disk image of the store for a VM.";
-    mountHostNixStore = flag true "The host's store in a VM over 9p.";
-    useDefaultFilesystems = flag true "A VM's default file systems.";
-    additionalPaths = option (types.listOf types.path) [ ] "Store paths a VM needs besides its system's closure.";
-    sharedDirectories = option (types.attrsOf types.attrs) { } "Host directories shared with a VM.";
-    forwardPorts = option (types.listOf types.attrs) [ ] "Ports forwarded from the host to a VM.";
-    restrictNetwork = flag false "Cut a VM off from the host's network.";
-    diskImage = option (types.nullOr types.str) "./${config.system.name}.qcow2" "A VM's disk image.";
-    host.pkgs = option types.raw null "The package set of the VM's host.";
-    qemu = {
-      package = option types.raw null "The QEMU package.";
-      options = list "Extra QEMU arguments.";
-      networkingOptions = list "QEMU's networking arguments.";
-      consoles = list "QEMU's consoles.";
-      enableSharedMemory = flag false "Shared memory for virtiofs and the SSH backdoor.";
-    };
-  };
+  options.virtualisation = lib.foldl' (
+    acc: name:
+    let
+      path = lib.splitString "." name;
+    in
+    if lib.hasAttrByPath path upstream.virtualisation or { } then
+      acc
+    else
+      lib.recursiveUpdateUntil (_: l: r: l ? _type || r ? _type) acc (lib.setAttrByPath path vmOptions.${name})
+  ) { } (lib.attrNames vmOptions);
 
   config = {
     # hutch's agent runs the test script's commands; the QEMU backdoor shell would wait for a

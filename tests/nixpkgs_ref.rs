@@ -279,6 +279,19 @@ fn hutch_declares_no_option_nixos_declares() {
     let err = r.expect_err("two interfaces on VLAN 1 are refused");
     assert!(err.contains("a: VLAN 1") && err.contains("a VLAN of its own"), "{err}");
 
+    // A VM option that another NixOS module declares (as a container module might learn
+    // `cores`) is that module's alone: hutch declares only what nothing else does.
+    let (r, _) = standin.eval(
+        r#"let t = h.self.lib.runTestOn pkgs {
+            name = "future";
+            extraBaseModules.options.virtualisation.cores = lib.mkOption { type = lib.types.ints.positive; default = 2; };
+            nodes.a = { };
+            testScript = "";
+          };
+        in { cores = t.config.nodes.a.virtualisation.cores; n = builtins.length (t.config.node.type.getSubOptions [ ]).virtualisation.cores.declarations; }"#,
+    );
+    assert_eq!(r.unwrap_or_else(|e| panic!("{e}")), json!({ "cores": 2, "n": 1 }));
+
     // Where NixOS lacks the files (before 24.11), hutch's fallbacks declare the same options.
     let (r, _) = standin.eval(
         r#"let e = lib.evalModules {
