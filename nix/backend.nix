@@ -93,6 +93,11 @@ let
           "hutch: test `${config.name}': driver arguments for QEMU's driver are ignored: ${lib.concatStringsSep " " strayArgs}${lib.optionalString config.sshBackdoor.enable " (sshBackdoor: use .driverInteractive and a machine's shell_interact())"}"
       );
 
+  # A machine sees only its own closure (hutch.closureOnly) unless the test script names store
+  # paths (`${pkgs.foo}/bin/foo`): those run in the machines, which then see the whole store,
+  # as QEMU machines do through 9p.
+  closureOnly = m: m.hutch.closureOnly && !builtins.hasContext config.testScriptString;
+
   # The test file; `store` is where closure_only finds the store and its database.
   testFile =
     store:
@@ -109,7 +114,10 @@ let
             // {
               hostname = if m.networking.hostName == name then null else m.networking.hostName;
             }
-            // lib.optionalAttrs (store != null && m.hutch.closureOnly) { inherit store; }
+            // {
+              closure_only = closureOnly m;
+            }
+            // lib.optionalAttrs (store != null && closureOnly m) { inherit store; }
           ) machines;
         }
       )
@@ -121,7 +129,7 @@ let
   # On a host: the host's /nix/store and its database.
   hostFile = hostPkgs.writeText "${fileName}-hutch-test.json" (builtins.toJSON (testFile null));
 
-  anyClosureOnly = lib.any (m: m.hutch.closureOnly) (lib.attrValues machines);
+  anyClosureOnly = lib.any closureOnly (lib.attrValues machines);
   closure = hostPkgs.closureInfo {
     rootPaths = lib.mapAttrsToList (_: m: m.system.build.toplevel) machines;
   };
