@@ -94,9 +94,14 @@ let
       );
 
   # A machine sees only its own closure (hutch.closureOnly) unless the test script names store
-  # paths (`${pkgs.foo}/bin/foo`): those run in the machines, which then see the whole store,
-  # as QEMU machines do through 9p.
-  closureOnly = m: m.hutch.closureOnly && !builtins.hasContext config.testScriptString;
+  # paths (`${pkgs.foo}/bin/foo`), which run in the machines, or the machine asks for more
+  # (`virtualisation.additionalPaths`): then it sees the whole store, as QEMU machines do
+  # through 9p.
+  closureOnly =
+    m:
+    m.hutch.closureOnly
+    && m.virtualisation.additionalPaths or [ ] == [ ]
+    && !builtins.hasContext config.testScriptString;
 
   # The test file; `store` is where closure_only finds the store and its database.
   testFile =
