@@ -42,7 +42,6 @@ let
     ];
 
   machines = config.allMachines or config.nodes;
-  names = lib.attrNames machines;
 
   # Settings that need a VM, per machine, and test options that need a screen.
   vmNodes = lib.filterAttrs (_: needs: needs != [ ]) (lib.mapAttrs (_: m: m.hutch.vmNeeds) machines);
@@ -53,7 +52,7 @@ let
   );
   vmReasons =
     lib.mapAttrsToList (n: needs: "${n}: ${lib.concatStringsSep ", " needs}") vmNodes
-    ++ lib.optional config.enableOCR "enableOCR = true: the test reads a screen"
+    ++ lib.optional (config.enableOCR or false) "enableOCR = true: the test reads a screen"
     ++ lib.optional (screenCalls != [ ]) "the test script uses the screen or keyboard of ${lib.concatStringsSep ", " screenCalls}";
   refuse = lib.throwIf (vmReasons != [ ]) ''
     hutch: test `${config.name}' needs a VM, which a hutch container cannot be:
@@ -90,7 +89,7 @@ let
       }"
       (
         lib.warnIf (strayArgs != [ ])
-          "hutch: test `${config.name}': driver arguments for QEMU's driver are ignored: ${lib.concatStringsSep " " strayArgs}${lib.optionalString config.sshBackdoor.enable " (sshBackdoor: use .driverInteractive and a machine's shell_interact())"}"
+          "hutch: test `${config.name}': driver arguments for QEMU's driver are ignored: ${lib.concatStringsSep " " strayArgs}${lib.optionalString (config.sshBackdoor.enable or false) " (sshBackdoor: use .driverInteractive and a machine's shell_interact())"}"
       );
 
   # A machine sees only its own closure (hutch.closureOnly) unless the test script names store
@@ -106,28 +105,26 @@ let
   # The test file; `store` is where closure_only finds the store and its database.
   testFile =
     store:
-    refuse (
-      refuseShared (
-      warn (
-        pure.testFile {
-          inherit (config) name;
-          testScript = config.testScriptString;
-          timeout = config.globalTimeout;
-          nodes = lib.mapAttrs (
-            name: m:
-            m.hutch.node
-            // {
-              hostname = if m.networking.hostName == name then null else m.networking.hostName;
-            }
-            // {
-              closure_only = closureOnly m;
-            }
-            // lib.optionalAttrs (store != null && closureOnly m) { inherit store; }
-          ) machines;
-        }
-      )
-      )
-    );
+    lib.pipe
+      (pure.testFile {
+        inherit (config) name;
+        testScript = config.testScriptString;
+        timeout = config.globalTimeout;
+        nodes = lib.mapAttrs (
+          name: m:
+          m.hutch.node
+          // {
+            hostname = if m.networking.hostName == name then null else m.networking.hostName;
+            closure_only = closureOnly m;
+          }
+          // lib.optionalAttrs (store != null && closureOnly m) { inherit store; }
+        ) machines;
+      })
+      [
+        warn
+        refuseShared
+        refuse
+      ];
   fileName = lib.strings.sanitizeDerivationName config.name;
   # In the sandbox: a store view next to the file (made by the test's build, below).
   sandboxFile = hostPkgs.writeText "${fileName}-hutch-test.json" (builtins.toJSON (testFile "store-view/nix/store"));
