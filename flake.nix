@@ -31,7 +31,7 @@
 
       hutchFor = pkgs: pkgs.callPackage ./nix/package.nix { inherit src; };
 
-      runTest = import ./nix/run-test.nix {
+      tests = import ./nix/run-test.nix {
         inherit nixpkgs hutchFor;
         nodeModule = self.nixosModules.node;
       };
@@ -63,18 +63,22 @@
         };
       });
 
-      # pkgs.hutch, and pkgs.hutchTest { name; nodes; testScript; ... } (see lib.runTest).
+      # pkgs.hutch, and pkgs.hutchTest: pkgs.testers.runNixOSTest with hutch as the backend.
       overlays.default = final: _prev: {
         hutch = hutchFor final;
-        hutchTest = args: runTest ({ pkgs = final; } // args);
+        hutchTest = tests.runTestOn final;
       };
 
-      # What a NixOS system needs to run as a hutch node (runTest adds it to every node).
-      nixosModules.node = ./nix/module.nix;
+      # What a NixOS system needs to run as a hutch node (the test backend adds it to every
+      # machine). An attribute set, not a path: Nix's flake checker wants a module value.
+      nixosModules.node = {
+        imports = [ ./nix/module.nix ];
+      };
 
       lib = {
-        # runTest { name; nodes; testScript; defaults ? {}; vlans ? {}; system | pkgs; ... }
-        inherit runTest;
+        # NixOS tests (nixpkgs' test framework) with hutch as the backend: nix/run-test.nix.
+        #   runTest module | runTestOn pkgs test | testModule (for `imports` of runNixOSTest)
+        inherit (tests) runTest runTestOn testModule;
         # The pure part (builtins only): topology and test-file generation.
         pure = import ./nix;
       };
@@ -84,7 +88,10 @@
         {
           package = self.packages.${pkgs.stdenv.hostPlatform.system}.hutch;
         }
-        // import ./nix/checks.nix { inherit runTest pkgs; }
+        // import ./nix/checks.nix {
+          inherit pkgs;
+          runTest = tests.runTestOn pkgs;
+        }
       );
     };
 }

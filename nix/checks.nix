@@ -1,5 +1,6 @@
 # The examples as NixOS tests run by hutch: the same test scripts (examples/*/test.py), with
-# NixOS nodes in place of the Debian image.
+# NixOS nodes in place of the Debian image. `runTest` is hutch.lib.runTestOn pkgs: these are
+# test modules of nixpkgs' test framework.
 { runTest, pkgs }:
 let
   # nginx serving the example's page at /posts/integration-containers.
@@ -28,8 +29,7 @@ in
   # examples/nginx: a web server and a client on one VLAN.
   nginx = runTest {
     name = "nginx";
-    inherit pkgs;
-    timeout = 600;
+    globalTimeout = 600;
     defaults.virtualisation.memorySize = 512;
     nodes.server = webServer;
     nodes.client = client;
@@ -39,19 +39,19 @@ in
   # examples/router: client and server on two VLANs, joined by a router; block/unblock.
   router = runTest {
     name = "router";
-    inherit pkgs;
-    timeout = 300;
+    globalTimeout = 300;
     defaults.virtualisation.memorySize = 256;
-    nodes.client = client;
-    nodes.router = { };
-    nodes.server = webServer;
-    vlans = {
-      client = [ 1 ];
-      router = [
-        1
-        2
-      ];
-      server = [ 2 ];
+    nodes.client = {
+      imports = [ client ];
+      virtualisation.vlans = [ 1 ];
+    };
+    nodes.router.virtualisation.vlans = [
+      1
+      2
+    ];
+    nodes.server = {
+      imports = [ webServer ];
+      virtualisation.vlans = [ 2 ];
     };
     # The Debian image's nginx page says "hutch-debian nginx"; the NixOS one above says this.
     testScript =

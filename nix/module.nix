@@ -3,16 +3,19 @@
 # hutch boots `config.system.build.toplevel`'s `init` as PID 1 on an empty tmpfs root with the
 # Nix store bind-mounted read-only, in its own namespaces; its network interfaces (eth1, eth2,
 # ... one per VLAN, addresses already set) and its agent (which runs the test script's commands)
-# are hutch's. So the system is a container (no kernel, no boot loader, no udev), configures the
-# addresses the NixOS test framework would (the same ones hutch set: its scripted networking
-# accepts them as they are), lists every node in /etc/hosts, logs to the console hutch records,
-# and runs no getty: nobody logs in, commands come through the agent.
+# are hutch's. So the system is a container (no kernel, no boot loader, no udev), logs to the
+# console hutch records, and runs no getty: nobody logs in, commands come through the agent.
 #
-# runTest sets `hutch.nodeName` and `hutch.topology` for every node; on its own the module
-# describes a one-node network named "machine" on `virtualisation.vlans`.
+# The test network's options (`virtualisation.vlans`, `virtualisation.interfaces`,
+# `networking.primaryIPAddress`) and `virtualisation.diskSize` are NixOS's own where this NixOS
+# has the files that declare them (24.11 and later), imported from `modulesPath`, so this module
+# never declares an option twice; hutch's fallback declarations (./fallback) stand in for them
+# on older releases only. Addresses and /etc/hosts come from the NixOS test framework's network
+# module (hutch's runTest is a backend of that framework), which assigns what hutch's netns sets.
 {
   config,
   lib,
+  modulesPath,
   ...
 }:
 let
@@ -25,143 +28,89 @@ let
     ;
 
   cfg = config.hutch;
-  pure = import ./default.nix;
-  me =
-    cfg.topology.nodes.${cfg.nodeName}
-      or (throw "hutch: node `${cfg.nodeName}` is not in the test's topology (hutch.topology)");
 
-  address = address: prefixLength: [ { inherit address prefixLength; } ];
+  # Upstream's option file when this NixOS has it, else hutch's declaration of the same options.
+  upstreamOr =
+    file:
+    let
+      upstream = "${modulesPath}/virtualisation/${file}";
+    in
+    if builtins.pathExists upstream then upstream else ./fallback + "/${file}";
 in
 {
-  options = {
-    hutch = {
-      nodeName = mkOption {
-        type = types.str;
-        default = "machine";
-        description = "The node's name in the test (`nodes.<name>`): its host name, script variable and place in the numbering.";
-      };
+  imports = [
+    (upstreamOr "disk-size-option.nix")
+    (upstreamOr "guest-networking-options.nix")
+  ];
 
-      topology = mkOption {
-        type = types.raw;
-        internal = true;
-        default = pure.topology { ${cfg.nodeName} = config.virtualisation.vlans; };
-        defaultText = lib.literalMD "a network of this node alone";
-        description = "The whole test's network as nix/topology.nix computes it: numbers, addresses, hosts.";
-      };
-
-      memory = mkOption {
-        type = types.nullOr (types.either types.str types.ints.positive);
-        default =
-          if config.virtualisation.memorySize == null then
-            null
-          else
-            "${toString config.virtualisation.memorySize}M";
-        defaultText = lib.literalExpression ''"''${toString config.virtualisation.memorySize}M"'';
-        example = "512M";
-        description = "Memory limit of the node's cgroup (hutch's `memory`), or null for none.";
-      };
-
-      pidsMax = mkOption {
-        type = types.nullOr types.ints.positive;
-        default = null;
-        description = "Limit on the node's number of processes (hutch's `pids_max`).";
-      };
-
-      env = mkOption {
-        type = types.attrsOf types.str;
-        default = { };
-        description = "Extra environment for the node's init (hutch's `env`).";
-      };
-
-      closureOnly = mkOption {
-        type = types.bool;
-        default = true;
-        description = "Mount only this system's closure at /nix/store, not the whole store (hutch's `closure_only`).";
-      };
-
-      node = mkOption {
-        type = types.raw;
-        readOnly = true;
-        internal = true;
-        description = "This node's entry in hutch's test file (without `store`, which depends on where the test runs).";
-      };
+  options.hutch = {
+    memory = mkOption {
+      type = types.nullOr (types.either types.str types.ints.positive);
+      default =
+        let
+          mib = config.virtualisation.memorySize or null;
+        in
+        if mib == null then null else "${toString mib}M";
+      defaultText = lib.literalExpression ''"''${toString config.virtualisation.memorySize}M" (when declared)'';
+      example = "512M";
+      description = "Memory limit of the node's cgroup (hutch's `memory`), or null for none; a test's `virtualisation.memorySize` by default.";
     };
 
-    # The NixOS test framework's node options that keep their meaning in a container, so node
-    # modules written for runNixOSTest evaluate unchanged.
-    virtualisation.vlans = mkOption {
-      type = types.listOf types.ints.unsigned;
-      default = [ 1 ];
-      description = "VLANs the node is on, in order: eth1 on the first, eth2 on the second, ...";
-    };
-    virtualisation.memorySize = mkOption {
+    pidsMax = mkOption {
       type = types.nullOr types.ints.positive;
       default = null;
-      description = "Memory limit in MiB (a VM's memory size in NixOS tests); null: no limit.";
+      description = "Limit on the node's number of processes (hutch's `pids_max`).";
     };
-    virtualisation.cores = mkOption {
-      type = types.ints.positive;
-      default = 1;
-      description = "Accepted for NixOS test compatibility and ignored: a hutch node shares the host's CPUs.";
+
+    env = mkOption {
+      type = types.attrsOf types.str;
+      default = { };
+      description = "Extra environment for the node's init (hutch's `env`).";
     };
-    virtualisation.diskSize = mkOption {
-      type = types.nullOr types.ints.positive;
-      default = null;
-      description = "Accepted for NixOS test compatibility and ignored: a hutch node's root is a tmpfs.";
-    };
-    virtualisation.graphics = mkOption {
+
+    closureOnly = mkOption {
       type = types.bool;
-      default = false;
-      description = "Accepted for NixOS test compatibility and ignored: a hutch node has no screen.";
+      default = true;
+      description = "Mount only this system's closure at /nix/store, not the whole store (hutch's `closure_only`).";
     };
-    networking.primaryIPAddress = mkOption {
-      type = types.str;
-      default = "";
+
+    node = mkOption {
+      type = types.raw;
+      readOnly = true;
       internal = true;
-      description = "The node's address on its first VLAN, as in NixOS tests.";
-    };
-    networking.primaryIPv6Address = mkOption {
-      type = types.str;
-      default = "";
-      internal = true;
-      description = "The node's IPv6 address on its first VLAN, as in NixOS tests.";
+      description = "This node's entry in hutch's test file (without `store` and `hostname`, which the test adds).";
     };
   };
 
   config = {
-    hutch.node =
-      let
-        hostName = config.networking.hostName;
-      in
-      {
-        toplevel = "${config.system.build.toplevel}";
-        vlans = config.virtualisation.vlans;
-        memory = cfg.memory;
-        pids_max = cfg.pidsMax;
-        env = if cfg.env == { } then null else cfg.env;
-        closure_only = cfg.closureOnly;
-        hostname = if hostName == "" || hostName == cfg.nodeName then null else hostName;
-      };
+    hutch.node = {
+      toplevel = "${config.system.build.toplevel}";
+      # hutch names a node's interfaces eth1, eth2, ... in the order of its VLANs, as
+      # `virtualisation.vlans` does (guest-networking-options.nix), and MACs as QEMU's NICs.
+      vlans = config.virtualisation.vlans;
+      # Interfaces named in `virtualisation.interfaces`, each on a VLAN of its own.
+      interfaces =
+        let
+          named = lib.attrValues config.virtualisation.interfaces;
+        in
+        if named == [ ] then
+          null
+        else
+          map (i: {
+            inherit (i) name vlan;
+            assign_ip = i.assignIP;
+          }) named;
+      memory = cfg.memory;
+      pids_max = cfg.pidsMax;
+      env = if cfg.env == { } then null else cfg.env;
+      closure_only = cfg.closureOnly;
+    };
 
     # A container: no kernel, initrd, boot loader or udev (container-config.nix does the rest).
     boot.isContainer = true;
 
-    # Networking as nixos/lib/testing/network.nix does it, from the same numbers hutch uses.
-    networking.hostName = mkDefault cfg.nodeName;
     networking.useDHCP = mkDefault false;
     networking.usePredictableInterfaceNames = mkDefault false;
-    networking.interfaces = builtins.listToAttrs (
-      map (i: {
-        inherit (i) name;
-        value = {
-          ipv4.addresses = address i.ipv4 i.ipv4Prefix;
-          ipv6.addresses = address i.ipv6 i.ipv6Prefix;
-        };
-      }) me.interfaces
-    );
-    networking.primaryIPAddress = me.primaryIPAddress;
-    networking.primaryIPv6Address = me.primaryIPv6Address;
-    networking.extraHosts = cfg.topology.extraHosts;
     # No host resolv.conf is bound into a hutch node (container-config.nix assumes nspawn's).
     networking.useHostResolvConf = mkOverride 900 false;
     # No way out of the test's LANs, as in test-instrumentation.nix.

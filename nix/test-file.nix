@@ -39,6 +39,7 @@ let
     "env"
     "boot"
     "hostname"
+    "interfaces"
   ];
 
   withoutNulls = attrs: removeAttrs attrs (filter (k: attrs.${k} == null) (attrNames attrs));

@@ -91,11 +91,15 @@ pub fn main(args: TestArgs) -> i32 {
 }
 
 fn run(args: &TestArgs, plan: &TestPlan, spawner: Arc<Spawner>) -> Result<i32> {
-    let topology = Topology::new(
-        plan.nodes
-            .iter()
-            .map(|n| hutch_netns::NodeSpec::new(n.name.clone(), n.vlans.iter().map(|v| *v as u32))),
-    )
+    let topology = Topology::new(plan.nodes.iter().map(|n| {
+        hutch_netns::NodeSpec::new(n.name.clone(), n.vlans.iter().map(|v| *v as u32)).with_interfaces(n.interfaces.iter().map(|i| {
+            hutch_netns::InterfaceSpec {
+                name: i.name.clone(),
+                vlan: u32::from(i.vlan),
+                assign_ip: i.assign_ip,
+            }
+        }))
+    }))
     .context("the test's network")?;
     let hub = if plan.vlans.is_empty() {
         None
@@ -124,7 +128,11 @@ fn run(args: &TestArgs, plan: &TestPlan, spawner: Arc<Spawner>) -> Result<i32> {
             memory: n.memory,
             pids_max: n.pids_max,
         };
-        let on_lan = if n.vlans.is_empty() { None } else { hub.clone() };
+        let on_lan = if n.vlans.is_empty() && n.interfaces.is_empty() {
+            None
+        } else {
+            hub.clone()
+        };
         nodes.push((n.name.clone(), Arc::new(RuntimeNode::new(request, Arc::clone(&spawner), on_lan))));
     }
     let output_dir = args

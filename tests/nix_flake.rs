@@ -5,10 +5,11 @@
 //! nodes get); and, as root, `hutch test` runs such a JSON file on Nix-built toplevels with
 //! `closure_only`, each node seeing only its own closure and reaching the others by name.
 //!
-//! The flake's nixpkgs parts (packages, nixosModules.node, runTest) cannot be evaluated here: no
-//! nixpkgs is reachable offline. They are parsed, not run.
+//! The flake's nixpkgs parts (runTest as a backend of nixpkgs' test framework, nixosModules.node)
+//! are evaluated on a stand-in nixpkgs by nixpkgs_ref.rs.
 
 mod common;
+mod nix_support;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -16,33 +17,8 @@ use std::process::{Command, Stdio};
 use common::*;
 use hutch_driver::plan::{PlanContext, TestPlan};
 use hutch_netns::{NodeSpec, Topology};
+use nix_support::{fake_toplevel, nix_instantiate, repo, Scratch, NIX_CONFIG};
 use serde_json::{json, Value};
-
-/// Nix settings for an offline, daemon-less, single-user Nix (see MACHINE-NOTES).
-const NIX_CONFIG: &str = "build-users-group =\nsubstituters =\nsandbox = true\nsandbox-fallback = false";
-
-fn repo() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// `nix-instantiate` with offline settings, or None (and a message) when Nix is not installed.
-fn nix_instantiate(test: &str) -> Option<Command> {
-    let ok = Command::new("nix-instantiate")
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
-    if !ok {
-        eprintln!("skipping {test}: nix-instantiate is not installed (apt-get install --no-install-recommends nix-bin)");
-        return None;
-    }
-    let mut c = Command::new("nix-instantiate");
-    // The dummy store: evaluation needs no store, and any user can open it.
-    c.args(["--store", "dummy://"]).env("NIX_CONFIG", NIX_CONFIG).current_dir(repo());
-    Some(c)
-}
 
 /// Evaluates `(import <repo>/nix).<attr> ARGS` where ARGS is `input` passed as JSON text.
 fn eval_pure(mut cmd: Command, attr: &str, input: &Value) -> Result<Value, String> {
@@ -56,24 +32,6 @@ fn eval_pure(mut cmd: Command, attr: &str, input: &Value) -> Result<Value, Strin
         return Err(String::from_utf8_lossy(&out.stderr).into_owned());
     }
     serde_json::from_slice(&out.stdout).map_err(|e| format!("nix-instantiate printed no JSON: {e}"))
-}
-
-/// A scratch directory, removed on drop (also when the test fails).
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(tag: &str) -> Scratch {
-        let p = std::env::temp_dir().join(format!("hutch-nix-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&p);
-        std::fs::create_dir_all(&p).unwrap();
-        Scratch(p)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 /// Every `*.nix` file of the repository (not build outputs or hidden directories).
@@ -104,6 +62,9 @@ fn every_nix_file_parses() {
         "nix/topology.nix",
         "nix/test-file.nix",
         "nix/module.nix",
+        "nix/backend.nix",
+        "nix/test-node.nix",
+        "nix/run-test.nix",
     ] {
         assert!(files.contains(&repo().join(must)), "{must} is missing from {files:?}");
     }
@@ -116,16 +77,6 @@ fn every_nix_file_parses() {
             String::from_utf8_lossy(&out.stderr)
         );
     }
-}
-
-/// A directory that passes hutch's toplevel check (an executable `init`), for plans that are
-/// validated but never booted.
-fn fake_toplevel(dir: &Path) -> String {
-    let top = dir.join("toplevel");
-    std::fs::create_dir_all(&top).unwrap();
-    std::fs::write(top.join("init"), "#!/bin/sh\n").unwrap();
-    std::fs::set_permissions(top.join("init"), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    top.display().to_string()
 }
 
 fn text(v: &Value) -> &str {
@@ -206,118 +157,6 @@ fn the_pure_part_gives_the_addresses_hutch_computes() {
         hutch_driver::plan::NodeRoot::Toplevel { closure_only: true, .. }
     ));
     assert_eq!(plan.script.source, "start_all()");
-}
-
-/// nixpkgs' `lib`, as far as nix/module.nix uses it, with every priority wrapper the identity:
-/// enough to evaluate the module's `config` values without nixpkgs (which is not reachable here).
-const STUB_LIB: &str = r#"
-  let t = { }; in {
-    mkDefault = v: v; mkForce = v: v; mkOverride = _: v: v;
-    mkOption = o: o; literalMD = s: s; literalExpression = s: s;
-    trivial.release = "stub";
-    types = { str = t; raw = t; bool = t; nullOr = _: t; either = _: _: t; attrsOf = _: t;
-              listOf = _: t; ints = { positive = t; unsigned = t; }; };
-  }"#;
-
-#[test]
-fn the_node_module_configures_the_addresses_hutch_sets() {
-    let Some(mut cmd) = nix_instantiate("nix_module") else {
-        return;
-    };
-    let dir = Scratch::new("module");
-    let top = fake_toplevel(&dir.0);
-    let vlans = json!({ "Web": [3], "db": [12], "gateway": [12, 3] });
-    // Each node's module `config`, evaluated with a stand-in lib and the whole test's topology.
-    let expr = format!(
-        r#"{{ input, top }}:
-        let
-          lib = {STUB_LIB};
-          pure = import {repo}/nix;
-          vlans = builtins.fromJSON input;
-          topology = pure.topology vlans;
-          node = name: (import {repo}/nix/module.nix {{
-            inherit lib;
-            config = {{
-              hutch = {{ nodeName = name; inherit topology; memory = "256M"; pidsMax = null;
-                         env = {{ }}; closureOnly = true; }};
-              virtualisation.vlans = vlans.${{name}};
-              networking.hostName = name;
-              system.build.toplevel = top;
-            }};
-          }}).config;
-        in builtins.mapAttrs (name: _: let c = node name; in {{
-          inherit (c.networking) interfaces extraHosts primaryIPAddress primaryIPv6Address hostName;
-          inherit (c.hutch) node;
-          isContainer = c.boot.isContainer;
-        }}) vlans"#,
-        repo = repo().display()
-    );
-    let out = cmd
-        .args([
-            "--eval", "--strict", "--json", "-E", &expr, "--argstr", "top", &top, "--argstr", "input",
-        ])
-        .arg(vlans.to_string())
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let nodes: Value = serde_json::from_slice(&out.stdout).unwrap();
-
-    // The nodes' own test-file entries, through the pure part, are what hutch plans and wires.
-    let entries: serde_json::Map<String, Value> = nodes
-        .as_object()
-        .unwrap()
-        .iter()
-        .map(|(k, v)| (k.clone(), v["node"].clone()))
-        .collect();
-    let input = json!({ "name": "module", "testScript": "start_all()", "nodes": entries });
-    let generated = eval_pure(nix_instantiate("nix_module").unwrap(), "test", &input).unwrap();
-    let file = dir.0.join("module.json");
-    std::fs::write(&file, text(&generated["json"])).unwrap();
-    let ctx = PlanContext {
-        cache_dir: dir.0.join("cache"),
-    };
-    let plan = TestPlan::load_with(&file, &ctx).unwrap_or_else(|e| panic!("hutch refused the module's entries: {e}"));
-    let topology = Topology::new(
-        plan.nodes
-            .iter()
-            .map(|n| NodeSpec::new(n.name.clone(), n.vlans.iter().map(|&v| u32::from(v)))),
-    )
-    .unwrap();
-    for t in topology.nodes() {
-        let c = &nodes[&t.name];
-        assert_eq!(c["isContainer"], json!(true));
-        assert_eq!(text(&c["hostName"]), t.name);
-        assert_eq!(text(&c["primaryIPAddress"]), t.interfaces[0].ipv4.to_string());
-        assert_eq!(text(&c["primaryIPv6Address"]), t.interfaces[0].ipv6.to_string());
-        let ifaces = c["interfaces"].as_object().unwrap();
-        assert_eq!(ifaces.len(), t.interfaces.len(), "{}", t.name);
-        for i in &t.interfaces {
-            let nixos = &ifaces[&i.name];
-            let at = format!("{} {}", t.name, i.name);
-            assert_eq!(
-                nixos["ipv4"]["addresses"],
-                json!([{ "address": i.ipv4.to_string(), "prefixLength": i.ipv4_prefix }]),
-                "{at}"
-            );
-            assert_eq!(
-                nixos["ipv6"]["addresses"],
-                json!([{ "address": i.ipv6.to_string(), "prefixLength": i.ipv6_prefix }]),
-                "{at}"
-            );
-        }
-        // NixOS writes localhost lines itself; the nodes' lines are hutch's.
-        let hosts = topology.hosts_file();
-        assert_eq!(
-            hosts.strip_prefix("127.0.0.1 localhost\n::1 localhost\n"),
-            Some(text(&c["extraHosts"]))
-        );
-        let n = plan.node(&t.name).unwrap();
-        assert_eq!(n.memory, Some(256 << 20));
-        assert_eq!(n.hostname, t.name);
-        assert!(
-            matches!(&n.root, hutch_driver::plan::NodeRoot::Toplevel { path, closure_only: true, store: None } if path.display().to_string() == top)
-        );
-    }
 }
 
 #[test]
@@ -437,11 +276,15 @@ fn hutch_runs_a_generated_file_on_nix_toplevels_each_node_seeing_its_closure() {
     // gateway's is on VLAN 1 and zulu's on VLAN 2, so gateway reaches both by name, alpha reaches
     // gateway by name, and zulu reaches gateway by its VLAN 2 address only.
     let node = |top: &Path, vlans: Value| json!({ "toplevel": top, "vlans": vlans, "closure_only": true, "memory": "512M" });
-    let nodes = json!({
+    let mut nodes = json!({
         "alpha": node(&systemd, json!([1])),
         "gateway": node(&wrapper, json!([1, 2])),
         "zulu": node(&systemd, json!([2])),
     });
+    // gateway and zulu also share VLAN 3 through named interfaces (NixOS's
+    // virtualisation.interfaces): gateway's with the plan's addresses, zulu's bare.
+    nodes["gateway"]["interfaces"] = json!([{ "name": "uplink", "vlan": 3, "assign_ip": true }]);
+    nodes["zulu"]["interfaces"] = json!([{ "name": "wan0", "vlan": 3 }]);
     let net = eval_pure(
         nix_instantiate("nix_generated_run").unwrap(),
         "topology",
@@ -466,6 +309,12 @@ with subtest("by name over the VLANs"):
     assert "{alpha_ip}/24" in alpha.succeed("ip -4 -o addr show eth1")
 with subtest("the VLANs are apart"):
     zulu.fail("ping -c1 -W1 alpha")
+with subtest("named interfaces"):
+    assert "52:54:00:12:03:03" in zulu.succeed("ip -o link show wan0")
+    assert "inet " not in zulu.succeed("ip -o -4 addr show wan0")
+    assert "192.168.3.2/24" in gateway.succeed("ip -o -4 addr show uplink")
+    zulu.succeed("ip addr add 192.168.3.99/24 dev wan0")
+    zulu.succeed("ping -c1 -W2 192.168.3.2")
 "#
     );
     let input = json!({ "name": "nix-generated", "testScript": script, "timeout": 300, "nodes": nodes });
@@ -490,4 +339,55 @@ with subtest("the VLANs are apart"):
     );
     assert_eq!(output.status.code(), Some(0), "{all}");
     assert!(all.contains("passed"), "{all}");
+}
+
+/// Nix's flake checker (`nix flake check`) on a flake that re-exports `nixosModules.node`: it
+/// refused the path the flake used to export ("module must be a function or an attribute set").
+/// The repository is fetched as `git+file` (its tracked files, working-tree contents), its
+/// `nixpkgs` input is an empty local flake: nothing else of the repository's flake is evaluated.
+#[test]
+fn the_flake_checker_accepts_nixos_modules_node() {
+    if skip_unless_root("nix_flake_check") {
+        return;
+    }
+    let Some(_) = nix_instantiate("nix_flake_check") else {
+        return;
+    };
+    if !repo().join(".git").exists() {
+        eprintln!("skipping nix_flake_check: the repository is not a git checkout (it is fetched as git+file)");
+        return;
+    }
+    let dir = Scratch::new("flake-check");
+    let standin = dir.0.join("nixpkgs");
+    std::fs::create_dir_all(&standin).unwrap();
+    std::fs::write(standin.join("flake.nix"), "{ outputs = { self }: { lib = { }; }; }\n").unwrap();
+    let flake = |export: &str| {
+        format!(
+            r#"{{
+  inputs.hutch.url = "git+file://{repo}";
+  inputs.nixpkgs.url = "path:{standin}";
+  inputs.hutch.inputs.nixpkgs.follows = "nixpkgs";
+  outputs = {{ hutch, ... }}: {{ nixosModules.node = {export}; }};
+}}
+"#,
+            repo = repo().display(),
+            standin = standin.display()
+        )
+    };
+    let check = |export: &str| {
+        std::fs::write(dir.0.join("flake.nix"), flake(export)).unwrap();
+        let _ = std::fs::remove_file(dir.0.join("flake.lock"));
+        Command::new("nix")
+            .args(["flake", "check"])
+            .arg(&dir.0)
+            .env("NIX_CONFIG", format!("{NIX_CONFIG}\nexperimental-features = nix-command flakes"))
+            .output()
+            .expect("running nix flake check")
+    };
+    let out = check("hutch.nixosModules.node");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // The check means something: the path the flake exported before is refused.
+    let out = check(r#"hutch.outPath + "/nix/module.nix""#);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("module must be a function or an attribute set"));
 }

@@ -119,6 +119,21 @@ fn json_inline_script_and_toplevel() {
     );
 }
 
+/// Named interfaces (NixOS's `virtualisation.interfaces`) after the VLAN list's; their VLANs
+/// are the test's too.
+#[test]
+fn named_interfaces_are_planned() {
+    let f = Fixture::new("ifaces");
+    let text = r#"{"test": {"name": "n", "testScript": "pass"},
+      "nodes": {"a": {"toplevel": "system", "vlans": [1],
+        "interfaces": [{"name": "enp1s0", "vlan": 4, "assign_ip": true}, {"name": "uplink", "vlan": 9}]}}}"#;
+    let plan = f.parse("gen.json", text).unwrap();
+    let a = plan.node("a").unwrap();
+    let got: Vec<_> = a.interfaces.iter().map(|i| (i.name.as_str(), i.vlan, i.assign_ip)).collect();
+    assert_eq!(got, [("enp1s0", 4, true), ("uplink", 9, false)]);
+    assert_eq!(plan.vlans, [1, 4, 9]);
+}
+
 #[test]
 fn cache_dir_follows_the_environment() {
     let env = |pairs: &'static [(&'static str, &'static str)]| move |k: &str| pairs.iter().find(|(n, _)| *n == k).map(|(_, v)| (*v).into());
@@ -302,6 +317,31 @@ fn bad_cases() -> Vec<Bad> {
             "t.toml",
             format!("{HEAD}[defaults]\nimage = \"img\"\nmemory = \"lots\"\n[nodes.a]\n"),
             "defaults.memory: \"lots\" is not a size",
+        ),
+        Bad(
+            "t.toml",
+            node("image = \"img\"\ninterfaces = [ { name = \"eth1\", vlan = 2 } ]"),
+            "nodes.a.interfaces[0].name: \"eth1\" is taken by another interface of the node",
+        ),
+        Bad(
+            "t.toml",
+            node("image = \"img\"\ninterfaces = [ { name = \"a/b\", vlan = 2 } ]"),
+            "nodes.a.interfaces[0].name: \"a/b\" is not a name the kernel allows",
+        ),
+        Bad(
+            "t.toml",
+            node("image = \"img\"\ninterfaces = [ { name = \"up\", vlan = 1 } ]"),
+            "nodes.a.interfaces[0].vlan: the node is on VLAN 1 already",
+        ),
+        Bad(
+            "t.toml",
+            node("image = \"img\"\ninterfaces = [ { name = \"up\", vlan = 300 } ]"),
+            "nodes.a.interfaces[0].vlan: VLAN 300 is out of range",
+        ),
+        Bad(
+            "t.toml",
+            node("image = \"img\"\ninterfaces = [ { name = \"up\", vlan = 2, mac = \"x\" } ]"),
+            "unknown field `mac`",
         ),
         Bad("t.toml", "[test\nname = 1".into(), "(line 1)"),
         Bad("t.json", "{\"test\": ".into(), "EOF while parsing"),

@@ -83,6 +83,7 @@ impl Addressing {
                     ipv4_prefix: 24,
                     ipv6,
                     ipv6_prefix: 64,
+                    assign_ip: true,
                 }
             }
             Addressing::Large => {
@@ -96,6 +97,7 @@ impl Addressing {
                     ipv4_prefix: 16,
                     ipv6: Ipv6Addr::new(0x2001, 0xdb8, u16::from(v), 0, 0, 0, 0, number as u16),
                     ipv6_prefix: 64,
+                    assign_ip: true,
                 }
             }
         }
@@ -106,7 +108,8 @@ impl Addressing {
 /// test (`vlans`, addresses, `/etc/hosts`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Interface {
-    /// Name inside the node: `eth1`, `eth2`, ... in the order of the node's VLAN list.
+    /// Name inside the node: `eth1`, `eth2`, ... in the order of the node's VLAN list, or the
+    /// name a [`crate::InterfaceSpec`] gives.
     pub name: String,
     /// The VLAN (bridge in the hub) this interface is plugged into.
     pub vlan: Vlan,
@@ -120,6 +123,10 @@ pub struct Interface {
     pub ipv6: Ipv6Addr,
     /// IPv6 prefix length.
     pub ipv6_prefix: u8,
+    /// Whether the hub puts the addresses above on the interface (always for VLAN-list
+    /// interfaces; NixOS's `virtualisation.interfaces.<name>.assignIP` for named ones). Without,
+    /// the interface is up with no address, for the node's own configuration to set.
+    pub assign_ip: bool,
 }
 
 #[cfg(test)]

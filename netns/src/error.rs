@@ -44,6 +44,17 @@ pub enum TopologyError {
         /// The repeated VLAN.
         vlan: u8,
     },
+    /// A named interface (`NodeSpec::interfaces`) whose name the kernel would refuse or that
+    /// repeats another of the node's interface names.
+    #[error("node {node:?}: interface name {name:?} {reason}")]
+    InvalidInterfaceName {
+        /// The node.
+        node: String,
+        /// The offending name.
+        name: String,
+        /// What is wrong and what to use instead.
+        reason: String,
+    },
     /// More nodes on one VLAN than the address plan can number.
     #[error("VLAN {vlan} has {count} nodes, but the address plan numbers at most {max} per VLAN: spread the nodes over more VLANs{hint}")]
     TooManyNodesOnVlan {

@@ -32,4 +32,4 @@ pub use error::{HubError, TopologyError};
 pub use hub::{Hub, HubOptions};
 pub use ns::{bare_namespaces, netns_id};
 pub use shape::{Shape, ShapingBackend};
-pub use topology::{Node, NodeSpec, Topology};
+pub use topology::{InterfaceSpec, Node, NodeSpec, Topology};

@@ -14,6 +14,20 @@ pub struct NodeSpec {
     /// VLAN numbers in order: the first becomes `eth1`, the second `eth2`, ... (NixOS's default
     /// list is `[1]`).
     pub vlans: Vec<u32>,
+    /// Further interfaces with names of their own (NixOS's `virtualisation.interfaces`), each on
+    /// a VLAN none of the node's other interfaces is on.
+    pub interfaces: Vec<InterfaceSpec>,
+}
+
+/// A named interface as the caller describes it: NixOS's `virtualisation.interfaces.<name>`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InterfaceSpec {
+    /// The interface's name inside the node (at most 15 bytes, as the kernel allows).
+    pub name: String,
+    /// The VLAN it is plugged into.
+    pub vlan: u32,
+    /// Whether it gets the address plan's addresses on that VLAN.
+    pub assign_ip: bool,
 }
 
 impl NodeSpec {
@@ -22,7 +36,14 @@ impl NodeSpec {
         NodeSpec {
             name: name.into(),
             vlans: vlans.into_iter().collect(),
+            interfaces: Vec::new(),
         }
+    }
+
+    /// The same node with named interfaces besides those of its VLAN list.
+    pub fn with_interfaces(mut self, interfaces: impl IntoIterator<Item = InterfaceSpec>) -> NodeSpec {
+        self.interfaces = interfaces.into_iter().collect();
+        self
     }
 }
 
@@ -33,7 +54,7 @@ pub struct Node {
     pub name: String,
     /// 1-based index of the name in the sorted list of all node names.
     pub number: u32,
-    /// One interface per VLAN, in the node's list order.
+    /// One interface per VLAN, in the node's list order, then the named ones in the order given.
     pub interfaces: Vec<Interface>,
 }
 
@@ -53,7 +74,7 @@ impl Node {
                 max,
             });
         }
-        Ok(build_node(spec.name, number, &vlans, addressing))
+        Ok(build_node(spec.name, number, &vlans, &[], addressing))
     }
 
     /// The interface on `vlan`, if the node is on it.
@@ -95,10 +116,11 @@ impl Topology {
         let mut per_vlan: BTreeMap<u8, usize> = BTreeMap::new();
         for spec in &specs {
             let vlans = check_vlans(spec)?;
-            for v in &vlans {
+            let named = check_named(spec, &vlans)?;
+            for v in vlans.iter().chain(named.iter().map(|(_, v, _)| v)) {
                 *per_vlan.entry(v.get()).or_default() += 1;
             }
-            checked.push(vlans);
+            checked.push((vlans, named));
         }
         let max = addressing.max_node_number();
         let hint = match addressing {
@@ -111,9 +133,9 @@ impl Topology {
             }
         }
         let mut out = Vec::with_capacity(specs.len());
-        for (i, (spec, vlans)) in specs.into_iter().zip(checked).enumerate() {
+        for (i, (spec, (vlans, named))) in specs.into_iter().zip(checked).enumerate() {
             let number = i as u32 + 1;
-            if number > max && !vlans.is_empty() {
+            if number > max && !(vlans.is_empty() && named.is_empty()) {
                 return Err(TopologyError::NodeNumberTooHigh {
                     node: spec.name,
                     number,
@@ -121,7 +143,7 @@ impl Topology {
                     hint,
                 });
             }
-            out.push(build_node(spec.name, number, &vlans, addressing));
+            out.push(build_node(spec.name, number, &vlans, &named, addressing));
         }
         Ok(Topology { nodes: out, addressing })
     }
@@ -157,7 +179,7 @@ impl Topology {
     pub fn hosts_file(&self) -> String {
         let mut s = String::from("127.0.0.1 localhost\n::1 localhost\n");
         for node in &self.nodes {
-            if let Some(first) = node.interfaces.first() {
+            if let Some(first) = node.interfaces.iter().find(|i| i.assign_ip) {
                 s.push_str(&format!("{} {}\n", first.ipv4, node.name));
                 s.push_str(&format!("{} {}\n", first.ipv6, node.name));
             }
@@ -166,13 +188,60 @@ impl Topology {
     }
 }
 
-fn build_node(name: String, number: u32, vlans: &[Vlan], addressing: Addressing) -> Node {
-    let interfaces = vlans
-        .iter()
-        .enumerate()
-        .map(|(k, &v)| addressing.interface(v, number, k + 1))
-        .collect();
-    Node { name, number, interfaces }
+fn build_node(name: String, number: u32, vlans: &[Vlan], named: &[(String, Vlan, bool)], addressing: Addressing) -> Node {
+    let listed = vlans.iter().enumerate().map(|(k, &v)| addressing.interface(v, number, k + 1));
+    let named = named.iter().map(|(name, vlan, assign_ip)| Interface {
+        name: name.clone(),
+        assign_ip: *assign_ip,
+        ..addressing.interface(*vlan, number, 0)
+    });
+    Node {
+        name,
+        number,
+        interfaces: listed.chain(named).collect(),
+    }
+}
+
+/// The named interfaces of a node: names the kernel takes, unlike each other and the VLAN list's
+/// `ethN`, each on a VLAN of its own (the hub has one link per node and VLAN).
+fn check_named(spec: &NodeSpec, vlans: &[Vlan]) -> Result<Vec<(String, Vlan, bool)>, TopologyError> {
+    let mut names: Vec<String> = (1..=vlans.len()).map(|k| format!("eth{k}")).collect();
+    let mut used: Vec<Vlan> = vlans.to_vec();
+    let mut out = Vec::with_capacity(spec.interfaces.len());
+    for i in &spec.interfaces {
+        let bad = |reason: &str| TopologyError::InvalidInterfaceName {
+            node: spec.name.clone(),
+            name: i.name.clone(),
+            reason: reason.to_string(),
+        };
+        if i.name.is_empty() || i.name.len() > 15 {
+            return Err(bad("must have 1 to 15 bytes (the kernel's limit); use a shorter name"));
+        }
+        if i.name == "." || i.name == ".." || i.name == "lo" || i.name.chars().any(|c| c == '/' || c == ':' || c.is_whitespace()) {
+            return Err(bad(
+                "is not one the kernel allows (no '/', ':' or spaces; not \"lo\"); use letters and digits",
+            ));
+        }
+        if names.contains(&i.name) {
+            return Err(bad(
+                "is taken by another interface of the node (`vlans` become eth1, eth2, ...); rename it",
+            ));
+        }
+        let vlan = Vlan::new(i.vlan).ok_or_else(|| TopologyError::VlanOutOfRange {
+            node: spec.name.clone(),
+            vlan: i.vlan,
+        })?;
+        if used.contains(&vlan) {
+            return Err(TopologyError::DuplicateVlan {
+                node: spec.name.clone(),
+                vlan: vlan.get(),
+            });
+        }
+        names.push(i.name.clone());
+        used.push(vlan);
+        out.push((i.name.clone(), vlan, i.assign_ip));
+    }
+    Ok(out)
 }
 
 /// Host name rules as NixOS's `networking.hostName` states them: 1..=63 characters, letters,

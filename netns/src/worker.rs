@@ -262,8 +262,8 @@ impl Worker {
     }
 }
 
-/// Inside one node: loopback up, then each interface's IPv4 and IPv6 address, and the
-/// interface up.
+/// Inside one node: loopback up, then each interface's IPv4 and IPv6 address (unless it is a
+/// named interface without them), and the interface up.
 async fn configure_node(handle: Handle, node: &Node) -> Result<(), HubError> {
     let h = &handle;
     let lo = async {
@@ -282,13 +282,17 @@ async fn configure_node(handle: Handle, node: &Node) -> Result<(), HubError> {
             source: std::io::Error::other("no link in the reply"),
         })?;
         let what = |a: &dyn std::fmt::Display| format!("adding {a} to {} in node {}", iface.name, node.name);
-        let v4 = request(h, msg::new_address(index, iface.ipv4.into(), iface.ipv4_prefix), CREATE);
-        let v6 = request(h, msg::new_address(index, iface.ipv6.into(), iface.ipv6_prefix), CREATE);
         let up = request(h, msg::set_link_up(index, None, true), ACK);
-        let (r4, r6, up) = futures::join!(v4, v6, up);
-        r4.map_err(nl(what(&iface.ipv4)))?;
-        r6.map_err(nl(what(&iface.ipv6)))?;
-        up.map_err(nl(format!("setting {} up in node {}", iface.name, node.name)))?;
+        if iface.assign_ip {
+            let v4 = request(h, msg::new_address(index, iface.ipv4.into(), iface.ipv4_prefix), CREATE);
+            let v6 = request(h, msg::new_address(index, iface.ipv6.into(), iface.ipv6_prefix), CREATE);
+            let (r4, r6, up) = futures::join!(v4, v6, up);
+            r4.map_err(nl(what(&iface.ipv4)))?;
+            r6.map_err(nl(what(&iface.ipv6)))?;
+            up.map_err(nl(format!("setting {} up in node {}", iface.name, node.name)))?;
+        } else {
+            up.await.map_err(nl(format!("setting {} up in node {}", iface.name, node.name)))?;
+        }
         Ok::<(), HubError>(())
     });
     let (lo, ifaces) = futures::join!(lo, futures::future::try_join_all(ifaces));

@@ -4,7 +4,7 @@
 mod common;
 
 use common::*;
-use hutch_netns::{bare_namespaces, Hub, NodeSpec, Topology};
+use hutch_netns::{bare_namespaces, Hub, InterfaceSpec, NodeSpec, Topology};
 use std::os::fd::AsFd;
 
 #[test]
@@ -35,6 +35,41 @@ fn ping_both_ways_ipv4_and_ipv6() {
         let k = String::from_utf8_lossy(&k.stdout).to_string();
         assert!(k.contains("generic-receive-offload: on"), "{k}");
     }
+}
+
+/// Named interfaces (NixOS's `virtualisation.interfaces`): the name and the plan's MAC inside the
+/// node, the plan's addresses only when asked for, and traffic on their VLAN either way.
+#[test]
+fn named_interfaces_carry_their_vlan_with_or_without_addresses() {
+    if !can_run("named_interfaces_carry_their_vlan_with_or_without_addresses") {
+        return;
+    }
+    let named = |name: &str, assign_ip: bool| InterfaceSpec {
+        name: name.into(),
+        vlan: 5,
+        assign_ip,
+    };
+    let topo = Topology::new([
+        NodeSpec::new("a", [1]).with_interfaces([named("enp1s0", true)]),
+        NodeSpec::new("b", []).with_interfaces([named("uplink", false)]),
+    ])
+    .unwrap();
+    let ns = bare_namespaces(2).unwrap();
+    let hub = Hub::new(&topo).unwrap();
+    hub.attach("a", ns[0].as_fd()).unwrap();
+    hub.attach("b", ns[1].as_fd()).unwrap();
+    let text = |o: std::process::Output| String::from_utf8_lossy(&o.stdout).to_string();
+    let a = text(run_in(&ns[0], &["ip", "-o", "addr", "show", "enp1s0"]));
+    assert!(a.contains("192.168.5.1/24"), "{a}");
+    let b_link = text(run_in(&ns[1], &["ip", "-o", "link", "show", "uplink"]));
+    assert!(b_link.contains("52:54:00:12:05:02") && b_link.contains("UP"), "{b_link}");
+    let b_addr = text(run_in(&ns[1], &["ip", "-o", "-4", "addr", "show", "uplink"]));
+    assert!(b_addr.trim().is_empty(), "uplink has no address of the plan's: {b_addr}");
+    // b sets an address of its own choosing; the VLAN carries it to a's named interface.
+    let own = run_in(&ns[1], &["ip", "addr", "add", "192.168.5.99/24", "dev", "uplink"]);
+    assert!(own.status.success(), "{}", String::from_utf8_lossy(&own.stderr));
+    assert_ping(&ns[1], "192.168.5.1");
+    drop(hub);
 }
 
 /// A node's link is cheap to create and quiet when it comes up, and IPv6 still works at once:

@@ -94,3 +94,45 @@ fn a_standalone_node_gets_the_same_addresses() {
     assert!(Node::standalone("solo", 255, &[1], Addressing::NixOs).is_err());
     assert!(Node::standalone("solo", 3, &[300], Addressing::NixOs).is_err());
 }
+
+#[test]
+fn named_interfaces_follow_the_vlan_list_with_their_own_names() {
+    use hutch_netns::InterfaceSpec;
+    let named = |name: &str, vlan: u32, assign_ip: bool| InterfaceSpec {
+        name: name.into(),
+        vlan,
+        assign_ip,
+    };
+    // As NixOS's virtualisation.interfaces: enp1s0 on VLAN 2 with the plan's addresses, a bare
+    // uplink on VLAN 7; the MAC is the plan's for that VLAN and node, as QEMU's NIC gets it.
+    let t = Topology::new([
+        NodeSpec::new("a", [1]).with_interfaces([named("enp1s0", 2, true), named("uplink", 7, false)]),
+        NodeSpec::new("b", []).with_interfaces([named("wan0", 2, false)]),
+    ])
+    .unwrap();
+    let a = t.node("a").unwrap();
+    let got: Vec<_> = a.interfaces.iter().map(|i| (i.name.as_str(), i.vlan.get(), i.assign_ip)).collect();
+    assert_eq!(got, [("eth1", 1, true), ("enp1s0", 2, true), ("uplink", 7, false)]);
+    assert_eq!(a.interfaces[1].ipv4.to_string(), "192.168.2.1");
+    assert_eq!(a.interfaces[2].mac.to_string(), "52:54:00:12:07:01");
+    assert_eq!(t.vlans().iter().map(|v| v.get()).collect::<Vec<_>>(), [1, 2, 7]);
+    // b has no address anywhere, so no hosts line.
+    assert_eq!(
+        t.hosts_file(),
+        "127.0.0.1 localhost\n::1 localhost\n192.168.1.1 a\n2001:db8:1::1 a\n"
+    );
+
+    for (bad, what) in [
+        (named("eth1", 3, true), "taken"),
+        (named("averyveryverylongname", 3, true), "15 bytes"),
+        (named("a/b", 3, true), "allows"),
+        (named("lo", 3, true), "allows"),
+    ] {
+        let err = Topology::new([NodeSpec::new("a", [1]).with_interfaces([bad])]).unwrap_err();
+        assert!(matches!(err, TopologyError::InvalidInterfaceName { .. }), "{err}");
+        assert!(err.to_string().contains(what), "{err}");
+    }
+    // One link per node and VLAN in the hub: a named interface on a VLAN of the list is refused.
+    let err = Topology::new([NodeSpec::new("a", [1]).with_interfaces([named("x", 1, false)])]).unwrap_err();
+    assert_eq!(err, TopologyError::DuplicateVlan { node: "a".into(), vlan: 1 });
+}

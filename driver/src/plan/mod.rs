@@ -1,6 +1,7 @@
 //! Test files: the TOML (or JSON, for generated files) a user writes, validated into a `TestPlan`
 //! whose paths are absolute and whose values are checked, so nothing later fails on a typo.
 
+mod interfaces;
 mod raw;
 mod roots;
 mod validate;
@@ -53,6 +54,9 @@ pub struct NodePlan {
     pub root: NodeRoot,
     /// VLANs in order: the node gets `eth1` on the first, `eth2` on the second, ...
     pub vlans: Vec<u8>,
+    /// Interfaces with names of their own (`interfaces`: NixOS's `virtualisation.interfaces`),
+    /// each on a VLAN the node is not otherwise on.
+    pub interfaces: Vec<NamedInterface>,
     /// Memory limit in bytes.
     pub memory: Option<u64>,
     /// Limit on the number of processes.
@@ -65,6 +69,18 @@ pub struct NodePlan {
     pub boot: bool,
     /// The node's hostname (default: its name).
     pub hostname: String,
+}
+
+/// A named interface of a node, as the test file gives it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NamedInterface {
+    /// The name inside the node.
+    pub name: String,
+    /// The VLAN it is on.
+    pub vlan: u8,
+    /// Whether it gets the test network's addresses on that VLAN (default false, as NixOS's
+    /// `assignIP`).
+    pub assign_ip: bool,
 }
 
 /// What a node boots: a root filesystem directory, or a NixOS system out of a Nix store.

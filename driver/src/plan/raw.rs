@@ -44,6 +44,16 @@ pub(crate) struct RawNode {
     pub env: Option<BTreeMap<String, String>>,
     pub boot: Option<bool>,
     pub hostname: Option<String>,
+    pub interfaces: Option<Vec<RawInterface>>,
+}
+
+/// One entry of a node's `interfaces` list: NixOS's `virtualisation.interfaces.<name>`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawInterface {
+    pub name: String,
+    pub vlan: i64,
+    pub assign_ip: Option<bool>,
 }
 
 /// A size as written: an integer number of bytes or a string like "512M".

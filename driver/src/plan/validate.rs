@@ -178,7 +178,10 @@ impl Checker<'_> {
                 nodes.push(p);
             }
         }
-        let vlans: BTreeSet<u8> = nodes.iter().flat_map(|n| n.vlans.iter().copied()).collect();
+        let vlans: BTreeSet<u8> = nodes
+            .iter()
+            .flat_map(|n| n.vlans.iter().copied().chain(n.interfaces.iter().map(|i| i.vlan)))
+            .collect();
         Some(TestPlan {
             file: path.to_path_buf(),
             name,
@@ -234,6 +237,10 @@ impl Checker<'_> {
             None => vec![1],
             Some(At { value, key }) => self.vlans(&key, &value),
         };
+        let interfaces = match pick(&n.interfaces, &d.interfaces, name, "interfaces") {
+            Some(At { value, key }) => self.interfaces(&key, &value, &vlans),
+            None => Vec::new(),
+        };
         let memory = pick(&n.memory, &d.memory, name, "memory").and_then(|m| self.memory(m));
         let pids_max = match pick(&n.pids_max, &d.pids_max, name, "pids_max") {
             Some(At { value, .. }) if value > 0 => Some(value as u64),
@@ -270,6 +277,7 @@ impl Checker<'_> {
             number,
             root: root?,
             vlans,
+            interfaces,
             memory,
             pids_max,
             files,
