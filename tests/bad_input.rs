@@ -269,7 +269,7 @@ impl CgroupWatch {
 
     /// Names created since the last call whose `-<pid>` suffix is `pid` or one of the 64 pids
     /// after it (hutch and the processes it forked right after starting; pids wrap at
-    /// pid_max), so other runs on the host do not count.
+    /// pid_max, back to 300), so other runs on the host do not count.
     fn created_by(&self, pid: u32) -> Vec<String> {
         let pid_max: u32 = std::fs::read_to_string("/proc/sys/kernel/pid_max")
             .ok()
@@ -298,7 +298,7 @@ impl CgroupWatch {
             .filter(|n| {
                 n.rsplit_once('-')
                     .and_then(|(_, p)| p.parse::<u32>().ok())
-                    .is_some_and(|p| (p + pid_max - pid) % pid_max <= 64)
+                    .is_some_and(|p| pids_after(pid, p, pid_max) <= 64)
             })
             .collect()
     }
@@ -452,4 +452,15 @@ fn malformed_test_files_and_command_lines_get_one_message_and_create_nothing() {
         failures.extend(known);
     }
     assert!(failures.is_empty(), "{} cases failed:\n{}", failures.len(), failures.join("\n"));
+}
+
+/// How many pids the kernel hands out after `first` before `p`: pids run up to pid_max - 1,
+/// then start again at 300 (the kernel's RESERVED_PIDS).
+fn pids_after(first: u32, p: u32, pid_max: u32) -> u32 {
+    const RESERVED: u32 = 300;
+    if p >= first {
+        p - first
+    } else {
+        (pid_max - first) + p.saturating_sub(RESERVED)
+    }
 }
