@@ -1,5 +1,6 @@
 //! The agent is out of the node's reach (issue 12), with hutch started by root and by `nobody`:
-//! the node's root cannot see the agent (ps, /proc), its commands have no parent in the node,
+//! the node's root cannot see the agent (ps, /proc), finds no terminal of the user's among the
+//! descriptors it can see, its commands have no parent in the node,
 //! `kill -STOP -1` and `kill -9 -1` leave it serving, and a Unix server in the node that turns
 //! its client's credentials against it (SO_PEERCRED, SO_PEERPIDFD, pidfd_getfd, SIGSTOP) while
 //! the driver probes it never holds the agent. The second wall, checked from the host: a
@@ -24,6 +25,7 @@ ps = a.succeed("ps -o pid,comm")
 print("AGENT-IN-PS", "hutch-agent" in ps, flush=True)
 print("PROC-COMMS", sorted(set(a.succeed("cat /proc/[0-9]*/comm").split())), flush=True)
 print("PPID", a.succeed("grep PPid /proc/self/status").split()[1], flush=True)
+print("TERMINALS", a.succeed("ls -l /proc/[0-9]*/fd/ 2>/dev/null | grep -c -e /dev/pts -e /dev/tty -e /dev/console || true").strip(), flush=True)
 a.execute("kill -STOP -1; kill -CONT 1; kill -9 -1")
 print("AFTER-KILL", a.succeed("echo alive").strip(), flush=True)
 a.succeed("chmod 755 /bin/escape-probe")
@@ -96,8 +98,11 @@ fn isolated(user: Option<u32>) {
     std::fs::write(dir.0.join("t.py"), SCRIPT).unwrap();
     let (ready, done) = (dir.0.join("ready"), dir.0.join("done"));
     let out_dir = dir.0.join("out").display().to_string();
+    // hutch's stdin is a terminal, as when a user runs it: the node must find no way to it.
+    let pty = nix::pty::openpty(None, None).unwrap();
     let child = hutch_command(user, &["test", "t.toml", "--output-dir", &out_dir])
         .current_dir(&dir.0)
+        .stdin(std::process::Stdio::from(pty.slave))
         .env("HUTCH_ISO_READY", &ready)
         .env("HUTCH_ISO_DONE", &done)
         .stdout(std::process::Stdio::piped())
@@ -138,6 +143,7 @@ fn isolated(user: Option<u32>) {
     assert_eq!(line(&stdout, "AGENT-IN-PS"), ["False"], "{all}");
     assert!(line(&stdout, "PROC-COMMS").iter().all(|l| !l.contains("hutch-agent")), "{all}");
     assert_eq!(line(&stdout, "PPID"), ["0"], "a command's parent is outside the node\n{all}");
+    assert_eq!(line(&stdout, "TERMINALS"), ["0"], "a terminal is reachable in the node\n{all}");
     assert_eq!(line(&stdout, "AFTER-KILL"), ["alive"], "{all}");
     // The trap server saw a parent-less, short-lived client, never the agent.
     let trap = line(&stdout, "TRAP");
