@@ -12,11 +12,9 @@ mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
-
-const NOBODY: u32 = 65534;
 
 const SCRIPT: &str = r#"
 import os, time
@@ -110,10 +108,7 @@ fn isolated(user: Option<u32>) {
         .spawn()
         .unwrap();
     let mut guard = ChildGuard::new(child);
-    let end = Instant::now() + Duration::from_secs(60);
-    while !ready.exists() && Instant::now() < end && guard.child().try_wait().unwrap().is_none() {
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_for_path(&ready, &mut guard, Duration::from_secs(60));
     let mut host = String::new();
     if ready.exists() {
         let root = guard.id();
@@ -165,18 +160,4 @@ fn isolated(user: Option<u32>) {
     );
 }
 
-#[test]
-fn the_agent_is_out_of_reach_rootful() {
-    if skip_unless_root("the_agent_is_out_of_reach_rootful") {
-        return;
-    }
-    isolated(None);
-}
-
-#[test]
-fn the_agent_is_out_of_reach_rootless() {
-    if skip_unless_root("the_agent_is_out_of_reach_rootless") {
-        return;
-    }
-    isolated(Some(NOBODY));
-}
+root_and_rootless!(the_agent_is_out_of_reach_rootful, the_agent_is_out_of_reach_rootless, isolated);

@@ -18,8 +18,6 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-const NOBODY: u32 = 65534;
-
 /// The image of fixtures/debian-getty.sh with `args`.
 fn getty_image(args: &[&str]) -> PathBuf {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/debian-getty.sh");
@@ -180,10 +178,7 @@ fn a_lost_agent_says_why() {
         .spawn()
         .unwrap();
     let mut guard = ChildGuard::new(child);
-    let end = Instant::now() + Duration::from_secs(30);
-    while !ready.exists() && Instant::now() < end && guard.child().try_wait().unwrap().is_none() {
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_for_path(&ready, &mut guard, Duration::from_secs(30));
     // The agent is the only hutch-agent below this run; the kill stands in for a crash.
     let agents: Vec<u32> = hutch_descendants(guard.id(), "hutch-agent");
     assert_eq!(agents.len(), 1, "{agents:?}");

@@ -12,8 +12,6 @@ use std::process::Command;
 
 use common::*;
 
-const NOBODY: u32 = 65534;
-
 const SCRIPT: &str = r#"
 start_all()
 for p in ["/var/hutch-links-trap/abs", "/var/hutch-links-trap/rel", "/etc/web/available/site", "/etc/web/enabled/site", "/etc/web/enabled/abs"]:
@@ -100,18 +98,8 @@ fn links(user: Option<u32>) {
     assert_eq!(node("/etc/web/enabled/abs"), "from the test file", "{all}");
 }
 
-#[test]
-fn files_follow_image_links_inside_the_node_rootful() {
-    if skip_unless_root("files_follow_image_links_inside_the_node_rootful") {
-        return;
-    }
-    links(None);
-}
-
-#[test]
-fn files_follow_image_links_inside_the_node_rootless() {
-    if skip_unless_root("files_follow_image_links_inside_the_node_rootless") {
-        return;
-    }
-    links(Some(NOBODY));
-}
+root_and_rootless!(
+    files_follow_image_links_inside_the_node_rootful,
+    files_follow_image_links_inside_the_node_rootless,
+    links
+);

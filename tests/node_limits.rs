@@ -7,8 +7,6 @@ mod common;
 
 use common::*;
 
-const NOBODY: u32 = 65534;
-
 const SCRIPT: &str = r#"
 start_all()
 for m in [limited, free]:
@@ -90,18 +88,4 @@ fn sizes(user: Option<u32>) {
     );
 }
 
-#[test]
-fn every_tmpfs_has_a_size_rootful() {
-    if skip_unless_root("every_tmpfs_has_a_size_rootful") {
-        return;
-    }
-    sizes(None);
-}
-
-#[test]
-fn every_tmpfs_has_a_size_rootless() {
-    if skip_unless_root("every_tmpfs_has_a_size_rootless") {
-        return;
-    }
-    sizes(Some(NOBODY));
-}
+root_and_rootless!(every_tmpfs_has_a_size_rootful, every_tmpfs_has_a_size_rootless, sizes);

@@ -8,8 +8,6 @@ mod common;
 
 use common::*;
 
-const NOBODY: u32 = 65534;
-
 const SCRIPT: &str = r#"
 import ctypes
 start_all()
@@ -64,18 +62,8 @@ fn fill(user: Option<u32>) {
     assert_eq!(stdout.lines().find_map(|l| l.strip_prefix("HOST ")), Some("ok"), "{all}");
 }
 
-#[test]
-fn a_node_leaves_its_user_inotify_instances_rootful() {
-    if skip_unless_root("a_node_leaves_its_user_inotify_instances_rootful") {
-        return;
-    }
-    fill(None);
-}
-
-#[test]
-fn a_node_leaves_its_user_inotify_instances_rootless() {
-    if skip_unless_root("a_node_leaves_its_user_inotify_instances_rootless") {
-        return;
-    }
-    fill(Some(NOBODY));
-}
+root_and_rootless!(
+    a_node_leaves_its_user_inotify_instances_rootful,
+    a_node_leaves_its_user_inotify_instances_rootless,
+    fill
+);

@@ -501,3 +501,39 @@ pub fn finish_escape_table(stem: &str, mode: &str, table: &str, failures: &[Stri
         failures.join("\n")
     );
 }
+
+/// `nobody`: the rootless tests' user (CI gives it a subordinate id range).
+pub const NOBODY: u32 = 65534;
+
+/// Two tests of `check(user)`: hutch started by root (`None`) and by `nobody`; both skip
+/// unless the test process is root (it switches users and builds fixtures).
+#[macro_export]
+macro_rules! root_and_rootless {
+    ($rootful:ident, $rootless:ident, $check:path) => {
+        #[test]
+        fn $rootful() {
+            if common::skip_unless_root(stringify!($rootful)) {
+                return;
+            }
+            $check(None);
+        }
+
+        #[test]
+        fn $rootless() {
+            if common::skip_unless_root(stringify!($rootless)) {
+                return;
+            }
+            $check(Some(common::NOBODY));
+        }
+    };
+}
+
+/// Waits (at most `limit`) until `path` exists or `child` has exited: a test script says it
+/// is at the point where the test acts from the host.
+pub fn wait_for_path(path: &Path, child: &mut ChildGuard, limit: std::time::Duration) -> bool {
+    let end = std::time::Instant::now() + limit;
+    while !path.exists() && std::time::Instant::now() < end && child.child().try_wait().unwrap().is_none() {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    path.exists()
+}
