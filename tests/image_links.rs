@@ -14,7 +14,7 @@ use common::*;
 
 const SCRIPT: &str = r#"
 start_all()
-for p in ["/var/hutch-links-trap/abs", "/var/hutch-links-trap/rel", "/etc/web/available/site", "/etc/web/enabled/site", "/etc/web/enabled/abs"]:
+for p in ["/var/TRAP/abs", "/var/TRAP/rel", "/etc/web/available/site", "/etc/web/enabled/site", "/etc/web/enabled/abs"]:
     print("NODE", p, a.succeed(f"cat {p} 2>&1 || echo missing").strip(), flush=True)
 "#;
 
@@ -31,13 +31,16 @@ fn links(user: Option<u32>) {
     assert!(ok.success());
     // The directory the links name exists on the host (empty) and in the image: a write that
     // follows a link on the host lands in the host's.
-    let trap = Path::new("/var/hutch-links-trap");
+    // One per user: the rootful and rootless runs go at once.
+    let trap_name = format!("hutch-links-trap-{}", user.unwrap_or(0));
+    let trap = Path::new("/var").join(&trap_name);
+    let trap = trap.as_path();
     let _ = std::fs::remove_dir_all(trap);
     std::fs::create_dir_all(trap).unwrap();
     std::fs::set_permissions(trap, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
-    std::fs::create_dir_all(image.join("var/hutch-links-trap")).unwrap();
-    symlink("/var/hutch-links-trap/abs", image.join("etc/abs-target")).unwrap();
-    symlink("../../../../../../var/hutch-links-trap/rel", image.join("etc/rel-target")).unwrap();
+    std::fs::create_dir_all(image.join("var").join(&trap_name)).unwrap();
+    symlink(trap.join("abs"), image.join("etc/abs-target")).unwrap();
+    symlink(format!("../../../../../../var/{trap_name}/rel"), image.join("etc/rel-target")).unwrap();
     std::fs::create_dir_all(image.join("etc/web/available")).unwrap();
     std::fs::create_dir_all(image.join("etc/web/enabled")).unwrap();
     std::fs::write(image.join("etc/web/available/site"), "old\n").unwrap();
@@ -46,7 +49,7 @@ fn links(user: Option<u32>) {
     // Owned like the image's /etc: node root (the test user's uid when rootless).
     let owner = std::fs::metadata(image.join("etc")).unwrap();
     for made in [
-        "var/hutch-links-trap",
+        &format!("var/{trap_name}"),
         "etc/web",
         "etc/web/available",
         "etc/web/enabled",
@@ -57,27 +60,16 @@ fn links(user: Option<u32>) {
     let content = dir.0.join("content");
     std::fs::write(&content, "from the test file\n").unwrap();
     let c = content.display().to_string();
-    std::fs::write(
-        dir.0.join("t.toml"),
-        format!(
+    let toml = format!(
             "[test]\nname = \"links\"\nscript = \"t.py\"\ntimeout = 60\n[nodes.a]\nimage = {:?}\nboot = false\n\
              files = {{ \"/etc/abs-target\" = {c:?}, \"/etc/rel-target\" = {c:?}, \"/etc/web/enabled/site\" = {c:?}, \"/etc/web/enabled/abs\" = {c:?} }}\n",
             image.display().to_string()
-        ),
-    )
-    .unwrap();
-    std::fs::write(dir.0.join("t.py"), SCRIPT).unwrap();
-    let out_dir = dir.0.join("out").display().to_string();
-    let out = hutch_command(user, &["test", "t.toml", "--output-dir", &out_dir])
-        .current_dir(&dir.0)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
-    let all = format!("{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+        );
+    let TestRun { passed, stdout, all } = run_test_file(user, &dir.0, &toml, &SCRIPT.replace("TRAP", &trap_name));
     let host_trap: Vec<_> = std::fs::read_dir(trap).unwrap().flatten().map(|e| e.path()).collect();
     let _ = Command::new("rm").arg("-rf").arg(&image).status();
     let _ = std::fs::remove_dir_all(trap);
-    assert!(out.status.success(), "{all}");
+    assert!(passed, "{all}");
     assert!(
         host_trap.is_empty(),
         "written on the host through the image's links: {host_trap:?}\n{all}"
@@ -90,8 +82,8 @@ fn links(user: Option<u32>) {
             .to_string()
     };
     // The host paths the links named, inside the node.
-    assert_eq!(node("/var/hutch-links-trap/abs"), "from the test file", "{all}");
-    assert_eq!(node("/var/hutch-links-trap/rel"), "from the test file", "{all}");
+    assert_eq!(node(&format!("/var/{trap_name}/abs")), "from the test file", "{all}");
+    assert_eq!(node(&format!("/var/{trap_name}/rel")), "from the test file", "{all}");
     // A link into the image: the file it points at was written, as in the node.
     assert_eq!(node("/etc/web/available/site"), "from the test file", "{all}");
     assert_eq!(node("/etc/web/enabled/site"), "from the test file", "{all}");

@@ -22,23 +22,12 @@ for fs in ["/dev/shm", "/tmp"]:
 fn sizes(user: Option<u32>) {
     let dir = Scratch::new(&format!("limits-{}", user.unwrap_or(0)));
     let image = busybox_image_for(user).display().to_string();
-    std::fs::write(
-        dir.0.join("t.toml"),
-        format!(
-            "[test]\nname = \"limits\"\nscript = \"t.py\"\ntimeout = 60\n[defaults]\nimage = {image:?}\nboot = false\n\
+    let toml = format!(
+        "[test]\nname = \"limits\"\nscript = \"t.py\"\ntimeout = 60\n[defaults]\nimage = {image:?}\nboot = false\n\
              [nodes.limited]\nmemory = \"64M\"\n[nodes.free]\n"
-        ),
-    )
-    .unwrap();
-    std::fs::write(dir.0.join("t.py"), SCRIPT).unwrap();
-    let out_dir = dir.0.join("out").display().to_string();
-    let out = hutch_command(user, &["test", "t.toml", "--output-dir", &out_dir])
-        .current_dir(&dir.0)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
-    let all = format!("{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success(), "{all}");
+    );
+    let TestRun { passed, stdout, all } = run_test_file(user, &dir.0, &toml, SCRIPT);
+    assert!(passed, "{all}");
     let size = |node: &str, fs: &str| -> u64 {
         stdout
             .lines()

@@ -24,24 +24,13 @@ fn fill(user: Option<u32>) {
     let dir = Scratch::new(&format!("ucounts-{}", user.unwrap_or(0)));
     build_probe(&dir.0.join("probe"));
     let probe = dir.0.join("probe/escape-probe");
-    std::fs::write(
-        dir.0.join("t.toml"),
-        format!(
+    let toml = format!(
             "[test]\nname = \"ucounts\"\nscript = \"t.py\"\ntimeout = 60\n[nodes.a]\nimage = {:?}\nboot = false\nfiles = {{ \"/bin/escape-probe\" = {:?} }}\n",
             busybox_image_for(user).display().to_string(),
             probe.display().to_string()
-        ),
-    )
-    .unwrap();
-    std::fs::write(dir.0.join("t.py"), SCRIPT).unwrap();
-    let out_dir = dir.0.join("out").display().to_string();
-    let out = hutch_command(user, &["test", "t.toml", "--output-dir", &out_dir])
-        .current_dir(&dir.0)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
-    let all = format!("{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success(), "{all}");
+        );
+    let TestRun { passed, stdout, all } = run_test_file(user, &dir.0, &toml, SCRIPT);
+    assert!(passed, "{all}");
     let host_max: u64 = std::fs::read_to_string("/proc/sys/user/max_inotify_instances")
         .unwrap()
         .trim()

@@ -537,3 +537,32 @@ pub fn wait_for_path(path: &Path, child: &mut ChildGuard, limit: std::time::Dura
     }
     path.exists()
 }
+
+/// A finished `hutch test` of a test file written by [`run_test_file`].
+pub struct TestRun {
+    /// It exited 0.
+    pub passed: bool,
+    /// Its stdout (what the script printed).
+    pub stdout: String,
+    /// stdout and stderr, for failure messages.
+    pub all: String,
+}
+
+/// Writes `toml` as t.toml and `script` as t.py into `dir` and runs `hutch test` on them as
+/// `user`, with the output directory in `dir`.
+pub fn run_test_file(user: Option<u32>, dir: &Path, toml: &str, script: &str) -> TestRun {
+    std::fs::write(dir.join("t.toml"), toml).unwrap();
+    std::fs::write(dir.join("t.py"), script).unwrap();
+    let out_dir = dir.join("out").display().to_string();
+    let out = hutch_command(user, &["test", "t.toml", "--output-dir", &out_dir])
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    let all = format!("{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    TestRun {
+        passed: out.status.success(),
+        stdout,
+        all,
+    }
+}
