@@ -30,6 +30,8 @@ pub struct RuntimeNode {
 
 struct Running {
     pidfd: OwnedFd,
+    /// The console's pty master again, for typing on it (`send_console`).
+    console: Option<OwnedFd>,
 }
 
 fn failed(e: impl std::fmt::Display) -> NodeError {
@@ -156,6 +158,7 @@ impl NodeControl for RuntimeNode {
             .start(self.request.clone(), wire)
             .map_err(|e| failed(format!("{e:#}")))?;
         *self.last_start.lock().unwrap_or_else(|e| e.into_inner()) = started.phases_ms.clone();
+        let console_input = fds.console.as_ref().and_then(|c| c.try_clone().ok());
         if let Some(console) = fds.console {
             self.relay_console(console);
         }
@@ -175,7 +178,10 @@ impl NodeControl for RuntimeNode {
             Arc::clone(watch).watch(pidfd);
         }
         *self.oom.lock().unwrap_or_else(|e| e.into_inner()) = oom;
-        *self.state.lock().unwrap_or_else(|e| e.into_inner()) = Some(Running { pidfd: fds.pidfd });
+        *self.state.lock().unwrap_or_else(|e| e.into_inner()) = Some(Running {
+            pidfd: fds.pidfd,
+            console: console_input,
+        });
         Ok(fds.agent)
     }
 
@@ -217,6 +223,28 @@ impl NodeControl for RuntimeNode {
 
     fn console(&self) -> Arc<ConsoleLog> {
         Arc::clone(&self.console)
+    }
+
+    fn send_console(&self, data: &[u8]) -> Result<(), NodeError> {
+        let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let console = state.as_ref().and_then(|r| r.console.as_ref()).ok_or(NodeError::NotRunning)?;
+        let mut left = data;
+        while !left.is_empty() {
+            match nix::unistd::write(console, left) {
+                Ok(n) => left = &left[n..],
+                Err(nix::errno::Errno::EINTR) => {}
+                Err(e) => return Err(failed(format!("writing to the console: {e}"))),
+            }
+        }
+        Ok(())
+    }
+
+    fn pid(&self) -> Option<u32> {
+        let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&state.as_ref()?.pidfd);
+        // The kernel names a pidfd's process in its fdinfo ("Pid:\t1234").
+        let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}")).ok()?;
+        info.lines().find_map(|l| l.strip_prefix("Pid:")?.trim().parse().ok())
     }
 
     fn died(&self) -> Option<String> {

@@ -5,6 +5,7 @@ mod commands;
 mod console;
 mod copy_out;
 mod error;
+mod host;
 mod systemd;
 mod waits;
 
@@ -21,6 +22,7 @@ pub use commands::{Output, DEFAULT_TIMEOUT};
 pub use console::{ConsoleLog, LineSplitter, CONSOLE_KEEP, CUT_MARK, LINE_CAP};
 pub use copy_out::{CopyError, MAX_ENTRIES};
 pub use error::{MachineError, NodeError};
+pub use host::{shared_dir, state_dir, SHARED_DIR_IN_NODE};
 
 /// A node's lifecycle, implemented by the runtime. Calls for one node come from one thread at
 /// a time (the Machine serializes them); calls for different nodes come concurrently.
@@ -53,6 +55,14 @@ pub trait NodeControl: Send + Sync {
     /// How the node's agent ended, if it has: asked when the connection to it breaks, so the
     /// error says why (its exit status or the signal that killed it), not only "Broken pipe".
     fn agent_ended(&self) -> Option<String> {
+        None
+    }
+    /// Write to the node's console input (its /dev/console), for `send_console`.
+    fn send_console(&self, _data: &[u8]) -> Result<(), NodeError> {
+        Err(NodeError::Failed("this node has no console to type on".into()))
+    }
+    /// The node's init as the host sees it, while it runs.
+    fn pid(&self) -> Option<u32> {
         None
     }
 }
