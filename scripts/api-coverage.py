@@ -42,7 +42,7 @@ MACHINE = {
         "copy_from_host_via_shell",  # the same copy as copy_from_host
         "shell_interact", "console_interact",  # a line prompt; console echo in the log
         "ssh_backdoor_command",  # an nsenter line, no ssh
-        "start_command", "monitor", "shell", "qmp_client", "serial_thread",  # None
+        "start_command", "monitor", "shell", "qmp_client", "serial_thread", "last_lines",  # None
         "monitor_path", "qmp_path", "shell_path",
     ], DIFFERS),
     **dict.fromkeys([

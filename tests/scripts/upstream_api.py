@@ -27,6 +27,7 @@ with subtest("globals"):
     assert not isinstance(server, QemuMachine)
     assert vlans == [vlan1] and vlan1.nr == 1
     vlan1.stop()
+    assert vlan1.socket_dir is None and vlan1.logger is log
     debug.breakpoint()
 
 with subtest("the driver object"):
@@ -55,7 +56,7 @@ with subtest("host directories before the nodes start"):
         assert m.state_dir == out / f"vm-state-{m.name}" and m.state_dir.is_dir()
         assert m.shared_dir == out / "shared" and m.shared_dir.is_dir()
         assert m.pid is None and m.process is None and not m.booted and not m.connected
-        assert m.name in repr(m)
+        assert m.name in repr(m) and m.last_lines is None and m.start_command is None
     (server.shared_dir / "from-host").write_text("dropped by the script\n")
 
 start_all()

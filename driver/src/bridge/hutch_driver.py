@@ -68,7 +68,7 @@ class Machine(NspawnMachine):
     keep_machine_state = False
     start_command = None
     # QEMU's plumbing: a container has none of it.
-    monitor = qmp_client = shell = serial_thread = None
+    monitor = qmp_client = shell = serial_thread = last_lines = None
     monitor_path = qmp_path = shell_path = None
 
     def __init__(self, name, state_dir, out_dir, shared_dir, callbacks):
@@ -355,8 +355,12 @@ class VLan:
     """A virtual LAN, by number (`vlans` and `vlanN` in the NixOS driver); hutch's LAN is a
     bridge in the test's private network namespace, owned by the driver."""
 
+    # vde_switch's plumbing: a bridge has none of it.
+    socket_dir = tap_name = process = pid = fd = plug_process = None
+
     def __init__(self, nr):
         self.nr = nr
+        self.logger = log
 
     def __repr__(self):
         return f"<Vlan Nr. {self.nr}>"
