@@ -33,7 +33,7 @@ with subtest("globals"):
 with subtest("the driver object"):
     assert driver.machines == [client, server]
     assert driver.out_dir == out and out.is_dir()
-    assert driver.global_timeout == 300, driver.global_timeout
+    assert driver.global_timeout == 300 and isinstance(driver.global_timeout, int), driver.global_timeout
     assert driver.polling_conditions == []
     assert driver.test_symbols()["server"] is server
     assert "the driver object" in driver.tests

@@ -393,7 +393,8 @@ class Driver:
         self.vlans = vlans
         self.tests = hello["script"]["source"]
         self.out_dir = pathlib.Path(hello["out_dir"])
-        self.global_timeout = hello["global_timeout"]
+        timeout = hello["global_timeout"]
+        self.global_timeout = int(timeout) if float(timeout).is_integer() else timeout
         self.race_timer = _RaceTimer(self.global_timeout)
         self.polling_conditions = _polling
         self.polling_condition = polling_condition
