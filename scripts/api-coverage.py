@@ -11,7 +11,12 @@ no screen, keyboard, QEMU monitor, VT...). A test "runs" when its script uses no
 and its nodes ask for no VM-only feature (VM_ONLY_OPTIONS in the Nix text). Prints the share
 of tests that run, what blocks the rest (entry, count) and the per-file detail with -v.
 
-Standard library only; run it with any python3 >= 3.8.
+`api-coverage.py --driver DIR` instead compares upstream's driver source (DIR = a checkout's
+nixos/lib/test-driver/src/test_driver) with hutch's bridge: every public method and attribute
+of BaseMachine, QemuMachine, NspawnMachine, Driver, VLan and the logger must exist in hutch's,
+accepting upstream's parameters with upstream's defaults. Exit code 1 when one does not.
+
+Standard library only; run it with python3 >= 3.9.
 """
 
 import ast
@@ -162,11 +167,109 @@ def uses(script):
     return methods, names
 
 
+BRIDGE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "driver", "src", "bridge")
+# Upstream class -> the hutch class that stands for it.
+COUNTERPART = {"BaseMachine": "Machine", "QemuMachine": "Machine", "NspawnMachine": "Machine",
+               "Driver": "Driver", "VLan": "VLan", "AbstractLogger": "_Log"}
+
+
+def public_api(tree):
+    """{class: ({method: ast.arguments}, {attribute})} for the classes of a module."""
+    api = {}
+    for cls in (n for n in tree.body if isinstance(n, ast.ClassDef)):
+        methods, attrs = {}, set()
+        for node in cls.body:
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                if any(isinstance(d, ast.Name) and d.id in ("property", "cached_property")
+                       or isinstance(d, ast.Attribute) and d.attr == "cached_property"
+                       for d in node.decorator_list):
+                    attrs.add(node.name)
+                else:
+                    methods[node.name] = node.args
+                for sub in ast.walk(node):
+                    if (node.name == "__init__" and isinstance(sub, ast.Attribute)
+                            and isinstance(sub.value, ast.Name) and sub.value.id == "self"
+                            and isinstance(sub.ctx, ast.Store)):
+                        attrs.add(sub.attr)
+            elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+                attrs.add(node.target.id)
+            elif isinstance(node, ast.Assign):
+                attrs.update(t.id for t in node.targets if isinstance(t, ast.Name))
+        # What a class inherits from classes of the same module counts as its own.
+        for base in (b.id for b in cls.bases if isinstance(b, ast.Name) and b.id in api):
+            methods = {**api[base][0], **methods}
+            attrs |= api[base][1]
+        api[cls.name] = (methods, attrs)
+    return api
+
+
+def accepts(ours, theirs):
+    """Why a call written for upstream's parameters would not fit ours, or None."""
+    if ours.vararg and ours.kwarg:
+        return None
+    pos_o, pos_t = ours.posonlyargs + ours.args, theirs.posonlyargs + theirs.args
+    defaults_o = dict(zip([a.arg for a in pos_o][::-1], ours.defaults[::-1]))
+    defaults_t = dict(zip([a.arg for a in pos_t][::-1], theirs.defaults[::-1]))
+    for i, a in enumerate(pos_t):
+        if i >= len(pos_o) or pos_o[i].arg != a.arg:
+            return f"parameter {i} is `{a.arg}` upstream"
+        if a.arg in defaults_t and (a.arg not in defaults_o or ast.unparse(defaults_o[a.arg])
+                                    != ast.unparse(defaults_t[a.arg])):
+            return f"`{a.arg}` defaults to {ast.unparse(defaults_t[a.arg])} upstream"
+    extra = [a.arg for a in pos_o[len(pos_t):] if a.arg not in defaults_o]
+    if extra:
+        return f"hutch requires {extra} that upstream does not pass"
+    kw_o = {a.arg for a in ours.kwonlyargs}
+    missing = [a.arg for a in theirs.kwonlyargs if a.arg not in kw_o and not ours.kwarg]
+    if missing:
+        return f"keyword {missing} missing"
+    if theirs.vararg and not ours.vararg:
+        return f"*{theirs.vararg.arg} missing"
+    return None
+
+
+def check_signatures(driver_dir):
+    """Compare upstream's test driver source (test_driver/) with hutch's bridge; print each
+    public method or attribute that is missing or called differently; return their count."""
+    ours = public_api(ast.parse("".join(open(os.path.join(BRIDGE, f)).read()
+                                        for f in ("hutch_support.py", "hutch_driver.py"))))
+    problems, checked = 0, 0
+    for root, _, names in os.walk(driver_dir):
+        for name in sorted(n for n in names if n.endswith(".py")):
+            theirs = public_api(ast.parse(open(os.path.join(root, name)).read()))
+            for cls, (methods, attrs) in theirs.items():
+                if cls not in COUNTERPART:
+                    continue
+                o_methods, o_attrs = ours[COUNTERPART[cls]]
+                for m, args in methods.items():
+                    if m.startswith("_") and m not in ("__enter__", "__exit__"):
+                        continue
+                    checked += 1
+                    why = ("missing" if m not in o_methods and m not in o_attrs
+                           else m in o_methods and accepts(o_methods[m], args))
+                    if why:
+                        problems += 1
+                        print(f"  {cls}.{m}: {why}")
+                for a in sorted(attrs):
+                    if a.startswith("_"):
+                        continue
+                    checked += 1
+                    if a not in o_attrs and a not in o_methods:
+                        problems += 1
+                        print(f"  {cls}.{a}: attribute missing")
+    print(f"{checked} public methods and attributes of upstream's driver checked in "
+          f"{driver_dir}; {problems} missing or called differently in hutch's bridge")
+    return problems
+
+
 def main(argv):
+    if len(argv) == 3 and argv[1] == "--driver":
+        sys.exit(1 if check_signatures(argv[2]) else 0)
     verbose = "-v" in argv
     paths = [a for a in argv[1:] if a != "-v"]
     if len(paths) != 1:
-        sys.exit("usage: api-coverage.py [-v] PATH   (e.g. nixpkgs/nixos/tests)")
+        sys.exit("usage: api-coverage.py [-v] PATH   (e.g. nixpkgs/nixos/tests)\n"
+                 "       api-coverage.py --driver nixpkgs/nixos/lib/test-driver/src/test_driver")
     files = []
     for root, _, names in os.walk(paths[0]):
         files += [os.path.join(root, n) for n in names if n.endswith(".nix")]
