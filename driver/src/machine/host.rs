@@ -57,14 +57,11 @@ impl Machine {
             });
         }
         let dir = self.state_dir();
-        let copy_err = |e: std::io::Error| MachineError::Copy {
-            node: self.name.clone(),
-            message: format!("cleanup_statedir(): {}: {e}", dir.display()),
-        };
+        let io_err = |e: std::io::Error| self.err_node("cleanup_statedir", NodeError::Failed(format!("{}: {e}", dir.display())));
         if dir.exists() {
-            std::fs::remove_dir_all(&dir).map_err(copy_err)?;
+            std::fs::remove_dir_all(&dir).map_err(io_err)?;
         }
-        std::fs::create_dir_all(&dir).map_err(copy_err)?;
+        std::fs::create_dir_all(&dir).map_err(io_err)?;
         self.log(&format!("deleted the machine state directory {}", dir.display()));
         Ok(())
     }
