@@ -260,13 +260,21 @@ impl Machine {
 
     fn agent(&self) -> Result<Arc<AgentClient>, MachineError> {
         self.aborted()?;
-        if let Some(a) = lock(&self.agent).as_ref().filter(|a| a.is_alive()) {
-            return Ok(Arc::clone(a));
+        let live = || lock(&self.agent).as_ref().filter(|a| a.is_alive()).map(Arc::clone);
+        if let Some(a) = live() {
+            return Ok(a);
         }
         if !self.control.is_up() {
             self.start()?;
             if let Some(a) = lock(&self.agent).as_ref() {
                 return Ok(Arc::clone(a));
+            }
+        } else {
+            // Up without an agent yet: another call (a command posted without waiting for it)
+            // may be starting the node; its start holds the lifecycle lock until it connects.
+            drop(lock(&self.lifecycle));
+            if let Some(a) = live() {
+                return Ok(a);
             }
         }
         let reason = lock(&self.agent)
