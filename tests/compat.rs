@@ -9,13 +9,13 @@ use std::process::Stdio;
 
 use common::*;
 
-#[test]
-fn upstream_driver_api_works_or_is_refused_by_name_on_real_nodes() {
-    if skip_unless_root("upstream_api") {
-        return;
-    }
+/// Runs the script on two Debian nodes as `user` (None: root) and checks what it left.
+fn run_upstream_api(user: Option<u32>, tag: &str) {
     let _ = debian_image();
-    let dir = Scratch::new("compat");
+    if user.is_some() {
+        let _ = debian_image_for_nobody();
+    }
+    let dir = Scratch::new(tag);
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/scripts/upstream_api.py");
     let file = dir.0.join("compat.toml");
     std::fs::write(
@@ -29,7 +29,7 @@ fn upstream_driver_api_works_or_is_refused_by_name_on_real_nodes() {
     .unwrap();
     let out = dir.0.join("out");
     let (file_s, out_s) = (file.display().to_string(), out.display().to_string());
-    let child = hutch_command(None, &["test", &file_s, "--output-dir", &out_s])
+    let child = hutch_command(user, &["test", &file_s, "--output-dir", &out_s])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -55,4 +55,20 @@ fn upstream_driver_api_works_or_is_refused_by_name_on_real_nodes() {
     for line in ["# serial-line-from-the-script", "# serial-line-from-log", "# typed-by-hutch"] {
         assert!(server_log.contains(line), "{line:?} is not in server.log:\n{server_log}");
     }
+}
+
+#[test]
+fn upstream_driver_api_works_or_is_refused_by_name_on_real_nodes() {
+    if skip_unless_root("upstream_api") {
+        return;
+    }
+    run_upstream_api(None, "compat");
+}
+
+#[test]
+fn upstream_driver_api_works_rootless_as_nobody() {
+    if skip_unless_root("upstream_api_rootless") {
+        return;
+    }
+    run_upstream_api(Some(65534), "compat-nobody");
 }
