@@ -232,7 +232,7 @@ def check_signatures(driver_dir):
     """Compare upstream's test driver source (test_driver/) with hutch's bridge; print each
     public method or attribute that is missing or called differently; return their count."""
     ours = public_api(ast.parse("".join(open(os.path.join(BRIDGE, f)).read()
-                                        for f in ("hutch_support.py", "hutch_driver.py"))))
+                                        for f in ("hutch_support.py", "hutch_machine.py", "hutch_driver.py"))))
     problems, checked = 0, 0
     for root, _, names in os.walk(driver_dir):
         for name in sorted(n for n in names if n.endswith(".py")):

@@ -3,8 +3,9 @@ forwarded to the hutch driver as one line of JSON over the socket in $HUTCH_BRID
 Standard library only; embedded in the hutch binary and run as `python3 -c`.
 
 This first part is the plumbing every global uses: the channel to the driver, the errors, the
-argument conversions, `retry`, polling conditions, `log` and `subtest`. hutch_driver.py follows
-it (the two files are one module) with the Machine classes, the `driver` and the globals."""
+argument conversions, `retry`, polling conditions, `log` and `subtest`. hutch_machine.py (the
+Machine classes) and hutch_driver.py (the `driver`, the globals, main) follow: the three files
+are one module."""
 
 import contextlib
 import datetime

@@ -23,8 +23,12 @@ use crate::machine::Machine;
 use crate::plan::Script;
 pub use params::CallError;
 
-/// The Python side, run as `python3 -c`: the plumbing, then the Machine classes and globals.
-pub const PYTHON_MODULE: &str = concat!(include_str!("hutch_support.py"), include_str!("hutch_driver.py"));
+/// The Python side, run as `python3 -c`: the plumbing, the Machine classes, the driver and globals.
+pub const PYTHON_MODULE: &str = concat!(
+    include_str!("hutch_support.py"),
+    include_str!("hutch_machine.py"),
+    include_str!("hutch_driver.py")
+);
 
 /// How to run the script.
 #[derive(Debug, Clone)]
