@@ -12,6 +12,11 @@ use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
 use crate::spawner::{Spawner, StartRequest};
 
+/// `send_console` writes at most this much at a time, each once the pty has room.
+const CONSOLE_CHUNK: usize = 256;
+/// How long `send_console` waits for room in the console's input.
+const CONSOLE_INPUT_WAIT: Duration = Duration::from_secs(10);
+
 /// How long a start waits for systemd's READY=1 before it calls the boot failed.
 const BOOT_LIMIT: Duration = Duration::from_secs(300);
 
@@ -226,14 +231,37 @@ impl NodeControl for RuntimeNode {
     }
 
     fn send_console(&self, data: &[u8]) -> Result<(), NodeError> {
-        let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        let console = state.as_ref().and_then(|r| r.console.as_ref()).ok_or(NodeError::NotRunning)?;
-        let mut left = data;
-        while !left.is_empty() {
-            match nix::unistd::write(console, left) {
-                Ok(n) => left = &left[n..],
-                Err(nix::errno::Errno::EINTR) => {}
-                Err(e) => return Err(failed(format!("writing to the console: {e}"))),
+        let console = {
+            let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+            let running = state.as_ref().ok_or(NodeError::NotRunning)?;
+            let fd = running
+                .console
+                .as_ref()
+                .ok_or_else(|| failed("this node has no console (it runs without an init)"))?;
+            fd.try_clone().map_err(|e| failed(format!("the console: {e}")))?
+        };
+        // Small writes once the pty takes input: a console nobody in the node reads fills up,
+        // and the caller gets an error instead of hanging.
+        for chunk in data.chunks(CONSOLE_CHUNK) {
+            let mut left = chunk;
+            while !left.is_empty() {
+                let mut fds = [PollFd::new(console.as_fd(), PollFlags::POLLOUT)];
+                let ms = PollTimeout::try_from(CONSOLE_INPUT_WAIT.as_millis() as i32).unwrap_or(PollTimeout::MAX);
+                match poll(&mut fds, ms) {
+                    Ok(0) => {
+                        return Err(NodeError::Timeout {
+                            what: "room in the console's input (nothing in the node reads /dev/console)".into(),
+                            after: CONSOLE_INPUT_WAIT,
+                        })
+                    }
+                    Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+                    Err(e) => return Err(failed(format!("waiting on the console: {e}"))),
+                }
+                match nix::unistd::write(&console, left) {
+                    Ok(n) => left = &left[n..],
+                    Err(nix::errno::Errno::EINTR | nix::errno::Errno::EAGAIN) => {}
+                    Err(e) => return Err(failed(format!("writing to the console: {e}"))),
+                }
             }
         }
         Ok(())
