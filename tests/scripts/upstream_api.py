@@ -215,6 +215,12 @@ with subtest("files"):
 with subtest("ssh_backdoor_command and dump_machine_ssh"):
     cmd = server.ssh_backdoor_command(1)
     assert f"--target {server.pid}" in cmd, cmd
+    # The printed line gets a shell in the node (util-linux nsenter on the host).
+    import shlex
+    import subprocess
+    line = cmd.split("  #")[0].replace("/bin/sh -l", "/bin/sh -c hostname")
+    r = subprocess.run(shlex.split(line), capture_output=True, text=True)
+    t.assertEqual((r.returncode, r.stdout), (0, "server\n"), r.stderr)
     text = io.StringIO()
     with contextlib.redirect_stdout(text):
         dump_machine_ssh(0)

@@ -269,7 +269,10 @@ class Machine(NspawnMachine):
         """How to get a root shell in the node from the host while the test runs."""
         pid = self.pid
         target = str(pid) if pid is not None else "$PID"
-        return (f"nsenter --target {target} --all -- /bin/sh -l"
+        # Every namespace the node has of its own (not --all: a node shares the time namespace,
+        # which an unprivileged user may not enter).
+        return (f"nsenter --target {target} --user --mount --uts --ipc --net --pid --cgroup "
+                "-- /bin/sh -l"
                 f"  # as the user who runs hutch; or {self.name}.shell_interact() "
                 "under `hutch test --interactive`")
 
