@@ -117,13 +117,19 @@ def dedent(s):
     return "\n".join(line[cut:] for line in lines)
 
 
-def test_script(nix):
-    """The text of the file's testScript, or None when it has none we can read (e.g. one read
-    from a file: `testScript = builtins.readFile ./test.py;`)."""
+def test_script(nix, path):
+    """The text of the file's testScript (also one read from a file next to it:
+    `testScript = builtins.readFile ./test.py;`), or None when it has none we can read."""
     m = re.search(r"\btestScript\s*=\s*", nix)
     if not m:
         return None
     rest = nix[m.end():]
+    read = re.match(r"(?:builtins\.|lib\.)?readFile\s+(\./[\w./-]+)\s*;", rest)
+    if read:
+        try:
+            return open(os.path.join(os.path.dirname(path), read.group(1))).read()
+        except OSError:
+            return None
     if rest.startswith('"'):
         dq = re.match(r'"((?:[^"\\]|\\.)*)"', rest)
         return dq and dq.group(1).encode().decode("unicode_escape")
@@ -276,7 +282,7 @@ def main(argv):
     tests, blockers, entries = [], Counter(), Counter()
     for path in sorted(files):
         nix = open(path, encoding="utf-8", errors="replace").read()
-        script = test_script(nix)
+        script = test_script(nix, path)
         if script is None:
             continue
         methods, names = uses(script)
