@@ -12,6 +12,11 @@ use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
 use crate::spawner::{Spawner, StartRequest};
 
+/// `send_console` writes at most this much at a time, each once the pty has room.
+const CONSOLE_CHUNK: usize = 256;
+/// How long `send_console` waits for room in the console's input.
+const CONSOLE_INPUT_WAIT: Duration = Duration::from_secs(10);
+
 /// How long a start waits for systemd's READY=1 before it calls the boot failed.
 const BOOT_LIMIT: Duration = Duration::from_secs(300);
 
@@ -30,6 +35,8 @@ pub struct RuntimeNode {
 
 struct Running {
     pidfd: OwnedFd,
+    /// The console's pty master again, for typing on it (`send_console`).
+    console: Option<OwnedFd>,
 }
 
 fn failed(e: impl std::fmt::Display) -> NodeError {
@@ -156,6 +163,7 @@ impl NodeControl for RuntimeNode {
             .start(self.request.clone(), wire)
             .map_err(|e| failed(format!("{e:#}")))?;
         *self.last_start.lock().unwrap_or_else(|e| e.into_inner()) = started.phases_ms.clone();
+        let console_input = fds.console.as_ref().and_then(|c| c.try_clone().ok());
         if let Some(console) = fds.console {
             self.relay_console(console);
         }
@@ -175,7 +183,10 @@ impl NodeControl for RuntimeNode {
             Arc::clone(watch).watch(pidfd);
         }
         *self.oom.lock().unwrap_or_else(|e| e.into_inner()) = oom;
-        *self.state.lock().unwrap_or_else(|e| e.into_inner()) = Some(Running { pidfd: fds.pidfd });
+        *self.state.lock().unwrap_or_else(|e| e.into_inner()) = Some(Running {
+            pidfd: fds.pidfd,
+            console: console_input,
+        });
         Ok(fds.agent)
     }
 
@@ -217,6 +228,51 @@ impl NodeControl for RuntimeNode {
 
     fn console(&self) -> Arc<ConsoleLog> {
         Arc::clone(&self.console)
+    }
+
+    fn send_console(&self, data: &[u8]) -> Result<(), NodeError> {
+        let console = {
+            let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+            let running = state.as_ref().ok_or(NodeError::NotRunning)?;
+            let fd = running
+                .console
+                .as_ref()
+                .ok_or_else(|| failed("this node has no console (it runs without an init)"))?;
+            fd.try_clone().map_err(|e| failed(format!("the console: {e}")))?
+        };
+        // Small writes once the pty takes input: a console nobody in the node reads fills up,
+        // and the caller gets an error instead of hanging.
+        for chunk in data.chunks(CONSOLE_CHUNK) {
+            let mut left = chunk;
+            while !left.is_empty() {
+                let mut fds = [PollFd::new(console.as_fd(), PollFlags::POLLOUT)];
+                let ms = PollTimeout::try_from(CONSOLE_INPUT_WAIT.as_millis() as i32).unwrap_or(PollTimeout::MAX);
+                match poll(&mut fds, ms) {
+                    Ok(0) => {
+                        return Err(NodeError::Timeout {
+                            what: "room in the console's input (nothing in the node reads /dev/console)".into(),
+                            after: CONSOLE_INPUT_WAIT,
+                        })
+                    }
+                    Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+                    Err(e) => return Err(failed(format!("waiting on the console: {e}"))),
+                }
+                match nix::unistd::write(&console, left) {
+                    Ok(n) => left = &left[n..],
+                    Err(nix::errno::Errno::EINTR | nix::errno::Errno::EAGAIN) => {}
+                    Err(e) => return Err(failed(format!("writing to the console: {e}"))),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn pid(&self) -> Option<u32> {
+        let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&state.as_ref()?.pidfd);
+        // The kernel names a pidfd's process in its fdinfo ("Pid:\t1234").
+        let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}")).ok()?;
+        info.lines().find_map(|l| l.strip_prefix("Pid:")?.trim().parse().ok())
     }
 
     fn died(&self) -> Option<String> {

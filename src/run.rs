@@ -118,6 +118,7 @@ fn spec(args: &RunArgs) -> Result<NodeSpec> {
         env,
         files: Vec::new(),
         texts: Vec::new(),
+        binds: Vec::new(),
         memory: args.memory.as_deref().map(str::parse::<Size>).transpose()?.map(|s| s.0),
         pids_max: match args.pids_max {
             Some(n) if n <= 0 => anyhow::bail!("--pids-max: {n} is not a positive number of tasks; give e.g. 512"),

@@ -15,7 +15,7 @@ use std::path::PathBuf;
 use std::sync::Mutex;
 
 use anyhow::{bail, Context, Result};
-use hutch_runtime::{AgentHook, Container, IdMap, InitKind, NodeSpec, Pending, RootFs};
+use hutch_runtime::{AgentHook, Bind, Container, IdMap, InitKind, NodeSpec, Pending, RootFs};
 use nix::sys::socket::{recvmsg, sendmsg, socketpair, AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags, SockFlag, SockType};
 use serde::{Deserialize, Serialize};
 
@@ -35,6 +35,9 @@ pub struct StartRequest {
     pub files: Vec<(PathBuf, PathBuf)>,
     /// (path inside the node, contents), e.g. /etc/hosts.
     pub texts: Vec<(PathBuf, String)>,
+    /// (host directory, path inside the node), bound read-write (the test's shared directory).
+    #[serde(default)]
+    pub binds: Vec<(PathBuf, PathBuf)>,
     pub memory: Option<u64>,
     pub pids_max: Option<u64>,
 }
@@ -66,6 +69,13 @@ impl StartRequest {
         }
         for (guest, text) in &self.texts {
             spec.files.push((guest.clone(), text.clone().into_bytes()));
+        }
+        for (source, target) in &self.binds {
+            spec.binds.push(Bind {
+                source: source.clone(),
+                target: target.clone(),
+                read_only: false,
+            });
         }
         Ok(spec)
     }

@@ -107,6 +107,24 @@ fn run(args: &TestArgs, plan: &TestPlan, spawner: Arc<Spawner>) -> Result<i32> {
         Some(Arc::new(Hub::new(&topology).context("creating the test network")?))
     };
     let hosts = topology.hosts_file();
+    let output_dir = args
+        .output_dir
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("hutch-out").join(&plan.name));
+    // Every node sees the run's shared directory at /tmp/shared, as upstream's VMs do.
+    let shared = hutch_driver::machine::shared_dir(&output_dir);
+    std::fs::create_dir_all(&shared).with_context(|| format!("creating {}", shared.display()))?;
+    let shared = shared.canonicalize().with_context(|| format!("resolving {}", shared.display()))?;
+    // Root's nodes run on shifted ids: their root must own the directory to write there.
+    let idmap = hutch_runtime::IdMap::detect();
+    if let Some(root) = idmap.host_uid(0).filter(|_| idmap.is_shifted()) {
+        nix::unistd::chown(
+            &shared,
+            Some(nix::unistd::Uid::from_raw(root)),
+            Some(nix::unistd::Gid::from_raw(root)),
+        )
+        .with_context(|| format!("giving {} to the nodes' root (uid {root})", shared.display()))?;
+    }
     let mut nodes: Vec<(String, Arc<RuntimeNode>)> = Vec::new();
     for n in &plan.nodes {
         let (image, toplevel, store, closure_only) = match &n.root {
@@ -125,6 +143,7 @@ fn run(args: &TestArgs, plan: &TestPlan, spawner: Arc<Spawner>) -> Result<i32> {
             env: n.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
             files: n.files.iter().map(|f| (f.guest.clone(), f.host.clone())).collect(),
             texts: vec![("/etc/hosts".into(), hosts.clone())],
+            binds: vec![(shared.clone(), hutch_driver::machine::SHARED_DIR_IN_NODE.into())],
             memory: n.memory,
             pids_max: n.pids_max,
         };
@@ -135,10 +154,6 @@ fn run(args: &TestArgs, plan: &TestPlan, spawner: Arc<Spawner>) -> Result<i32> {
         };
         nodes.push((n.name.clone(), Arc::new(RuntimeNode::new(request, Arc::clone(&spawner), on_lan))));
     }
-    let output_dir = args
-        .output_dir
-        .clone()
-        .unwrap_or_else(|| PathBuf::from("hutch-out").join(&plan.name));
     let mut opts = SessionOptions::new(output_dir);
     opts.junit_xml = args.junit_xml.clone();
     opts.interactive = args.interactive;
@@ -266,5 +281,11 @@ impl NodeControl for Shared {
     }
     fn agent_ended(&self) -> Option<String> {
         self.0.agent_ended()
+    }
+    fn send_console(&self, data: &[u8]) -> Result<(), hutch_driver::machine::NodeError> {
+        self.0.send_console(data)
+    }
+    fn pid(&self) -> Option<u32> {
+        self.0.pid()
     }
 }

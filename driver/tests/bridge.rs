@@ -468,3 +468,65 @@ fn the_whole_test_timeout_cuts_a_hanging_boot_short() {
     assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
     assert!(failure(&r).message.contains("whole-test timeout"), "{}", failure(&r).message);
 }
+
+#[test]
+fn upstream_semantics_of_execute_retry_errors_and_strings() {
+    let (r, dir) = run_with(
+        &["machine"],
+        r#"
+import time
+from test_driver.errors import RequestedAssertionFailed as Imported
+assert Imported is RequestedAssertionFailed and issubclass(Imported, AssertionError)
+assert isinstance(machine, NspawnMachine) and not isinstance(machine, QemuMachine)
+assert machines_nspawn == [machine] and machines_qemu == []
+flag = f"/tmp/hutch-bg-{os.getpid()}"
+begin = time.monotonic()
+assert machine.execute(f"sleep 1; touch {flag}", check_output=False) == (-2, "")
+assert time.monotonic() - begin < 0.5, "check_output=False waited"
+machine.wait_for_file(flag, timeout=10)
+machine.succeed(f"rm {flag}")
+assert machine.execute("echo x; exit 3", check_return=False) == (-1, "x\n")
+assert machine.execute("exit 3") == (3, "")
+assert isinstance(machine.pid, int) and machine.process.pid == machine.pid
+machine.sleep("0.1")
+machine.succeed("true", timeout="5")
+import socket
+s = socket.socket()
+s.bind(("127.0.0.1", 0))
+s.listen()
+machine.wait_for_open_port(str(s.getsockname()[1]), timeout="5")
+s.close()
+for check in [lambda: machine.wait_until_succeeds("false", timeout=0.5),
+              lambda: t.assertEqual(1, 2),
+              lambda: retry(lambda last: False, timeout_seconds=0.5)]:
+    try:
+        check()
+    except RequestedAssertionFailed:
+        pass
+    else:
+        raise Exception("no RequestedAssertionFailed")
+try:
+    machine.get_tty_text("1")
+except NotImplementedError as e:
+    assert "get_tty_text" in str(e) and "virtual terminals" in str(e), str(e)
+else:
+    raise Exception("get_tty_text was not refused")
+try:
+    machine.cleanup_statedir()
+except Exception as e:
+    assert "running" in str(e), str(e)
+else:
+    raise Exception("cleanup_statedir ran under a running node")
+(machine.state_dir / "old").write_text("x")
+machine.crash()
+machine.cleanup_statedir()
+assert machine.state_dir.is_dir() and not (machine.state_dir / "old").exists()
+(machine.shared_dir / "note").write_text("shared")
+assert machine.pid is None and machine.process is None
+"#,
+        |_| {},
+    );
+    passed(&r);
+    assert!(dir.0.join("out/vm-state-machine").is_dir());
+    assert_eq!(std::fs::read_to_string(dir.0.join("out/shared/note")).unwrap(), "shared");
+}

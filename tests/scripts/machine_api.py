@@ -7,7 +7,7 @@ web.wait_for_open_port(80)
 peer.wait_for_unit("multi-user.target")
 
 with subtest("execute, succeed and fail"):
-    status, out = web.execute("echo out; echo err >&2; exit 3", check_return=False)
+    status, out = web.execute("echo out; echo err >&2; exit 3")
     t.assertEqual(status, 3)
     t.assertEqual(out, "out\n")
     t.assertEqual(web.succeed("hostname").strip(), "web")
@@ -43,7 +43,7 @@ with subtest("the network by name"):
     peer.wait_until_succeeds("curl -sf --max-time 1 http://web/", timeout=30)
 
 with subtest("a command past its timeout is killed"):
-    status, _ = web.execute("sleep 30", check_return=False, timeout=1)
+    status, _ = web.execute("sleep 30", timeout=1)
     t.assertEqual(status, 124)
 
 with subtest("shutdown, crash and start again"):

@@ -10,25 +10,6 @@ use super::params::{CallError, Params};
 use super::State;
 use crate::machine::{Machine, MachineError, DEFAULT_TIMEOUT};
 
-/// Methods only a VM has; refused with a clear `NotImplementedError`.
-pub(crate) const NO_SCREEN: &[&str] = &[
-    "screenshot",
-    "get_screen_text",
-    "get_screen_text_variants",
-    "wait_for_text",
-    "send_key",
-    "send_keys",
-    "send_chars",
-    "wait_for_x",
-    "wait_for_window",
-    "get_window_names",
-    "send_monitor_command",
-    "forward_port",
-    "wait_for_qmp_event",
-    "switch_root",
-    "dump_tpm_ek_cert",
-];
-
 impl From<MachineError> for CallError {
     fn from(e: MachineError) -> CallError {
         CallError {
@@ -44,7 +25,7 @@ impl From<MachineError> for CallError {
 
 type Reply = Result<Value, CallError>;
 
-/// A global function: `start_all`, `join_all`, `log`, `serial_stdout`.
+/// A global function: `start_all`, `join_all`, `log`, `log_serial`, `serial_stdout`.
 pub(crate) fn global(state: &State, method: &str, p: &Params) -> Reply {
     match method {
         "start_all" => {
@@ -58,6 +39,10 @@ pub(crate) fn global(state: &State, method: &str, p: &Params) -> Reply {
         }
         "log" => {
             state.log.info(p.str("msg")?);
+            Ok(Value::Null)
+        }
+        "log_serial" => {
+            state.log.console(p.str("machine")?, &[p.str("msg")?.as_bytes().to_vec()]);
             Ok(Value::Null)
         }
         "serial_stdout" => {
@@ -156,13 +141,14 @@ pub(crate) fn machine(state: &State, m: &Machine, method: &str, p: &Params) -> R
             m.log(p.str("msg")?);
             Ok(Value::Null)
         }
-        _ if NO_SCREEN.contains(&method) => Err(CallError {
-            kind: "NotImplementedError",
-            message: format!(
-                "{}.{method}(): hutch nodes are containers, which have no screen, keyboard, X11 display or QEMU monitor",
-                m.name()
-            ),
-        }),
+        "log_serial" => {
+            m.log_serial(p.str("msg")?);
+            Ok(Value::Null)
+        }
+        "send_console" => null(m.send_console(p.str("chars")?)),
+        "release" => null(m.terminate()),
+        "pid" => Ok(json!(m.pid())),
+        "cleanup_statedir" => null(m.cleanup_statedir()),
         _ => Err(CallError {
             kind: "AttributeError",
             message: format!("'Machine' object has no attribute '{method}'"),

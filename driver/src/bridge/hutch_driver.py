@@ -1,405 +1,89 @@
-"""hutch's test-script bridge: the NixOS test driver's globals and Machine objects, each call
-forwarded to the hutch driver as one line of JSON over the socket in $HUTCH_BRIDGE_FD.
-Standard library only; embedded in the hutch binary and run as `python3 -c`."""
 
-import contextlib
-import datetime
-import json
-import os
-import socket
-import sys
-import threading
-import time
-import traceback
+# --- VLANs, the `driver`, the globals, main (after hutch_machine.py: one module) ---
 
-
-class RequestedAssertionFailed(AssertionError):
-    """A check the test asked for failed (succeed, fail, require_unit_state...)."""
-
-
-class PollingConditionError(Exception):
-    """A polling condition stopped holding."""
-
-
-_ERRORS = {
-    "RequestedAssertionFailed": RequestedAssertionFailed,
-    "NotImplementedError": NotImplementedError,
-    "AttributeError": AttributeError,
-    "TypeError": TypeError,
-    "TimeoutError": TimeoutError,
-}
-
-
-class _Channel:
-    """Requests out, replies in, matched by id; any thread may call."""
-
-    def __init__(self, fd):
-        self.sock = socket.socket(fileno=fd)
-        self.reader = self.sock.makefile("rb")
-        self.lock = threading.Lock()
-        self.next_id = 0
-        self.waiting = {}
-        self.gone = None
-        threading.Thread(target=self._read, name="hutch-bridge", daemon=True).start()
-
-    def _read(self):
-        try:
-            for line in self.reader:
-                msg = json.loads(line)
-                with self.lock:
-                    slot = self.waiting.pop(msg["id"], None)
-                if slot is not None:
-                    slot[1] = msg
-                    slot[0].set()
-        except Exception as e:  # the driver went away
-            self.gone = repr(e)
-        with self.lock:
-            self.gone = self.gone or "the hutch driver closed the connection"
-            for slot in self.waiting.values():
-                slot[0].set()
-            self.waiting.clear()
-
-    def call(self, node, method, params):
-        with self.lock:
-            if self.gone:
-                raise ConnectionError(self.gone)
-            self.next_id += 1
-            rid = self.next_id
-            slot = [threading.Event(), None]
-            self.waiting[rid] = slot
-            line = json.dumps({"id": rid, "node": node, "method": method, "params": params})
-            self.sock.sendall(line.encode() + b"\n")
-        slot[0].wait()
-        msg = slot[1]
-        if msg is None:
-            raise ConnectionError(self.gone)
-        if "error" in msg:
-            err = msg["error"]
-            exc = _ERRORS.get(err["type"], Exception)(err["message"])
-            exc.hutch_call = rid
-            raise exc
-        return msg.get("ok")
-
-
-_chan = None
-_polling = []
-_in_condition = threading.local()
-
-
-def _seconds(t):
-    if isinstance(t, datetime.timedelta):
-        return t.total_seconds()
-    if t is None or isinstance(t, (int, float)):
-        return t
-    raise TypeError(f"timeout must be seconds or a datetime.timedelta, not {type(t).__name__}")
-
-
-def _check_polling():
-    if getattr(_in_condition, "on", False):
-        return
-    for cond in list(_polling):
-        cond.maybe_raise()
-
-
-def _call(node, method, **params):
-    if node is not None:
-        _check_polling()
-    return _chan.call(node, method, params)
-
-
-_NO_SCREEN = [
-    "screenshot", "get_screen_text", "get_screen_text_variants", "wait_for_text", "send_key",
-    "send_keys", "send_chars", "wait_for_x", "wait_for_window", "get_window_names",
-    "send_monitor_command", "forward_port", "wait_for_qmp_event", "switch_root",
-    "dump_tpm_ek_cert",
-]
-
-
-def _no_screen(method):
-    def refuse(self, *args, **kwargs):
-        raise NotImplementedError(
-            f"{self.name}.{method}(): hutch nodes are containers, which have no screen, "
-            "keyboard, X11 display or QEMU monitor; check the state with commands instead"
-        )
-    refuse.__name__ = method
-    return refuse
-
-
-class Machine:
-    """One node; every method runs in the hutch driver."""
-
-    def __init__(self, name):
-        self.name = name
-
-    def __repr__(self):
-        return f"<Machine '{self.name}'>"
-
-    def _c(self, method, **params):
-        return _call(self.name, method, **params)
-
-    def start(self, allow_reboot=False):
-        self._c("start")
-
-    def shutdown(self):
-        self._c("shutdown")
-
-    def crash(self):
-        self._c("crash")
-
-    def reboot(self):
-        self._c("reboot")
-
-    def is_up(self):
-        return self._c("is_up")
-
-    @property
-    def booted(self):
-        return self.is_up()
-
-    def wait_for_shutdown(self, timeout=900):
-        self._c("wait_for_shutdown", timeout=_seconds(timeout))
-
-    def execute(self, command, check_return=True, check_output=True, timeout=900):
-        status, out = self._c("execute", command=command, timeout=_seconds(timeout))
-        return (status, out if check_output else "")
-
-    def succeed(self, *commands, timeout=None):
-        return self._c("succeed", commands=list(commands), timeout=_seconds(timeout))
-
-    def fail(self, *commands, timeout=None):
-        return self._c("fail", commands=list(commands), timeout=_seconds(timeout))
-
-    def wait_until_succeeds(self, command, timeout=900):
-        return self._c("wait_until_succeeds", command=command, timeout=_seconds(timeout))
-
-    def wait_until_fails(self, command, timeout=900):
-        return self._c("wait_until_fails", command=command, timeout=_seconds(timeout))
-
-    def systemctl(self, q, user=None):
-        status, out = self._c("systemctl", q=q, user=user)
-        return (status, out)
-
-    def wait_for_unit(self, unit, user=None, timeout=900):
-        self._c("wait_for_unit", unit=unit, user=user, timeout=_seconds(timeout))
-
-    def get_unit_info(self, unit, user=None):
-        return self._c("get_unit_info", unit=unit, user=user)
-
-    def get_unit_property(self, unit, property, user=None):
-        return self._c("get_unit_property", unit=unit, property=property, user=user)
-
-    def require_unit_state(self, unit, require_state="active"):
-        self._c("require_unit_state", unit=unit, require_state=require_state)
-
-    def start_job(self, jobname, user=None):
-        return tuple(self._c("start_job", jobname=jobname, user=user))
-
-    def stop_job(self, jobname, user=None):
-        return tuple(self._c("stop_job", jobname=jobname, user=user))
-
-    def wait_for_file(self, filename, timeout=900):
-        self._c("wait_for_file", filename=filename, timeout=_seconds(timeout))
-
-    def wait_for_open_port(self, port, addr="localhost", timeout=900):
-        self._c("wait_for_open_port", port=port, addr=addr, timeout=_seconds(timeout))
-
-    def wait_for_closed_port(self, port, addr="localhost", timeout=900):
-        self._c("wait_for_closed_port", port=port, addr=addr, timeout=_seconds(timeout))
-
-    def wait_for_open_unix_socket(self, addr, is_datagram=False, timeout=900):
-        self._c("wait_for_open_unix_socket", addr=addr, is_datagram=is_datagram,
-                timeout=_seconds(timeout))
-
-    def wait_for_console_text(self, regex, timeout=None):
-        self._c("wait_for_console_text", regex=regex, timeout=_seconds(timeout))
-
-    def get_console_log(self):
-        return self._c("get_console_log")
-
-    def sleep(self, secs):
-        self._c("sleep", secs=_seconds(secs))
-
-    def copy_from_host(self, source, target):
-        self._c("copy_from_host", source=str(source), target=str(target))
-
-    def copy_from_host_via_shell(self, source, target):
-        self.copy_from_host(source, target)
-
-    def copy_from_machine(self, source, target_dir=""):
-        return self._c("copy_from_machine", source=str(source), target_dir=str(target_dir))
-
-    def block(self):
-        self._c("block")
-
-    def unblock(self):
-        self._c("unblock")
-
-    def log(self, msg):
-        self._c("log", msg=str(msg))
-
-    @contextlib.contextmanager
-    def nested(self, msg, attrs=None):
-        self.log(msg)
-        yield
-
-    def shell_interact(self, address=None):
-        print(f"{self.name}: shell commands run in the node; an empty line or Ctrl-D leaves",
-              file=sys.stderr)
-        while True:
-            try:
-                line = input(f"{self.name}$ ")
-            except EOFError:
-                break
-            if not line.strip():
-                break
-            status, out = self.execute(line, timeout=None)
-            sys.stdout.write(out)
-            if status:
-                print(f"[exit code {status}]", file=sys.stderr)
-
-    for _m in _NO_SCREEN:
-        locals()[_m] = _no_screen(_m)
-    del _m
+import signal
+import types
 
 
 class VLan:
-    """A virtual LAN, by number (`vlans` in the NixOS driver)."""
+    """A virtual LAN, by number (`vlans` and `vlanN` in the NixOS driver); hutch's LAN is a
+    bridge in the test's private network namespace, owned by the driver."""
+
+    # vde_switch's plumbing: a bridge has none of it.
+    socket_dir = tap_name = process = pid = fd = plug_process = None
 
     def __init__(self, nr):
         self.nr = nr
+        self.logger = log
 
     def __repr__(self):
-        return f"<VLan {self.nr}>"
+        return f"<Vlan Nr. {self.nr}>"
+
+    def stop(self):
+        """The driver removes the LANs when the test ends; nothing to do from the script."""
 
 
-class PollingCondition:
-    """A condition checked (at most every `seconds_interval`) before machine calls while active."""
+class _RaceTimer:
+    """`driver.race_timer`: the whole-test timeout, which the hutch driver keeps."""
 
-    def __init__(self, condition, seconds_interval=2.0, description=None):
-        self.condition = condition
-        self.seconds_interval = seconds_interval
-        self.description = description or (condition.__doc__ or condition.__name__).strip()
-        self.last_called = float("-inf")
-        self.last = True
+    def __init__(self, seconds):
+        self.interval = seconds
 
-    def check(self, force=False):
-        if not force and time.monotonic() - self.last_called < self.seconds_interval:
-            return self.last
-        _in_condition.on = True
-        try:
-            self.last = bool(self.condition())
-        except Exception:
-            self.last = False
-        finally:
-            _in_condition.on = False
-            self.last_called = time.monotonic()
-        return self.last
+    def start(self):
+        pass
 
-    def maybe_raise(self):
-        if not self.check():
-            raise PollingConditionError(f"Polling condition failed: {self.description}")
-
-    def wait(self, timeout=900):
-        retry(lambda _: self.check(force=True), timeout)
-
-    def __enter__(self):
-        _polling.append(self)
-        return self
-
-    def __exit__(self, *exc):
-        _polling.remove(self)
-
-
-def polling_condition(fun_=None, *, seconds_interval=2.0, description=None):
-    def wrap(fun):
-        return PollingCondition(fun, seconds_interval, description)
-    return wrap(fun_) if fun_ is not None else wrap
-
-
-def retry(fn, timeout=900):
-    """Call fn(last_try) until it returns true; raise after `timeout` seconds."""
-    timeout = _seconds(timeout)
-    end = time.monotonic() + timeout
-    pause = 0.02
-    while time.monotonic() < end:
-        if fn(False):
-            return
-        time.sleep(min(pause, max(0.0, end - time.monotonic())))
-        pause = min(pause * 1.5, 1.0)
-    if not fn(True):
-        raise Exception(f"action timed out after {timeout} seconds")
-
-
-class _Log:
-    """The NixOS driver's `log` global."""
-
-    def log(self, message, attributes=None):
-        _call(None, "log", msg=str(message))
-
-    info = warning = error = log
-
-    def __call__(self, message):
-        self.log(message)
-
-    @contextlib.contextmanager
-    def nested(self, message, attributes=None):
-        self.log(message)
-        yield
-
-    def print_serial_logs(self, enable):
-        _call(None, "serial_stdout", on=bool(enable))
-
-
-log = _Log()
-
-
-@contextlib.contextmanager
-def subtest(name):
-    """A named part of the test: timed, logged, and a test case in the JUnit report."""
-    _call(None, "subtest_start", name=name)
-    try:
-        yield
-    except BaseException as e:
-        keep_going = _call(None, "subtest_end", name=name, error=f"{type(e).__name__}: {e}",
-                           traceback=traceback.format_exc())
-        if not keep_going or not isinstance(e, Exception):
-            raise
-    else:
-        _call(None, "subtest_end", name=name, error=None, traceback=None)
-
-
-def create_machine(*args, **kwargs):
-    """The NixOS driver's way to add a VM from the script; hutch nodes come from the test file."""
-    raise NotImplementedError(
-        "create_machine(): hutch nodes are declared in the test file ([nodes.<name>]), "
-        "not created from the script")
-
-
-class _LazyAssertions:
-    """`t`: a unittest.TestCase for its assert methods, made on first use (saves the import)."""
-
-    def __getattr__(self, name):
-        import unittest
-
-        class _Assertions(unittest.TestCase):
-            def runTest(self):
-                pass
-
-        case = _Assertions()
-        self.__class__ = type(case)
-        self.__dict__.update(case.__dict__)
-        return getattr(self, name)
+    def cancel(self):
+        raise NotImplementedError(
+            "driver.race_timer.cancel(): the whole-test timeout is kept by the hutch driver; "
+            "raise [test] timeout in the test file instead")
 
 
 class Driver:
     """The `driver` global: the test's machines and VLANs, and the global functions."""
 
-    def __init__(self, machines, vlans):
-        self.machines = machines
+    def __init__(self, machines, vlans, hello):
+        self.machines_qemu = []
+        self.machines_nspawn = machines
         self.vlans = vlans
-        self.subtest = subtest
+        self.tests = hello["script"]["source"]
+        self.out_dir = pathlib.Path(hello["out_dir"])
+        timeout = hello["global_timeout"]
+        self.global_timeout = int(timeout) if float(timeout).is_integer() else timeout
+        self.race_timer = _RaceTimer(self.global_timeout)
+        self.polling_conditions = _polling
         self.polling_condition = polling_condition
+        self.logger = log
         self.log = log
+        self.debug = debug
+        self.symbols = {}
+        self.compiled = None
+
+    @property
+    def machines(self):
+        return sorted(self.machines_qemu + self.machines_nspawn, key=lambda m: m.name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *_):
+        for machine in self.machines:
+            machine.release()
+
+    def subtest(self, name):
+        return subtest(name)
+
+    def test_symbols(self):
+        return self.symbols
+
+    def test_script(self):
+        """Run the test script (the REPL of `hutch test --interactive` has this)."""
+        exec(self.compiled, self.symbols)
+
+    def run_tests(self):
+        self.test_script()
+        for machine in self.machines:
+            if machine.is_up():
+                machine.execute("sync")
 
     def start_all(self):
         _call(None, "start_all")
@@ -407,22 +91,71 @@ class Driver:
     def join_all(self):
         _call(None, "join_all")
 
+    def terminate_test(self):
+        for machine in self.machines:
+            machine.release()
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    def create_machine(self, start_command, *, name=None, keep_machine_state=False):
+        raise NotImplementedError(
+            "create_machine(): hutch nodes are declared in the test file ([nodes.<name>]), "
+            "not created from the script")
+
     def serial_stdout_on(self):
         _call(None, "serial_stdout", on=True)
 
     def serial_stdout_off(self):
         _call(None, "serial_stdout", on=False)
 
+    def check_polling_conditions(self):
+        _check_polling()
+
+    def dump_machine_ssh(self, offset=0):
+        print("hutch nodes are containers; a root shell in each (while the test runs):")
+        width = max((len(m.name) for m in self.machines), default=0)
+        for index, machine in enumerate(self.machines, start=offset + 1):
+            print(f"    {machine.name}:{' ' * (width - len(machine.name) + 2)}"
+                  f"{machine.ssh_backdoor_command(index)}")
+
+
+def _modules(g):
+    """`import test_driver...` in a script finds the same classes (scripts import the errors)."""
+    names = {
+        "test_driver": {},
+        "test_driver.errors": {"TestScriptError": TestScriptError, "MachineError": MachineError,
+                               "RequestedAssertionFailed": RequestedAssertionFailed},
+        "test_driver.machine": {"BaseMachine": BaseMachine, "QemuMachine": QemuMachine,
+                                "NspawnMachine": NspawnMachine, "Machine": Machine,
+                                "retry": retry},
+        "test_driver.driver": {"Driver": Driver},
+        "test_driver.polling_condition": {"PollingCondition": PollingCondition,
+                                          "PollingConditionError": PollingConditionError},
+        "test_driver.logger": {"AbstractLogger": _Log},
+    }
+    for name, attrs in names.items():
+        mod = types.ModuleType(name)
+        mod.__dict__.update(attrs)
+        sys.modules[name] = mod
+        if "." in name:
+            setattr(sys.modules["test_driver"], name.split(".")[1], mod)
+
 
 def _globals(hello):
-    machines = [Machine(n["name"]) for n in hello["nodes"]]
+    checks = []
+    machines = [Machine(n["name"], n["state_dir"], hello["out_dir"], hello["shared_dir"], checks)
+                for n in hello["nodes"]]
     vlans = [VLan(v) for v in hello["vlans"]]
-    drv = Driver(machines, vlans)
+    drv = Driver(machines, vlans, hello)
+    checks.append(drv.check_polling_conditions)
     g = {
         "__name__": "__main__",
         "start_all": drv.start_all,
         "join_all": drv.join_all,
+        "test_script": drv.test_script,
+        "run_tests": drv.run_tests,
         "machines": machines,
+        "machines_qemu": drv.machines_qemu,
+        "machines_nspawn": drv.machines_nspawn,
         "vlans": vlans,
         "driver": drv,
         "subtest": subtest,
@@ -433,14 +166,23 @@ def _globals(hello):
         "serial_stdout_off": drv.serial_stdout_off,
         "t": _LazyAssertions(),
         "os": os,
+        "debug": debug,
+        "dump_machine_ssh": drv.dump_machine_ssh,
+        "BaseMachine": BaseMachine,
+        "QemuMachine": QemuMachine,
+        "NspawnMachine": NspawnMachine,
         "Machine": Machine,
-        "create_machine": create_machine,
+        "create_machine": drv.create_machine,
         "RequestedAssertionFailed": RequestedAssertionFailed,
     }
+    for v in vlans:
+        g[f"vlan{v.nr}"] = v
     for n, m in zip(hello["nodes"], machines):
         g[n["python_name"]] = m
     if len(machines) == 1:
         g["machine"] = machines[0]
+    drv.symbols = g
+    _modules(g)
     return g
 
 
@@ -477,9 +219,9 @@ def main():
     except SyntaxError as e:
         _call(None, "script_failed", **_failure(e, filename))
         sys.exit(1)
+    g["driver"].compiled = compiled
     if hello.get("interactive"):
         import code
-        g["test_script"] = lambda: exec(compiled, g)
         code.interact(
             banner="hutch: the test's globals are defined; test_script() runs the script",
             local=g, exitmsg="")

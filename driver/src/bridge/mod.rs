@@ -23,8 +23,12 @@ use crate::machine::Machine;
 use crate::plan::Script;
 pub use params::CallError;
 
-/// The Python side, run as `python3 -c`.
-pub const PYTHON_MODULE: &str = include_str!("hutch_driver.py");
+/// The Python side, run as `python3 -c`: the plumbing, the Machine classes, the driver and globals.
+pub const PYTHON_MODULE: &str = concat!(
+    include_str!("hutch_support.py"),
+    include_str!("hutch_machine.py"),
+    include_str!("hutch_driver.py")
+);
 
 /// How to run the script.
 #[derive(Debug, Clone)]
@@ -39,6 +43,8 @@ pub struct BridgeOptions {
     pub base_dir: PathBuf,
     /// Where `copy_from_machine` writes; given to Python as `$out` like the NixOS driver.
     pub output_dir: PathBuf,
+    /// The whole-test timeout, shown to the script as `driver.global_timeout`.
+    pub global_timeout: Duration,
 }
 
 /// A node as the script sees it.
@@ -191,8 +197,15 @@ pub fn run_script(
         keep_going: opts.keep_going,
     });
     let hello = json!({
-        "nodes": nodes.iter().map(|n| json!({"name": n.name, "python_name": n.python_name})).collect::<Vec<_>>(),
+        "nodes": nodes.iter().map(|n| json!({
+            "name": n.name,
+            "python_name": n.python_name,
+            "state_dir": crate::machine::state_dir(&opts.output_dir, &n.name),
+        })).collect::<Vec<_>>(),
         "vlans": vlans,
+        "out_dir": opts.output_dir,
+        "shared_dir": crate::machine::shared_dir(&opts.output_dir),
+        "global_timeout": opts.global_timeout.as_secs_f64(),
         "script": {"source": script.source, "filename": script.filename},
         "interactive": opts.interactive,
     });

@@ -162,7 +162,13 @@ impl MachineError {
     pub fn is_assertion(&self) -> bool {
         matches!(
             self,
-            MachineError::CommandFailed { .. } | MachineError::UnexpectedSuccess { .. } | MachineError::UnitState { .. }
+            MachineError::CommandFailed { .. }
+                | MachineError::UnexpectedSuccess { .. }
+                | MachineError::UnitState { .. }
+                | MachineError::TimedOut { .. }
+                | MachineError::UnitFailed { .. }
+                | MachineError::UnitInactive { .. }
+                | MachineError::Systemctl { .. }
         )
     }
 

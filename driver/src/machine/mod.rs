@@ -5,6 +5,7 @@ mod commands;
 mod console;
 mod copy_out;
 mod error;
+mod host;
 mod systemd;
 mod waits;
 
@@ -21,6 +22,7 @@ pub use commands::{Output, DEFAULT_TIMEOUT};
 pub use console::{ConsoleLog, LineSplitter, CONSOLE_KEEP, CUT_MARK, LINE_CAP};
 pub use copy_out::{CopyError, MAX_ENTRIES};
 pub use error::{MachineError, NodeError};
+pub use host::{shared_dir, state_dir, SHARED_DIR_IN_NODE};
 
 /// A node's lifecycle, implemented by the runtime. Calls for one node come from one thread at
 /// a time (the Machine serializes them); calls for different nodes come concurrently.
@@ -53,6 +55,14 @@ pub trait NodeControl: Send + Sync {
     /// How the node's agent ended, if it has: asked when the connection to it breaks, so the
     /// error says why (its exit status or the signal that killed it), not only "Broken pipe".
     fn agent_ended(&self) -> Option<String> {
+        None
+    }
+    /// Write to the node's console input (its /dev/console), for `send_console`.
+    fn send_console(&self, _data: &[u8]) -> Result<(), NodeError> {
+        Err(NodeError::Failed("this node has no console to type on".into()))
+    }
+    /// The node's init as the host sees it, while it runs.
+    fn pid(&self) -> Option<u32> {
         None
     }
 }
@@ -250,13 +260,21 @@ impl Machine {
 
     fn agent(&self) -> Result<Arc<AgentClient>, MachineError> {
         self.aborted()?;
-        if let Some(a) = lock(&self.agent).as_ref().filter(|a| a.is_alive()) {
-            return Ok(Arc::clone(a));
+        let live = || lock(&self.agent).as_ref().filter(|a| a.is_alive()).map(Arc::clone);
+        if let Some(a) = live() {
+            return Ok(a);
         }
         if !self.control.is_up() {
             self.start()?;
             if let Some(a) = lock(&self.agent).as_ref() {
                 return Ok(Arc::clone(a));
+            }
+        } else {
+            // Up without an agent yet: another call (a command posted without waiting for it)
+            // may be starting the node; its start holds the lifecycle lock until it connects.
+            drop(lock(&self.lifecycle));
+            if let Some(a) = live() {
+                return Ok(a);
             }
         }
         let reason = lock(&self.agent)

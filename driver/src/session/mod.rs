@@ -117,6 +117,16 @@ impl Session {
         .map_err(out)?
         .with_console_cap(opts.console_log_max);
         let log = Arc::new(log);
+        // The host directories upstream's driver gives a test: one shared with every node,
+        // one of state per node (fresh for each run).
+        std::fs::create_dir_all(crate::machine::shared_dir(&opts.output_dir)).map_err(out)?;
+        for node in &plan.nodes {
+            let dir = crate::machine::state_dir(&opts.output_dir, &node.name);
+            if dir.exists() {
+                std::fs::remove_dir_all(&dir).map_err(out)?;
+            }
+            std::fs::create_dir_all(&dir).map_err(out)?;
+        }
         let abort = AbortHandle {
             flag: Arc::new(AtomicBool::new(false)),
             reason: Arc::new(Mutex::new(None)),
@@ -190,7 +200,9 @@ impl Session {
             interactive: self.opts.interactive,
             keep_going: self.opts.keep_going,
             base_dir,
-            output_dir: self.opts.output_dir.clone(),
+            // Python runs in the script's directory: it gets the output directory absolute.
+            output_dir: std::path::absolute(&self.opts.output_dir).unwrap_or_else(|_| self.opts.output_dir.clone()),
+            global_timeout: self.plan.timeout,
         };
         let plan = self.plan.clone();
         self.run_with(|s| {

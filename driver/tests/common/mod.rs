@@ -177,6 +177,10 @@ impl NodeControl for LocalNode {
         self.pid.load(Ordering::SeqCst) != 0
     }
 
+    fn pid(&self) -> Option<u32> {
+        u32::try_from(self.pid.load(Ordering::SeqCst)).ok().filter(|&p| p != 0)
+    }
+
     fn block(&self) -> Result<(), NodeError> {
         self.blocked.store(true, Ordering::SeqCst);
         Ok(())
