@@ -12,7 +12,8 @@
 //!
 //! Order of a start: the builder clones PID 1, then forks the agent (CLONE_PARENT: the runtime
 //! reaps it), which waits until PID 1 has its own mount namespace (a byte on `ready`) and then
-//! joins PID 1's namespaces. Nothing of this is on PID 1's path to exec.
+//! joins PID 1's namespaces. Nothing of this is on PID 1's path to exec. The agent ends when
+//! PID 1 does; a node without an init ends when its agent does (`alive`).
 
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 
@@ -48,6 +49,8 @@ pub(crate) struct Fork<'a> {
     pub ns_dir: BorrowedFd<'a>,
     /// Readable once PID 1 has unshared its mount namespace (end-of-file: PID 1 failed).
     pub ready: BorrowedFd<'a>,
+    /// For a node without an init: the write end PID 1 watches; the agent holds it for life.
+    pub alive: Option<BorrowedFd<'a>>,
     pub seccomp: &'a BpfProgram,
 }
 
@@ -83,7 +86,8 @@ pub(crate) fn fork(f: Fork) -> Result<(Pid, OwnedFd), Errno> {
 /// wait for PID 1's mount namespace, join the node, confine itself.
 fn become_agent(f: &Fork) -> Result<(std::os::unix::net::UnixStream, OwnedFd, OwnedFd), Errno> {
     nix::unistd::setsid()?;
-    crate::fds::close_all_but(&[f.hook.fd, f.pid1.as_raw_fd(), f.ns_dir.as_raw_fd(), f.ready.as_raw_fd()]);
+    let alive = f.alive.map_or(-1, |fd| fd.as_raw_fd());
+    crate::fds::close_all_but(&[f.hook.fd, f.pid1.as_raw_fd(), f.ns_dir.as_raw_fd(), f.ready.as_raw_fd(), alive]);
     // Stdio at once, so that what we open next never lands on 0-2.
     crate::fds::stdio_to_null();
     let mut byte = [0u8; 1];
@@ -112,11 +116,13 @@ fn become_agent(f: &Fork) -> Result<(std::os::unix::net::UnixStream, OwnedFd, Ow
     }
     nix::unistd::chdir("/")?;
     // The node's /dev/null, not the host's: stdio is the only thing the agent holds of a file.
-    crate::fds::close_all_but(&[f.hook.fd, f.pid1.as_raw_fd(), pidns.as_raw_fd()]);
+    crate::fds::close_all_but(&[f.hook.fd, f.pid1.as_raw_fd(), pidns.as_raw_fd(), alive]);
     crate::fds::stdio_to_null();
-    // Die with the runtime (set after the namespace changes, which may clear it).
-    // SAFETY: prctl with PR_SET_PDEATHSIG and a signal number has no memory effects.
-    Errno::result(unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) })?;
+    // No parent-death signal: the agent ends when the driver's socket closes or PID 1 ends,
+    // both of which follow the runtime's death, and it must outlive neither by much nor die
+    // before them: its commands are its children (it lives outside the node's pid
+    // namespace), and killed first it would hand them to the host's init, whose reaping the
+    // node's teardown would then wait for.
     // Non-dumpable: ptrace, /proc/<agent>/{mem,fd,environ} and pidfd_getfd then need
     // CAP_SYS_PTRACE in the user namespace that owns our memory, the runtime's, which no
     // process of the node has.
@@ -148,9 +154,9 @@ fn keep_only(keep: &[Capability]) -> Result<(), Errno> {
     caps::clear(None, caps::CapSet::Ambient).map_err(failed)
 }
 
-/// Reads PID 1's word that its mount namespace exists, for [`Fork::ready`]: PID 1 writes one
-/// byte to the other end right after its unshare.
-pub(crate) fn ready_pipe() -> Result<(OwnedFd, OwnedFd), Errno> {
+/// A close-on-exec pipe between PID 1 and the agent: [`Fork::ready`] (PID 1 writes one byte
+/// right after its mount namespace exists) and [`Fork::alive`].
+pub(crate) fn pipe() -> Result<(OwnedFd, OwnedFd), Errno> {
     nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
 }
 

@@ -92,10 +92,13 @@ fn build(plan: &ChildPlan, sock: BorrowedFd) -> StepResult {
     let (ready_r, ready_w) = nix::unistd::pipe2(cloexec).map_err(at(STEP_PID1))?;
     let (net_r, net_w) = nix::unistd::pipe2(cloexec).map_err(at(STEP_PID1))?;
     let (agent_r, agent_w) = match plan.agent {
-        Some(_) => crate::agent::ready_pipe()
-            .map(|(r, w)| (Some(r), Some(w)))
-            .map_err(at(STEP_AGENT))?,
+        Some(_) => crate::agent::pipe().map(|(r, w)| (Some(r), Some(w))).map_err(at(STEP_AGENT))?,
         None => (None, None),
+    };
+    // A node without an init lives as long as its agent.
+    let (alive_r, alive_w) = match plan.agent {
+        Some(_) if plan.pid1.program.is_empty() => crate::agent::pipe().map(|(r, w)| (Some(r), Some(w))).map_err(at(STEP_AGENT))?,
+        _ => (None, None),
     };
     // PID 1 makes its network, uts and ipc namespaces itself, while we build the mounts.
     let clone = crate::clone::Clone {
@@ -104,19 +107,20 @@ fn build(plan: &ChildPlan, sock: BorrowedFd) -> StepResult {
     };
     let affinity = nix::sched::sched_getaffinity(Pid::from_raw(0)).ok();
     let Some((pid, pidfd)) = clone.run().map_err(at(STEP_PID1))? else {
-        drop((ready_w, net_r, agent_r));
+        drop((ready_w, net_r, agent_r, alive_w));
         pid1::run(
             &plan.pid1,
             pid1::Pipes {
                 ready: ready_r,
                 net: net_w,
                 agent_ready: agent_w,
+                agent_alive: alive_r,
             },
             affinity,
             sock,
         );
     };
-    drop((ready_r, net_w, agent_w));
+    drop((ready_r, net_w, agent_w, alive_r));
     if let Some(all) = &affinity {
         move_off_this_cpu(pid, all);
     }
@@ -135,12 +139,13 @@ fn build(plan: &ChildPlan, sock: BorrowedFd) -> StepResult {
             pid1: pidfd_kept.as_fd(),
             ns_dir: ns_dir.as_fd(),
             ready: ready.as_fd(),
+            alive: alive_w.as_ref().map(|w| w.as_fd()),
             seccomp: &plan.pid1.seccomp,
         })
         .map_err(at(STEP_AGENT))?;
         sync::send_parent(sock, &ToParent::Agent(agent_fd, agent.as_raw())).map_err(at(STEP_AGENT))?;
     }
-    drop(agent_r);
+    drop((agent_r, alive_w));
     let link = Pid1Link {
         pidns: open_ns(&ns_dir, "pid").map_err(at(STEP_PID1))?,
         ns_dir,

@@ -41,14 +41,18 @@ pub(crate) struct Pipes {
     pub net: OwnedFd,
     /// PID 1 writes a byte here once its mount namespace exists: the agent joins it then.
     pub agent_ready: Option<OwnedFd>,
+    /// A node without an init: end-of-file here once the agent has ended (the agent holds
+    /// the only write end), which ends the node.
+    pub agent_alive: Option<OwnedFd>,
 }
 
 /// Runs PID 1's steps and execs; never returns. `sock` reaches the runtime; `affinity` is
 /// the CPU mask PID 1 was cloned with, which the builder narrows for the start (see
 /// `child::move_off_this_cpu`).
-pub(crate) fn run(plan: &Pid1Plan, pipes: Pipes, affinity: Option<CpuSet>, sock: BorrowedFd) -> ! {
+pub(crate) fn run(plan: &Pid1Plan, mut pipes: Pipes, affinity: Option<CpuSet>, sock: BorrowedFd) -> ! {
+    let agent_alive = pipes.agent_alive.take();
     let (step, errno) = match setup(plan, pipes, affinity, sock) {
-        Ok(()) if plan.program.is_empty() => minimal_init(),
+        Ok(()) if plan.program.is_empty() => minimal_init(agent_alive),
         Ok(()) => exec(plan),
         Err(failed) => failed,
     };
@@ -140,9 +144,9 @@ fn console_stdio() -> Result<(), Errno> {
 }
 
 /// PID 1 of a node without an init: reap every child (orphans of the agent's commands) until
-/// stopped. A stop signal ends it, and with it the node; so does the agent, which SIGKILLs it
-/// when the driver hangs up. PID 1 ignores signals it has no handler for.
-fn minimal_init() -> ! {
+/// the agent has ended (end-of-file on `agent_alive`) or a stop signal comes; then exit, which
+/// ends the node and every process left in it. PID 1 ignores signals it has no handler for.
+fn minimal_init(agent_alive: Option<OwnedFd>) -> ! {
     extern "C" fn stop(_: libc::c_int) {
         // SAFETY: _exit is async-signal-safe.
         unsafe { libc::_exit(0) }
@@ -150,20 +154,21 @@ fn minimal_init() -> ! {
     extern "C" fn child(_: libc::c_int) {}
     // Nothing of the runtime stays open here (other nodes' reaper pipes, hutch's stdout):
     // an init would have dropped them at exec, and holders keep other nodes' cleanup waiting.
-    crate::fds::close_all_but(&[]);
+    let alive = agent_alive.as_ref().map_or(-1, |fd| fd.as_raw_fd());
+    crate::fds::close_all_but(&[alive]);
     crate::fds::stdio_to_null();
     // It only reaps and exits: no capability is needed for either.
-    let _ = caps::clear(None, caps::CapSet::Effective);
-    let _ = caps::clear(None, caps::CapSet::Permitted);
-    let _ = caps::clear(None, caps::CapSet::Inheritable);
+    for set in [caps::CapSet::Effective, caps::CapSet::Permitted, caps::CapSet::Inheritable] {
+        let _ = caps::clear(None, set);
+    }
     for sig in [libc::SIGTERM, libc::SIGINT, libc::SIGRTMIN() + 3] {
         // SAFETY: installs a handler that only calls _exit.
         unsafe { libc::signal(sig, stop as *const () as libc::sighandler_t) };
     }
-    // SAFETY: installs a handler that does nothing: SIGCHLD only has to end sigsuspend.
+    // SAFETY: installs a handler that does nothing: SIGCHLD only has to end the wait.
     unsafe { libc::signal(libc::SIGCHLD, child as *const () as libc::sighandler_t) };
-    // SIGCHLD is blocked but while suspended, so a child that ends between the reaping and
-    // the suspend still wakes us.
+    // SIGCHLD is blocked but while waiting, so a child that ends between the reaping and the
+    // wait still wakes us.
     let mut chld = SigSet::empty();
     chld.add(nix::sys::signal::Signal::SIGCHLD);
     let _ = chld.thread_block();
@@ -173,7 +178,19 @@ fn minimal_init() -> ! {
                 break;
             }
         }
-        let _ = SigSet::empty().suspend();
+        let mut fds = [libc::pollfd {
+            fd: alive,
+            events: libc::POLLIN,
+            revents: 0,
+        }];
+        let open = SigSet::empty();
+        // SAFETY: ppoll on one pollfd (a negative fd is ignored) that outlives the call, no
+        // timeout, the empty mask while waiting.
+        let n = unsafe { libc::ppoll(fds.as_mut_ptr(), 1, std::ptr::null(), open.as_ref()) };
+        if n > 0 && fds[0].revents != 0 {
+            // SAFETY: ends this process without running the runtime's atexit handlers.
+            unsafe { libc::_exit(0) }
+        }
     }
 }
 

@@ -63,10 +63,10 @@ impl Census {
             cgroups: hutch_cgroups().len(),
             test_cgroups: test_cgroups().len(),
             processes: pids().into_iter().filter(|p| ppid_of(*p).is_some_and(|pp| pp != 2)).count(),
-            orphans: pids().into_iter().filter(|p| ppid_of(*p) == Some(1)).count(),
+            orphans: pids().into_iter().filter(|p| live_orphan(*p)).count(),
             node_uid_processes: pids()
                 .into_iter()
-                .filter(|p| ppid_of(*p) == Some(1) && uid_of(*p).is_some_and(|u| u >= 100_000))
+                .filter(|p| live_orphan(*p) && uid_of(*p).is_some_and(|u| u >= 100_000))
                 .count(),
             hutch_processes: hutch_processes().len(),
             host_links: std::fs::read_dir("/sys/class/net").map(|d| d.count()).unwrap_or(0),
@@ -186,6 +186,19 @@ pub fn pids() -> Vec<i32> {
 fn state_of(pid: i32) -> Option<char> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     stat.rsplit_once(')')?.1.split_whitespace().next()?.chars().next()
+}
+
+/// A process whose parent is the host's init and that still runs. Zombies handed to init are
+/// not counted: they hold nothing but a pid, and when init reaps them is the host's business
+/// (this machine's init reaps about every 1.5 s, so a killed run's zombies outlive any limit
+/// that measures hutch).
+fn live_orphan(pid: i32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    let mut rest = stat.rsplit_once(')').map(|(_, r)| r.split_whitespace()).into_iter().flatten();
+    let (state, ppid) = (rest.next(), rest.next());
+    ppid == Some("1") && state != Some("Z")
 }
 
 fn ppid_of(pid: i32) -> Option<i32> {

@@ -51,7 +51,35 @@ pub(crate) fn run(req: &RunRequest) -> RunResult {
         let _ = feeder.send(pipe);
     }
     let timeout = req.timeout_ms.map(Duration::from_millis);
-    Collector::new(child, start, timeout).collect()
+    let pid = child.id() as i32;
+    running().insert(pid);
+    let result = Collector::new(child, start, timeout).collect();
+    running().remove(&pid);
+    result
+}
+
+/// The commands that run now (each its own process group), by pid.
+fn running() -> std::sync::MutexGuard<'static, std::collections::BTreeSet<i32>> {
+    static RUNNING: std::sync::Mutex<std::collections::BTreeSet<i32>> = std::sync::Mutex::new(std::collections::BTreeSet::new());
+    RUNNING.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Kills every running command's process group and reaps the commands, before the agent
+/// exits. The agent lives outside the node's pid namespace: its commands' parent is the agent,
+/// and an agent that left them would hand them to the host's init, whose reaping the node's
+/// teardown would wait for (the kernel ends a pid namespace once all its processes are reaped).
+pub(crate) fn end_all() {
+    let pids: Vec<i32> = running().iter().copied().collect();
+    for &pid in &pids {
+        // SAFETY: kill(2) on a process group this agent created for a command.
+        unsafe { libc::kill(-pid, libc::SIGKILL) };
+    }
+    for pid in pids {
+        let mut status = 0;
+        // SAFETY: waitpid on our own child, writing into `status`; ECHILD once its collector
+        // thread reaped it first.
+        while unsafe { libc::waitpid(pid, &mut status, 0) } < 0 && std::io::Error::last_os_error().kind() == ErrorKind::Interrupted {}
+    }
 }
 
 /// A thread that writes `data` to the command's stdin once it gets the pipe, then closes it

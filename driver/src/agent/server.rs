@@ -49,7 +49,8 @@ pub fn serve(stream: UnixStream) -> io::Result<()> {
 /// The whole life of the agent process that the runtime starts beside a node's init (it has
 /// joined the node and closed every descriptor but its socket, `init`, PID 1's pidfd, and
 /// `pid_ns`, the node's pid namespace for its commands): serve until the driver hangs up,
-/// then end the node; end at once if the node's PID 1 ends first. Never returns.
+/// then exit, which ends a node without an init; end at once if the node's PID 1 ends first.
+/// Never returns.
 ///
 /// The driver's end of the socket is the node's only lifeline: it closes when the driver is
 /// done with the node, or when the driver was killed (SIGKILL of `hutch test`). The node then
@@ -58,25 +59,14 @@ pub fn serve(stream: UnixStream) -> io::Result<()> {
 /// runtime that dies, not a driver that is done with the node).
 pub fn agent_main(stream: UnixStream, init: std::os::fd::OwnedFd, pid_ns: std::os::fd::OwnedFd) -> ! {
     super::pidns::set(pid_ns);
-    let watched = init.try_clone();
     // The node is gone when PID 1 is: nothing is left to serve.
-    let _ = watched.map(|pidfd| {
-        std::thread::Builder::new()
-            .name("agent-init-watch".into())
-            .spawn(move || exit_when_readable(pidfd))
-    });
+    let _ = std::thread::Builder::new()
+        .name("agent-init-watch".into())
+        .spawn(move || exit_when_readable(init));
     let code = if serve(stream).is_ok() { 0 } else { 1 };
-    // SAFETY: pidfd_send_signal with PID 1's pidfd, a null siginfo and no flags: the kernel
-    // then ends every process of the node's pid namespace.
-    unsafe {
-        libc::syscall(
-            libc::SYS_pidfd_send_signal,
-            init.as_raw_fd(),
-            libc::SIGKILL,
-            std::ptr::null::<libc::siginfo_t>(),
-            0,
-        )
-    };
+    super::exec::end_all();
+    // A node without an init ends with us (its PID 1 watches a pipe we hold); one with an
+    // init is stopped by its runtime, or by its cgroup reaper if the runtime is gone.
     // SAFETY: _exit ends the process without running atexit handlers or flushing stdio
     // buffers copied at fork.
     unsafe { libc::_exit(code) }
