@@ -82,6 +82,7 @@ fn build(plan: &ChildPlan, sock: BorrowedFd) -> StepResult {
     // SAFETY: prctl with PR_SET_DUMPABLE and a flag has no memory effects.
     Errno::result(unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 1) }).map_err(at(STEP_IDS))?;
     crate::ucounts::apply(plan.ucount_caps).map_err(at(STEP_IDS))?;
+    crate::ucounts::halve_rlimits().map_err(at(STEP_IDS))?;
     // After the v1 cgroups are joined: the namespace's roots are the node's cgroups. It is
     // owned by the outer user namespace, so the node cannot mount cgroup hierarchies itself.
     unshare(CloneFlags::CLONE_NEWCGROUP).map_err(at(STEP_IDS))?;

@@ -5,11 +5,15 @@
 //! took all 128 inotify instances of its user, and that user's other nodes and own processes
 //! (the test script) could make none. Each node's outer user namespace gets half of each host
 //! limit, written by its builder (root there); the node's processes live one namespace lower
-//! and cannot raise it.
+//! and cannot raise it. The per-user resource limits counted the same way (message queues,
+//! queued signals) are halved as hard limits.
 
 use std::ffi::CString;
 
-/// The counters capped (files in /proc/sys/user).
+/// The counters capped (files in /proc/sys/user): those a node's services use up (inotify,
+/// fanotify) or that a node's own containers and services' sandboxes make (user and mount
+/// namespaces). Each write costs about 5 us of the start; the other namespace kinds are
+/// left to the host's limits.
 const CAPPED: &[&str] = &[
     "max_inotify_instances",
     "max_inotify_watches",
@@ -17,13 +21,12 @@ const CAPPED: &[&str] = &[
     "max_fanotify_marks",
     "max_user_namespaces",
     "max_mnt_namespaces",
-    "max_net_namespaces",
-    "max_pid_namespaces",
-    "max_ipc_namespaces",
-    "max_uts_namespaces",
-    "max_cgroup_namespaces",
-    "max_time_namespaces",
 ];
+
+/// Resource limits counted per user across user namespaces (since Linux 5.14) that a node
+/// gets half of, as hard limits its root cannot raise: POSIX message queue bytes and queued
+/// signals of the user who runs hutch.
+const HALVED_RLIMITS: &[libc::__rlimit_resource_t] = &[libc::RLIMIT_MSGQUEUE, libc::RLIMIT_SIGPENDING];
 
 /// One cap: the /proc/sys/user file and the value the builder writes there.
 pub(crate) struct Cap {
@@ -65,6 +68,28 @@ pub(crate) fn apply(caps: &[Cap]) -> Result<(), nix::errno::Errno> {
             nix::sys::stat::Mode::empty(),
         )?;
         nix::unistd::write(&fd, cap.value.as_bytes())?;
+    }
+    Ok(())
+}
+
+/// Halves the resource limits in [`HALVED_RLIMITS`] for the calling process and what it
+/// starts (the builder, before it clones PID 1).
+pub(crate) fn halve_rlimits() -> Result<(), nix::errno::Errno> {
+    for &resource in HALVED_RLIMITS {
+        // SAFETY: rlimit is plain old data; all-zero is a valid value.
+        let mut lim: libc::rlimit = unsafe { std::mem::zeroed() };
+        // SAFETY: getrlimit writes into `lim`, which outlives the call.
+        nix::errno::Errno::result(unsafe { libc::getrlimit(resource, &mut lim) })?;
+        if lim.rlim_max == libc::RLIM_INFINITY {
+            continue;
+        }
+        let half = (lim.rlim_max / 2).max(1);
+        let new = libc::rlimit {
+            rlim_cur: lim.rlim_cur.min(half),
+            rlim_max: half,
+        };
+        // SAFETY: setrlimit reads `new`, which outlives the call; lowering needs no privilege.
+        nix::errno::Errno::result(unsafe { libc::setrlimit(resource, &new) })?;
     }
     Ok(())
 }
