@@ -30,11 +30,7 @@ pub(crate) fn relative(path: &CStr) -> Option<&[u8]> {
 
 /// Opens `rel` (relative to the node's root) with `flags` and `mode`, resolving inside it.
 pub(crate) fn open(rel: &[u8], flags: libc::c_int, mode: u32) -> Result<OwnedFd, Errno> {
-    let root = nix::fcntl::open(
-        c"newroot",
-        nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_DIRECTORY | nix::fcntl::OFlag::O_CLOEXEC,
-        Mode::empty(),
-    )?;
+    let root = root()?;
     let rel = CString::new(if rel.is_empty() { b".".as_slice() } else { rel }).map_err(|_| Errno::EINVAL)?;
     let how = OpenHow {
         flags: (flags | libc::O_CLOEXEC) as u64,
@@ -54,6 +50,18 @@ pub(crate) fn open(rel: &[u8], flags: libc::c_int, mode: u32) -> Result<OwnedFd,
     })?;
     // SAFETY: the kernel returned a new descriptor.
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// The node's root, opened once per builder at its first use (after the root's own mount: the
+/// builder is a fresh copy of the runtime, whose cell stays empty).
+fn root() -> Result<&'static OwnedFd, Errno> {
+    static ROOT: std::sync::OnceLock<OwnedFd> = std::sync::OnceLock::new();
+    if let Some(fd) = ROOT.get() {
+        return Ok(fd);
+    }
+    let flags = nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_DIRECTORY | nix::fcntl::OFlag::O_CLOEXEC;
+    let fd = nix::fcntl::open(c"newroot", flags, Mode::empty())?;
+    Ok(ROOT.get_or_init(|| fd))
 }
 
 /// The directory that will hold `rel`'s last component (resolved inside the node's root) and
