@@ -30,6 +30,10 @@ pub struct TestArgs {
     /// A failing subtest does not stop the script (the run still fails).
     #[arg(long)]
     keep_going: bool,
+    /// Start from the nodes' disks (writable layers) the previous run left in the output
+    /// directory, and keep them afterwards (default: fresh disks, removed at the end).
+    #[arg(long)]
+    keep_disks: bool,
     /// Print each node's start phase timings.
     #[arg(long)]
     timings: bool,
@@ -92,6 +96,11 @@ fn run(args: &TestArgs, plan: &TestPlan, spawner: Arc<Spawner>) -> Result<i32> {
         Some(Arc::new(Hub::new(&topology).context("creating the test network")?))
     };
     let hosts = topology.hosts_file();
+    let output_dir = args
+        .output_dir
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("hutch-out").join(&plan.name));
+    let mut disks = crate::disks::Disks::new(&output_dir, args.keep_disks)?;
     let mut nodes: Vec<(String, Arc<RuntimeNode>)> = Vec::new();
     for n in &plan.nodes {
         let (image, toplevel, store, closure_only) = match &n.root {
@@ -112,14 +121,12 @@ fn run(args: &TestArgs, plan: &TestPlan, spawner: Arc<Spawner>) -> Result<i32> {
             texts: vec![("/etc/hosts".into(), hosts.clone())],
             memory: n.memory,
             pids_max: n.pids_max,
+            tmpfs_size: n.tmpfs_size,
+            disk: Some(disks.fresh(&n.name)?),
         };
         let on_lan = if n.vlans.is_empty() { None } else { hub.clone() };
         nodes.push((n.name.clone(), Arc::new(RuntimeNode::new(request, Arc::clone(&spawner), on_lan))));
     }
-    let output_dir = args
-        .output_dir
-        .clone()
-        .unwrap_or_else(|| PathBuf::from("hutch-out").join(&plan.name));
     let mut opts = SessionOptions::new(output_dir);
     opts.junit_xml = args.junit_xml.clone();
     opts.interactive = args.interactive;

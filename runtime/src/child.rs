@@ -231,6 +231,9 @@ fn mount_proc(dst: &CString, flags: MsFlags, pidns: BorrowedFd) -> Result<(), Er
 fn run_op(op: &Op, sock: BorrowedFd, link: &Pid1Link, view: Option<&OwnedFd>) -> Result<(), Errno> {
     match op {
         Op::AttachView { dst } => attach(view.ok_or(Errno::EBADF)?, dst),
+        // SAFETY: the runtime keeps the descriptor open until the builder has exited; the
+        // builder's copy of its descriptor table holds it meanwhile.
+        Op::AttachInherited { fd, dst } => attach_raw(unsafe { BorrowedFd::borrow_raw(*fd) }, dst),
         Op::Proc { dst, flags } => mount_proc(dst, *flags, link.pidns.as_fd()),
         Op::JoinNet => join_net(link),
         Op::Mount {
@@ -296,6 +299,11 @@ fn run_op(op: &Op, sock: BorrowedFd, link: &Pid1Link, view: Option<&OwnedFd>) ->
 
 /// move_mount(2) of the detached tree `tree` onto `dst`.
 fn attach(tree: &OwnedFd, dst: &CStr) -> Result<(), Errno> {
+    attach_raw(tree.as_fd(), dst)
+}
+
+/// [`attach`] of a borrowed descriptor.
+fn attach_raw(tree: BorrowedFd, dst: &CStr) -> Result<(), Errno> {
     // SAFETY: move_mount of a detached tree we own onto a NUL-terminated path.
     Errno::result(unsafe {
         libc::syscall(
