@@ -8,3 +8,7 @@ bash scripts/setup.sh
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo test --workspace --locked -- --test-threads="${HUTCH_TEST_THREADS:-4}"
+# hutch on a pure-cgroup2 systemd Debian with stock kernels, in a VM (README: Hosts).
+if [[ ${HUTCH_VM_LANE:-1} != 0 ]]; then
+    bash scripts/vm-lane.sh
+fi

@@ -136,7 +136,7 @@ impl Container {
                     spec.name
                 ),
                 fix: "on a systemd host hutch makes a delegated scope itself from your user manager: log in, or \
-                      `loginctl enable-linger $USER`; without systemd, have root create a cgroup under the cgroup2 mount \
+                      `loginctl enable-linger $USER` (or run it in `systemd-run --user --scope -p Delegate=yes`); without systemd, have root create a cgroup under the cgroup2 mount \
                       and chown it to you (README: rootless set-up)"
                     .into(),
             });
