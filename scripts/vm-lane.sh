@@ -122,9 +122,9 @@ images() {
     chmod 755 "$R/var/cache/hutch" "$I"
     cp -a "$bb" "$I/busybox"
     cp -a "$deb" "$I/debian"
-    local img who uid sub
+    local img who vuser vuid vsub
     for who in alice:1000:100000 bob:1001:300000; do
-        IFS=: read -r user uid sub <<<"$who"
+        IFS=: read -r vuser vuid vsub <<<"$who"
         for img in busybox debian; do
             (
                 set -euo pipefail
@@ -133,9 +133,9 @@ images() {
                 # shellcheck source=/dev/null
                 source fixtures/shift.sh
                 # The user exists only in the VM: its ids are given here.
-                id() { case "$1" in -u | -g) echo "$uid" ;; *) command id "$@" ;; esac; }
-                subid_start() { echo "$sub"; }
-                shift_tree "$I/$img" "$I/$img@$uid" "$user"
+                id() { case "$1" in -u | -g) echo "$vuid" ;; *) command id "$@" ;; esac; }
+                subid_start() { echo "$vsub"; }
+                shift_tree "$I/$img" "$I/$img@$vuid" "$vuser"
             )
         done
     done
