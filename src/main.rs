@@ -39,11 +39,6 @@ fn main() {
         Ok(cli) => cli,
         Err(e) => std::process::exit(usage_error(e)),
     };
-    // Before any thread, child or user namespace: hutch may move itself into a delegated
-    // systemd scope and a `supervisor` cgroup (runtime/src/placement.rs).
-    if let Some(note) = hutch_runtime::settle() {
-        eprintln!("hutch: {note}");
-    }
     let code = match cli.command {
         Command::Run(args) => run::main(*args),
         Command::Test(args) => test_cmd::main(args),

@@ -53,6 +53,11 @@ pub fn main(args: TestArgs) -> i32 {
         eprintln!("{message}");
         return EXIT_BAD_TEST;
     }
+    // Before any thread, child or user namespace: hutch may move itself into a delegated
+    // systemd scope and a `supervisor` cgroup (runtime/src/placement.rs).
+    if let Some(note) = hutch_runtime::settle() {
+        eprintln!("hutch: {note}");
+    }
     // Rootless: become root of a user namespace of our own first (see userns.rs).
     if let Err(e) = crate::userns::enter() {
         eprintln!("hutch: {e:#}");

@@ -90,7 +90,12 @@ impl NodeCgroup {
         // A command without limits still needs a cgroup namespace rooted away from the host's
         // tree, but not a cgroup of its own: one shared directory, made once, costs no mkdir,
         // rmdir or reaper per node.
+        // A rootless command without limits needs no cgroup: do not ask systemd for a scope.
+        if !wants_limits && !req.boot && !req.root && !crate::placement::decided() {
+            return Ok((None, warnings));
+        }
         let placement = crate::placement::get();
+        warnings.extend(crate::placement::take_note());
         if !wants_limits && !req.boot && placement.host_parent {
             if let Some(parent) = &placement.parent {
                 let dir = parent.join("shared");
@@ -119,7 +124,7 @@ impl NodeCgroup {
         };
         if wants_limits {
             match (&mode, &cg.unified, req.root) {
-                (CgroupMode::Unified, Some(dir), _) => {
+                (CgroupMode::Unified, Some(dir), _) if placement.limits => {
                     let rel = dir.strip_prefix("/sys/fs/cgroup").unwrap_or(dir).to_string_lossy().to_string();
                     let v2 = Cgroup::load(Box::new(V2::new()), rel);
                     set_limits(&v2, req)?;

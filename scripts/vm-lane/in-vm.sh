@@ -42,7 +42,8 @@ row() {
 
 # check CASE WHO CMD EXPECT: passes when CMD exits 0 and its output matches EXPECT (grep -E).
 check() {
-    local case=$1 who=$2 cmd=$3 expect=$4 label="$1-$2" t0=$SECONDS ok=0
+    local case=$1 who=$2 cmd=$3 expect=$4 label t0=$SECONDS ok=0
+    label=$(printf '%s-%s' "$1" "$2" | tr -c 'a-zA-Z0-9-' '_')
     as "$who" "$label" "$cmd" && grep -qE -- "$expect" $R/$label.out && ok=1
     row "$case" "$who" $ok "$(grep -E -- "$expect" $R/$label.out | head -1 | cut -c1-60)" $((SECONDS - t0))
 }
