@@ -65,7 +65,7 @@ get_rootfs() {
     rm -rf "$R"
     log "debootstrap of the VM's root filesystem (a minute or two)"
     debootstrap --variant=minbase \
-        --include=systemd,systemd-sysv,dbus,dbus-user-session,libpam-systemd,uidmap,iproute2,procps,kmod,udev,initramfs-tools,linux-image-amd64,login,passwd,util-linux,ca-certificates \
+        --include=systemd,systemd-sysv,dbus,dbus-user-session,libpam-systemd,uidmap,iproute2,procps,kmod,udev,initramfs-tools,linux-image-amd64,login,passwd,util-linux,ca-certificates,"$GUEST_PACKAGES" \
         bookworm "$R" "$MIRROR" >&2
     echo "deb $MIRROR bookworm-backports main" >"$R/etc/apt/sources.list.d/backports.list"
     mount -t proc proc "$R/proc"
@@ -79,6 +79,25 @@ get_rootfs() {
     umount "$R/dev" "$R/proc"
     chroot "$R" apt-get clean
     touch "$R/.done"
+}
+
+# Packages the checks need in the guest beyond the base (python3: hutch test's script bridge);
+# added to a cached root filesystem that lacks them.
+GUEST_PACKAGES=python3
+guest_packages() {
+    local p missing=()
+    for p in ${GUEST_PACKAGES//,/ }; do
+        chroot "$R" dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
+    done
+    ((${#missing[@]})) || return 0
+    log "installing ${missing[*]} in the VM's root filesystem"
+    mount -t proc proc "$R/proc"
+    chroot "$R" apt-get update -q >&2 &&
+        DEBIAN_FRONTEND=noninteractive chroot "$R" apt-get install -y -q --no-install-recommends "${missing[@]}" >&2
+    local rc=$?
+    umount "$R/proc"
+    chroot "$R" apt-get clean
+    return $rc
 }
 
 # The guest: an unprivileged user alice (uid 1000, subordinate ids, lingering: her manager
@@ -167,6 +186,7 @@ boot() {
 apt_install debootstrap e2fsprogs
 get_qemu
 get_rootfs
+guest_packages
 images
 ((PREPARE_ONLY)) && exit 0
 configure
@@ -187,7 +207,7 @@ for k in ${HUTCH_VM_KERNELS:-stock backports}; do
     echo "== kernel $version ($k), $mode set"
     if [[ -s $table ]] && grep -q '^DONE' "$table"; then
         grep -v '^DONE' "$table" | column -t -s'|'
-        grep -q '| FAIL' "$table" && fail=1
+        grep -q '|FAIL|' "$table" && fail=1
     else
         echo "no complete table from the VM (see $W/out-$k/serial.log)"
         tail -30 "$W/out-$k/serial.log"
