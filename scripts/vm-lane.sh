@@ -114,6 +114,7 @@ configure() {
     mkdir -p "$R/var/lib/systemd/linger" && touch "$R/var/lib/systemd/linger/alice"
     mkdir -p "$R/opt/vmlane"
     install -m 0755 "$SRC/scripts/vm-lane/in-vm.sh" "$R/opt/vmlane/in-vm.sh"
+    install -m 0644 "$SRC/scripts/vm-lane/oom.toml" "$R/opt/vmlane/oom.toml"
     install -m 0644 "$SRC/scripts/vm-lane/vmlane.service" "$R/etc/systemd/system/vmlane.service"
     ln -sf /etc/systemd/system/vmlane.service "$R/etc/systemd/system/multi-user.target.wants/vmlane.service"
     ln -sf /dev/null "$R/etc/systemd/system/serial-getty@ttyS0.service"

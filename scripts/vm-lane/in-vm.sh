@@ -73,7 +73,8 @@ if [ "$MODE" = full ]; then
     # Where the cgroups are: hutch in hutch-PID.scope/supervisor, the node a sibling.
     check "scope: supervisor + sibling node" root "$H run --name place --memory 64M --image $(bb root) -- /bin/sh -c 'cat /sys/fs/cgroup/memory.max; sleep 3' & sleep 2; find /sys/fs/cgroup/system.slice -maxdepth 2 -path '*hutch-*.scope/*' -type d; wait" 'hutch-[0-9]+\.scope/place-'
     check "--memory 64M seen in the node" root "$H run --memory 64M --image $(bb root) -- /bin/cat /sys/fs/cgroup/memory.max" '^67108864$'
-    check "nginx example (memory = 512M)" root "$H test /opt/hutch/examples/nginx/test.toml --output-dir /tmp/nginx-root" 'passed|PASS|ok'
+    check "OOM in a test: node reported crashed" root "$H test /opt/vmlane/oom.toml --output-dir /tmp/oom-root" 'OOM-SEEN .*crashed: out of memory'
+    check "nginx example (memory = 512M)" root "$H test /opt/hutch/examples/nginx/test.toml --output-dir /tmp/nginx-root" 'test "nginx" passed'
 fi
 check "rm -rf /etc, mv /usr /usr2" login "$H run --image $(bb login 1000) -- /bin/sh -c '$overlay'" 'overlay-ok'
 oom login "$(bb login 1000)"
@@ -82,7 +83,8 @@ if [ "$MODE" = full ]; then
     check "--memory 64M seen in the node" login "$H run --memory 64M --image $(bb login 1000) -- /bin/cat /sys/fs/cgroup/memory.max" '^67108864$'
     check "--pids-max 20 seen in the node" login "$H run --pids-max 20 --image $(bb login 1000) -- /bin/cat /sys/fs/cgroup/pids.max" '^20$'
     check "Debian boots, powers off" login "$H run --boot --name deb --image $(deb login 1000) -- systemd.wants=hutch-poweroff.service" 'hutch-report: multi-user reached'
-    check "nginx example (memory = 512M)" login "cd /tmp && $H test /opt/hutch/examples/nginx/test.toml --output-dir /tmp/nginx-alice" 'passed|PASS|ok'
+    check "OOM in a test: node reported crashed" login "cd /tmp && $H test /opt/vmlane/oom.toml --output-dir /tmp/oom-alice" 'OOM-SEEN .*crashed: out of memory'
+    check "nginx example (memory = 512M)" login "cd /tmp && $H test /opt/hutch/examples/nginx/test.toml --output-dir /tmp/nginx-alice" 'test "nginx" passed'
     check "busybox command" scope "$H run --image $(bb scope 1000) -- /bin/echo hello" '^hello$'
     oom scope "$(bb scope 1000)"
     check "Debian boots, powers off" scope "$H run --boot --name deb --image $(deb scope 1000) -- systemd.wants=hutch-poweroff.service" 'hutch-report: multi-user reached'
