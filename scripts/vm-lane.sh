@@ -10,7 +10,8 @@
 # qemu-system-x86 can conflict with a newer qemu-utils on the host) and caches the QEMU
 # files, the VM's root filesystem and the shifted images in $HUTCH_CACHE/vm. Run as root from
 # the repository, after `cargo build --release --locked`.
-# HUTCH_VM_KERNELS: which kernels to boot ("stock backports" by default). `--prepare` only
+# HUTCH_VM_KERNELS: which kernels to boot ("stock backports" by default); HUTCH_VM_BINARY:
+# another hutch binary to check (e.g. an older build, to see what the lane catches). `--prepare` only
 # installs and builds what the lane needs (QEMU, the VM's root filesystem, the images).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,7 +20,7 @@ export HUTCH_CACHE=${HUTCH_CACHE:-/var/cache/hutch}
 W=$HUTCH_CACHE/vm
 R=$W/rootfs
 MIRROR=${HUTCH_VM_MIRROR:-http://deb.debian.org/debian}
-HUTCH=$SRC/target/x86_64-unknown-linux-gnu/release/hutch
+HUTCH=${HUTCH_VM_BINARY:-$SRC/target/x86_64-unknown-linux-gnu/release/hutch}
 log() { printf 'vm-lane: %s\n' "$*" >&2; }
 die() { log "$*"; exit 1; }
 ((EUID == 0)) || die "run as root (it boots a VM from a root filesystem it builds)"
