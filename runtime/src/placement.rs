@@ -143,10 +143,7 @@ fn decide() -> Placement {
 
 /// Root of the host: uid 0 in the initial user namespace.
 fn is_host_root() -> bool {
-    nix::unistd::Uid::effective().is_root()
-        && std::fs::read_to_string("/proc/self/uid_map")
-            .map(|m| m.split_whitespace().collect::<Vec<_>>() == ["0", "0", "4294967295"])
-            .unwrap_or(false)
+    nix::unistd::Uid::effective().is_root() && crate::idmap::in_initial_user_ns()
 }
 
 /// `dir` offers the memory or pids controller.
