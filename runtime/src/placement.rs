@@ -9,7 +9,7 @@
 //! | host | hutch's cgroup | nodes |
 //! |---|---|---|
 //! | pure cgroup2 with systemd, root | `hutch-<pid>.scope` from PID 1 (D-Bus, Delegate=yes) | siblings of its `supervisor` |
-//! | pure cgroup2 with systemd, a user | `hutch-<pid>.scope` from the user's manager, unless already in a delegated cgroup | siblings of its `supervisor` |
+//! | pure cgroup2 with systemd, a user | `hutch-<pid>.scope` from the user's manager, unless already in a cgroup systemd marked delegated | siblings of its `supervisor` |
 //! | no systemd (or hybrid), root | unchanged | `<cgroup2 mount>/hutch/<node>` |
 //! | no systemd, a user in a cgroup it owns | its `supervisor` child | siblings of `supervisor` |
 //! | a user without a writable cgroup | unchanged | none (limits not enforced, warned) |
@@ -157,21 +157,21 @@ fn writable(dir: &Path) -> bool {
         && nix::unistd::access(dir, nix::unistd::AccessFlags::W_OK).is_ok()
 }
 
-/// hutch's cgroup is delegated to it: a user owns it (systemd-run --user --scope -p
-/// Delegate=yes, a desktop terminal's app scope), or systemd marked it delegated for root
-/// (`trusted.delegate`), or it is a `supervisor` hutch made already (a re-executed hutch).
+/// hutch's cgroup is delegated to it: systemd marked it so (`trusted.delegate` for units of
+/// PID 1, `user.delegate` for the user manager's, as with `systemd-run --scope -p
+/// Delegate=yes`), or it is a `supervisor` hutch made already (a re-executed hutch). Being
+/// writable says nothing under a user manager (every cgroup there is the user's, a terminal's
+/// scope too): hutch then asks for a scope of its own.
 fn delegated(dir: &Path, root: bool) -> bool {
     if dir.file_name().is_some_and(|n| n == "supervisor") {
         return dir.parent().is_some_and(writable);
     }
-    if !root {
-        return writable(dir);
-    }
+    let name = if root { c"trusted.delegate" } else { c"user.delegate" };
     let mut value = [0u8; 8];
     let path = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()).unwrap_or_default();
     // SAFETY: getxattr into a stack buffer of the length given; NUL-terminated path and name.
-    let n = unsafe { libc::getxattr(path.as_ptr(), c"trusted.delegate".as_ptr(), value.as_mut_ptr().cast(), value.len()) };
-    n > 0 && value[0] == b'1'
+    let n = unsafe { libc::getxattr(path.as_ptr(), name.as_ptr(), value.as_mut_ptr().cast(), value.len()) };
+    n > 0 && value[0] == b'1' && writable(dir)
 }
 
 /// Moves this process into `<dir>/supervisor` and enables the controllers in `dir`, so that
