@@ -296,6 +296,19 @@ mod tests {
     }
 
     #[test]
+    fn the_writable_layers_size_is_the_option_else_the_memory_limit_else_a_quarter_of_ram() {
+        let mut spec = NodeSpec::new("n", RootFs::Image("/".into()));
+        let quarter = spec.upper_size();
+        assert!(quarter > 0);
+        spec.memory = Some(64 << 20);
+        assert_eq!(spec.upper_size(), 64 << 20);
+        spec.tmpfs_size = Some(8 << 20);
+        assert_eq!(spec.upper_size(), 8 << 20);
+        let err = Size::parse("lots", "--tmpfs-size").unwrap_err().to_string();
+        assert!(err.contains("--tmpfs-size") && !err.contains("--memory"), "{err}");
+    }
+
+    #[test]
     fn binds_parse_and_reject_relative_paths() {
         let b: Bind = "/a:/b:ro".parse().unwrap();
         assert_eq!(
