@@ -53,9 +53,21 @@ pub(crate) fn prepare(spec: &NodeSpec, idmap: &IdMap) -> Result<(Upper, Option<S
     }
     let uid = nix::unistd::Uid::effective();
     let base = Path::new("/var/tmp").join(format!("hutch-{uid}"));
-    match std::fs::create_dir(&base) {
+    let made = std::os::unix::fs::DirBuilderExt::mode(&mut std::fs::DirBuilder::new(), 0o700).create(&base);
+    match made {
         Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => return Err(Error::io("creating", base)(e)),
         _ => {}
+    }
+    // /var/tmp is everybody's: a directory someone else made (or a link) must not be used.
+    let meta = std::fs::symlink_metadata(&base).map_err(Error::io("checking", &base))?;
+    if !meta.is_dir()
+        || std::os::unix::fs::MetadataExt::uid(&meta) != uid.as_raw()
+        || std::os::unix::fs::MetadataExt::mode(&meta) & 0o022 != 0
+    {
+        return Err(Error::Host {
+            problem: format!("{} is not a directory of this user's alone", base.display()),
+            fix: "remove it; hutch makes it again, mode 0700".into(),
+        });
     }
     let dir = base.join(format!("{}-{}", spec.name, std::process::id()));
     let _ = remove_layer(&dir, idmap);
