@@ -3,6 +3,7 @@
 //! The binary parses arguments and calls the library crates; see `run` for `hutch run`.
 
 mod bench_cmd;
+mod disks;
 mod node;
 mod run;
 mod spawner;

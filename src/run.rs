@@ -46,6 +46,9 @@ pub struct RunArgs {
     /// Maximum number of tasks in the node.
     #[arg(long, allow_hyphen_values = true)]
     pids_max: Option<i64>,
+    /// Size of the node's tmpfs writable layer, e.g. 1G (default: --memory, else 25% of RAM).
+    #[arg(long, allow_hyphen_values = true)]
+    tmpfs_size: Option<String>,
     /// Bind a host path into the node: SRC:DST[:ro] (repeatable).
     #[arg(long = "bind", value_name = "SRC:DST[:ro]")]
     binds: Vec<String>,
@@ -124,6 +127,13 @@ fn spec(args: &RunArgs) -> Result<NodeSpec> {
             Some(n) if n <= 0 => anyhow::bail!("--pids-max: {n} is not a positive number of tasks; give e.g. 512"),
             other => other.map(|n| n as u64),
         },
+        tmpfs_size: args
+            .tmpfs_size
+            .as_deref()
+            .map(|s| Size::parse(s, "--tmpfs-size"))
+            .transpose()?
+            .map(|s| s.0),
+        disk: None,
     };
     let mut spec = request.node_spec()?;
     spec.binds = args.binds.iter().map(|b| b.parse::<Bind>()).collect::<Result<_, _>>()?;

@@ -40,6 +40,12 @@ pub struct StartRequest {
     pub binds: Vec<(PathBuf, PathBuf)>,
     pub memory: Option<u64>,
     pub pids_max: Option<u64>,
+    /// Size of the node's tmpfs writable layer (`--tmpfs-size`, test-file `tmpfs_size`).
+    #[serde(default)]
+    pub tmpfs_size: Option<u64>,
+    /// A host directory that keeps the node's writable layer across its starts.
+    #[serde(default)]
+    pub disk: Option<PathBuf>,
 }
 
 impl StartRequest {
@@ -63,6 +69,8 @@ impl StartRequest {
         spec.env = self.env.clone();
         spec.memory = self.memory;
         spec.pids_max = self.pids_max;
+        spec.tmpfs_size = self.tmpfs_size;
+        spec.disk = self.disk.clone();
         for (guest, host) in &self.files {
             let data = std::fs::read(host).with_context(|| format!("node {}: reading {}", self.name, host.display()))?;
             spec.files.push((guest.clone(), data));

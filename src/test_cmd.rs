@@ -30,6 +30,10 @@ pub struct TestArgs {
     /// A failing subtest does not stop the script (the run still fails).
     #[arg(long)]
     keep_going: bool,
+    /// Start from the nodes' disks (writable layers) the previous run left in the output
+    /// directory, and keep them afterwards (default: fresh disks, removed at the end).
+    #[arg(long)]
+    keep_disks: bool,
     /// Print each node's start phase timings.
     #[arg(long)]
     timings: bool,
@@ -59,6 +63,11 @@ pub fn main(args: TestArgs) -> i32 {
     if let Err(message) = check_script(&plan) {
         eprintln!("{message}");
         return EXIT_BAD_TEST;
+    }
+    // Before any thread, child or user namespace: hutch may move itself into a delegated
+    // systemd scope and a `supervisor` cgroup (runtime/src/placement.rs).
+    if let Some(note) = hutch_runtime::settle() {
+        eprintln!("hutch: {note}");
     }
     // Rootless: become root of a user namespace of our own first (see userns.rs).
     if let Err(e) = crate::userns::enter() {
@@ -125,6 +134,7 @@ fn run(args: &TestArgs, plan: &TestPlan, spawner: Arc<Spawner>) -> Result<i32> {
         )
         .with_context(|| format!("giving {} to the nodes' root (uid {root})", shared.display()))?;
     }
+    let mut disks = crate::disks::Disks::new(&output_dir, args.keep_disks)?;
     let mut nodes: Vec<(String, Arc<RuntimeNode>)> = Vec::new();
     for n in &plan.nodes {
         let (image, toplevel, store, closure_only) = match &n.root {
@@ -146,6 +156,8 @@ fn run(args: &TestArgs, plan: &TestPlan, spawner: Arc<Spawner>) -> Result<i32> {
             binds: vec![(shared.clone(), hutch_driver::machine::SHARED_DIR_IN_NODE.into())],
             memory: n.memory,
             pids_max: n.pids_max,
+            tmpfs_size: n.tmpfs_size,
+            disk: Some(disks.fresh(&n.name)?),
         };
         let on_lan = if n.vlans.is_empty() && n.interfaces.is_empty() {
             None

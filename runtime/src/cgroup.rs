@@ -90,8 +90,14 @@ impl NodeCgroup {
         // A command without limits still needs a cgroup namespace rooted away from the host's
         // tree, but not a cgroup of its own: one shared directory, made once, costs no mkdir,
         // rmdir or reaper per node.
-        if !wants_limits && !req.boot && req.root {
-            if let Some(parent) = mode.unified_mount().map(host_parent).transpose()?.flatten() {
+        // A rootless command without limits needs no cgroup: do not ask systemd for a scope.
+        if !wants_limits && !req.boot && !req.root && !crate::placement::decided() {
+            return Ok((None, warnings));
+        }
+        let placement = crate::placement::get();
+        warnings.extend(crate::placement::take_note());
+        if !wants_limits && !req.boot && placement.host_parent {
+            if let Some(parent) = &placement.parent {
                 let dir = parent.join("shared");
                 match std::fs::create_dir(&dir) {
                     Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => return Err(Error::io("creating cgroup", dir)(e)),
@@ -109,10 +115,7 @@ impl NodeCgroup {
                 }
             }
         }
-        let unified = match mode.unified_mount() {
-            Some(mount) => delegated_dir(mount, req, &mut warnings)?,
-            None => None,
-        };
+        let unified = delegated_dir(req, &mut warnings)?;
         let mut cg = NodeCgroup {
             unified,
             v1: None,
@@ -121,7 +124,7 @@ impl NodeCgroup {
         };
         if wants_limits {
             match (&mode, &cg.unified, req.root) {
-                (CgroupMode::Unified, Some(dir), _) => {
+                (CgroupMode::Unified, Some(dir), _) if placement.limits => {
                     let rel = dir.strip_prefix("/sys/fs/cgroup").unwrap_or(dir).to_string_lossy().to_string();
                     let v2 = Cgroup::load(Box::new(V2::new()), rel);
                     set_limits(&v2, req)?;
@@ -158,7 +161,7 @@ impl NodeCgroup {
                 }
                 _ => warnings.push(
                     "warning: no cgroup is delegated to this user: --memory and --pids-max are not enforced \
-                     (run as root, or from a systemd user session with Delegate=yes)"
+                     (run as root, or see the README's rootless set-up)"
                         .into(),
                 ),
             }
@@ -235,11 +238,8 @@ pub fn oom_counters(name: &str) -> Vec<PathBuf> {
     let leaf = format!("{name}-{}", std::process::id());
     let v1 = Path::new("/sys/fs/cgroup/memory/hutch").join(&leaf);
     let mut files = vec![v1.join("memory.oom_control"), v1.join("node/memory.oom_control")];
-    if let Some(mount) = CgroupMode::detect().unified_mount() {
-        files.push(mount.join("hutch").join(&leaf).join("memory.events"));
-        if let Some(own) = own_cgroup2() {
-            files.push(mount.join(own.trim_start_matches('/')).join(&leaf).join("memory.events"));
-        }
+    if let Some(parent) = &crate::placement::get().parent {
+        files.push(parent.join(&leaf).join("memory.events"));
     }
     files.retain(|f| f.exists());
     files
@@ -278,46 +278,24 @@ fn set_limits(cg: &Cgroup, req: &Request) -> Result<(), Error> {
     Ok(())
 }
 
-/// Makes the node's cgroup2 directory: under `<mount>/hutch` as root, under the caller's own
-/// cgroup when it is delegated to the caller (writable), else none.
-fn delegated_dir(mount: &Path, req: &Request, warnings: &mut Warnings) -> Result<Option<PathBuf>, Error> {
-    let parent = match req.root.then(|| host_parent(mount)).transpose()? {
-        Some(Some(parent)) => parent,
-        // Not root of the host (e.g. root of a rootless driver's own user namespace).
-        _ => {
-            let own = own_cgroup2().unwrap_or_default();
-            let dir = mount.join(own.trim_start_matches('/'));
-            if nix::unistd::access(&dir, nix::unistd::AccessFlags::W_OK).is_err() {
-                if !req.boot {
-                    return Ok(None);
-                }
-                warnings.push(format!(
-                    "note: {} is not writable by this user: the node gets no cgroup of its own \
-                     (systemd inside will run without cgroup delegation)",
-                    dir.display()
-                ));
-                return Ok(None);
-            }
-            dir
+/// Makes the node's cgroup2 directory where this process puts them (placement.rs), or none
+/// when this user may make none.
+fn delegated_dir(req: &Request, warnings: &mut Warnings) -> Result<Option<PathBuf>, Error> {
+    let placement = crate::placement::get();
+    let Some(parent) = &placement.parent else {
+        if req.boot {
+            warnings.push(
+                "note: this user has no writable cgroup: the node gets no cgroup of its own \
+                 (systemd inside will run without cgroup delegation)"
+                    .into(),
+            );
         }
+        return Ok(None);
     };
     let dir = parent.join(req.leaf);
     crate::reaper::watch(&dir)?;
     std::fs::create_dir(&dir).map_err(Error::io("creating cgroup", &dir))?;
     Ok(Some(dir))
-}
-
-/// `<mount>/hutch`, made if needed; `None` when we may not (not root of the host).
-fn host_parent(mount: &Path) -> Result<Option<PathBuf>, Error> {
-    let parent = mount.join("hutch");
-    match std::fs::create_dir(&parent) {
-        Ok(()) => Ok(Some(parent)),
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(nix::unistd::access(&parent, nix::unistd::AccessFlags::W_OK)
-            .is_ok()
-            .then_some(parent)),
-        Err(e) if matches!(e.raw_os_error(), Some(libc::EACCES | libc::EPERM | libc::EROFS)) => Ok(None),
-        Err(e) => Err(Error::io("creating cgroup", parent)(e)),
-    }
 }
 
 /// Hands a cgroup directory and its files to `uid` (and the same gid).
@@ -330,7 +308,7 @@ fn chown_tree(dir: &Path, uid: u32) {
 }
 
 /// The caller's cgroup2 path, from /proc/self/cgroup's `0::` line.
-fn own_cgroup2() -> Option<String> {
+pub(crate) fn own_cgroup2() -> Option<String> {
     let text = std::fs::read_to_string("/proc/self/cgroup").ok()?;
     text.lines().find_map(|l| l.strip_prefix("0::").map(str::to_string))
 }

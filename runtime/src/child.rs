@@ -234,12 +234,14 @@ fn map_inner(pid: Pid) -> Result<(), Errno> {
 }
 
 /// Mounts procfs for PID 1's pid namespace (procfs shows the mounter's by default): with the
-/// pidns= option where the kernel has it (6.15+), else from a child forked into that namespace.
+/// pidns option where the kernel has it (6.15+), else from a child forked into that namespace.
+/// The option is asked through the new mount API: an older kernel's "Unknown parameter"
+/// goes to the fs context's log, not to the kernel log at every start.
 fn mount_proc(dst: &CStr, flags: MsFlags, pidns: BorrowedFd) -> Result<(), Errno> {
-    let data = format!("pidns=/proc/self/fd/{}", pidns.as_raw_fd());
-    match mount(Some("proc"), dst, Some("proc"), flags, Some(data.as_str())) {
+    match proc_with_pidns(pidns) {
+        Ok(tree) => return attach(&tree, dst),
         Err(Errno::EINVAL) => {}
-        other => return other,
+        Err(e) => return Err(e),
     }
     setns(pidns, CloneFlags::CLONE_NEWPID)?;
     // SAFETY: the builder is single-threaded; the child only mounts and exits.
@@ -263,6 +265,9 @@ fn mount_proc(dst: &CStr, flags: MsFlags, pidns: BorrowedFd) -> Result<(), Errno
 fn run_op(op: &Op, sock: BorrowedFd, link: &Pid1Link, view: Option<&OwnedFd>) -> Result<(), Errno> {
     match op {
         Op::AttachView { dst } => attach(view.ok_or(Errno::EBADF)?, dst),
+        // SAFETY: the runtime keeps the descriptor open until the builder has exited; the
+        // builder's copy of its descriptor table holds it meanwhile.
+        Op::AttachInherited { fd, dst } => attach_raw(unsafe { BorrowedFd::borrow_raw(*fd) }, dst),
         Op::Proc { dst, flags } => in_root_target(dst, |dst| mount_proc(dst, *flags, link.pidns.as_fd())),
         Op::JoinNet => join_net(link),
         Op::Mount {
@@ -343,6 +348,11 @@ fn run_op(op: &Op, sock: BorrowedFd, link: &Pid1Link, view: Option<&OwnedFd>) ->
 
 /// move_mount(2) of the detached tree `tree` onto `dst`.
 fn attach(tree: &OwnedFd, dst: &CStr) -> Result<(), Errno> {
+    attach_raw(tree.as_fd(), dst)
+}
+
+/// [`attach`] of a borrowed descriptor.
+fn attach_raw(tree: BorrowedFd, dst: &CStr) -> Result<(), Errno> {
     // SAFETY: move_mount of a detached tree we own onto a NUL-terminated path.
     Errno::result(unsafe {
         libc::syscall(
@@ -357,7 +367,39 @@ fn attach(tree: &OwnedFd, dst: &CStr) -> Result<(), Errno> {
     .map(drop)
 }
 
+/// A detached procfs for `pidns` (nosuid, nodev, noexec); EINVAL before Linux 6.15.
+fn proc_with_pidns(pidns: BorrowedFd) -> Result<OwnedFd, Errno> {
+    // SAFETY: fsopen with a NUL-terminated name; returns a new fd we own.
+    let fs = Errno::result(unsafe { libc::syscall(libc::SYS_fsopen, c"proc".as_ptr(), libc::FSOPEN_CLOEXEC) })?;
+    // SAFETY: the kernel returned a new descriptor.
+    let fs = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fs as i32) };
+    // SAFETY: fsconfig on our fs context with NUL-terminated key and value.
+    Errno::result(unsafe {
+        libc::syscall(
+            libc::SYS_fsconfig,
+            fs.as_raw_fd(),
+            FSCONFIG_SET_STRING,
+            c"source".as_ptr(),
+            c"proc".as_ptr(),
+            0,
+        )
+    })?;
+    // SAFETY: fsconfig on our fs context: a NUL-terminated key and a descriptor we borrow.
+    Errno::result(unsafe {
+        libc::syscall(
+            libc::SYS_fsconfig,
+            fs.as_raw_fd(),
+            FSCONFIG_SET_FD,
+            c"pidns".as_ptr(),
+            std::ptr::null::<libc::c_void>(),
+            pidns.as_raw_fd(),
+        )
+    })?;
+    create_and_mount(&fs, libc::MOUNT_ATTR_NOSUID | libc::MOUNT_ATTR_NODEV | libc::MOUNT_ATTR_NOEXEC)
+}
+
 /// fsconfig(2) commands (linux/mount.h).
+const FSCONFIG_SET_FD: libc::c_uint = 5;
 const FSCONFIG_SET_STRING: libc::c_uint = 1;
 const FSCONFIG_CMD_CREATE: libc::c_uint = 6;
 
@@ -382,6 +424,13 @@ fn stage() -> Result<(), Errno> {
             )
         })?;
     }
+    let mnt = create_and_mount(&fs, libc::MOUNT_ATTR_NOSUID | libc::MOUNT_ATTR_NODEV)?;
+    attach(&mnt, c"/")?;
+    nix::unistd::fchdir(&mnt)
+}
+
+/// FSCONFIG_CMD_CREATE and fsmount(2) of a configured fs context, with mount `attrs`.
+fn create_and_mount(fs: &OwnedFd, attrs: u64) -> Result<OwnedFd, Errno> {
     // SAFETY: fsconfig's create command on our fs context, no key or value.
     Errno::result(unsafe {
         libc::syscall(
@@ -393,13 +442,10 @@ fn stage() -> Result<(), Errno> {
             0,
         )
     })?;
-    let attrs = libc::MOUNT_ATTR_NOSUID | libc::MOUNT_ATTR_NODEV;
     // SAFETY: fsmount of our created context; returns a new mount fd we own.
     let mnt = Errno::result(unsafe { libc::syscall(libc::SYS_fsmount, fs.as_raw_fd(), libc::FSMOUNT_CLOEXEC, attrs) })?;
     // SAFETY: the kernel returned a new descriptor.
-    let mnt = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(mnt as i32) };
-    attach(&mnt, c"/")?;
-    nix::unistd::fchdir(&mnt)
+    Ok(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(mnt as i32) })
 }
 
 /// Calls `f` with `dst`, or, when `dst` lies in the node's root, with a path to the object it

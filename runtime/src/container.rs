@@ -78,6 +78,8 @@ pub struct Container {
     console: Option<Console>,
     notify: Option<OwnedFd>,
     cgroup: Option<NodeCgroup>,
+    /// A writable layer made for this node alone on disk (kernels before 6.6): removed last.
+    scratch: Option<crate::upper::Scratch>,
     timings: Timings,
     started: Instant,
     stop_timeout: Duration,
@@ -127,6 +129,7 @@ impl Container {
             boot: spec.boot,
         };
         let init = InitKind::of(spec);
+        let (upper, scratch) = crate::upper::prepare(spec, idmap)?;
         let (cgroup, warnings) = NodeCgroup::create(&req, idmap)?;
         if init == InitKind::Systemd && cgroup.as_ref().is_none_or(|c| c.unified.is_none()) {
             return Err(Error::Host {
@@ -134,8 +137,9 @@ impl Container {
                     "node {}: systemd needs a cgroup2 subtree it can write, and this user has none",
                     spec.name
                 ),
-                fix: "run hutch inside a delegated cgroup (systemd-run --user --scope -p Delegate=yes hutch ...), \
-                      or as root; without systemd on the host, have root create one under the cgroup2 mount and chown it to you"
+                fix: "on a systemd host hutch makes a delegated scope itself from your user manager: log in, or \
+                      `loginctl enable-linger $USER` (or run it in `systemd-run --user --scope -p Delegate=yes`); without systemd, have root create a cgroup under the cgroup2 mount \
+                      and chown it to you (README: rootless set-up)"
                     .into(),
             });
         }
@@ -147,6 +151,7 @@ impl Container {
             cgroup2: cgroup.as_ref().is_some_and(|c| c.unified.is_some()),
             tty_gid: idmap.count() > 5,
             host_os_release: host_os_release(),
+            upper: &upper,
         };
         let cplan = ChildPlan {
             plan: plan::compile(&cx)?,
@@ -197,6 +202,7 @@ impl Container {
             console,
             notify: handed.notify,
             cgroup,
+            scratch,
             timings: Timings::default(),
             started,
             stop_timeout: spec.stop_timeout,
@@ -513,6 +519,7 @@ impl Drop for Container {
         if let Some(mut cg) = self.cgroup.take() {
             cg.remove();
         }
+        drop(self.scratch.take());
     }
 }
 

@@ -151,7 +151,7 @@ impl IdMap {
 }
 
 /// True in the host's own user namespace (its map covers every id).
-fn in_initial_user_ns() -> bool {
+pub(crate) fn in_initial_user_ns() -> bool {
     let text = std::fs::read_to_string("/proc/self/uid_map").unwrap_or_default();
     text.split_whitespace().collect::<Vec<_>>() == ["0", "0", "4294967295"]
 }

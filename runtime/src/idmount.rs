@@ -31,7 +31,7 @@ pub(crate) fn idmapped_tree(image: &Path, pid: nix::unistd::Pid) -> Result<Owned
     Ok(tree)
 }
 
-fn open_tree(path: &Path) -> Result<OwnedFd, Error> {
+pub(crate) fn open_tree(path: &Path) -> Result<OwnedFd, Error> {
     let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).map_err(|_| Error::sys("image path")(Errno::EINVAL))?;
     // SAFETY: open_tree with a NUL-terminated path; returns a new fd we own.
     let fd = unsafe {

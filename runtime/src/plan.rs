@@ -7,12 +7,14 @@
 //! the node's root, `masked` and `overlay` the builder's scratch.
 
 use std::ffi::CString;
+use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use nix::mount::MsFlags;
 
 use crate::spec::{host_store_path, NodeSpec, RootFs};
+use crate::upper::Upper;
 use crate::Error;
 
 /// One step of building the node's filesystem.
@@ -47,6 +49,8 @@ pub(crate) enum Op {
     NotifySocket { path: CString },
     /// Attach the idmapped image tree the runtime passed to the builder at `dst`.
     AttachView { dst: CString },
+    /// Attach a detached mount the builder inherited from the runtime (descriptor `fd`).
+    AttachInherited { fd: std::os::fd::RawFd, dst: CString },
     /// Make `newroot` the root and detach everything else (staging tmpfs and host root).
     EnterRoot,
 }
@@ -193,6 +197,8 @@ pub(crate) struct Context<'a> {
     pub tty_gid: bool,
     /// Text of /run/host/os-release.
     pub host_os_release: &'a [u8],
+    /// The node's writable layer (image roots).
+    pub upper: &'a Upper,
 }
 
 /// Compiles the node's filesystem: staging, root, Container Interface mounts, binds, files.
@@ -245,25 +251,41 @@ fn root_fs(cx: &Context, p: &mut Plan) -> Result<(), Error> {
                 }
                 false => dir.canonicalize().map_err(Error::io("resolving image", dir))?,
             };
-            p.mkdir(Path::new("overlay"), 0o755);
-            p.mount(
-                Some("hutch-upper"),
-                Path::new("overlay"),
-                Some("tmpfs"),
-                MsFlags::empty(),
-                Some("mode=0755"),
-            );
-            p.mkdir(Path::new("overlay/upper"), 0o755);
-            p.mkdir(Path::new("overlay/work"), 0o755);
+            let (upper, work) = match cx.upper {
+                Upper::Tmpfs { size } => {
+                    p.mkdir(Path::new("overlay"), 0o755);
+                    let opts = format!("mode=0755,size={size}");
+                    p.mount(
+                        Some("hutch-upper"),
+                        Path::new("overlay"),
+                        Some("tmpfs"),
+                        MsFlags::empty(),
+                        Some(&opts),
+                    );
+                    p.mkdir(Path::new("overlay/upper"), 0o755);
+                    p.mkdir(Path::new("overlay/work"), 0o755);
+                    ("overlay/upper".to_string(), "overlay/work".to_string())
+                }
+                Upper::Dir { tree: Some(tree), .. } => {
+                    p.mkdir(Path::new("disk"), 0o755);
+                    p.push(
+                        Op::AttachInherited {
+                            fd: tree.as_raw_fd(),
+                            dst: c("disk"),
+                        },
+                        "attach the node's disk".into(),
+                    );
+                    ("disk/upper".to_string(), "disk/work".to_string())
+                }
+                Upper::Dir { path, tree: None } => (escape_overlay(&path.join("upper")), escape_overlay(&path.join("work"))),
+            };
             let lower = dir;
-            let data = format!(
-                "lowerdir={},upperdir=overlay/upper,workdir=overlay/work,userxattr",
-                escape_overlay(&lower)
-            );
+            let data = format!("lowerdir={},upperdir={upper},workdir={work},userxattr", escape_overlay(&lower));
             p.mount(Some("overlay"), root, Some("overlay"), MsFlags::empty(), Some(&data));
         }
         RootFs::Nix { store, closure_only, .. } => {
-            p.mount(Some("hutch-root"), root, Some("tmpfs"), MsFlags::empty(), Some("mode=0755"));
+            let opts = format!("mode=0755,size={}", cx.spec.upper_size());
+            p.mount(Some("hutch-root"), root, Some("tmpfs"), MsFlags::empty(), Some(&opts));
             p.mkdir_all("newroot", Path::new("/nix/store"));
             let node_store = Path::new("newroot/nix/store");
             let host_store = store.canonicalize().map_err(Error::io("resolving store", store))?;
@@ -410,7 +432,12 @@ fn run_and_tmp(cx: &Context, p: &mut Plan) {
             "bind /run/host/notify".into(),
         );
     }
-    let tmp_opts = format!("mode=1777,{}", tmpfs_size(cx, TMP_SHARE));
+    // `--tmpfs-size` bounds what a node writes to tmpfs: its writable layer and its /tmp.
+    let tmp_size = cx
+        .spec
+        .tmpfs_size
+        .map_or_else(|| tmpfs_size(cx, TMP_SHARE), |b| format!("size={b}"));
+    let tmp_opts = format!("mode=1777,{tmp_size}");
     p.mount(
         Some("hutch-tmp"),
         Path::new("newroot/tmp"),

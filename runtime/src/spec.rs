@@ -68,6 +68,13 @@ impl std::str::FromStr for Size {
     type Err = Error;
 
     fn from_str(s: &str) -> Result<Size, Error> {
+        Size::parse(s, "--memory")
+    }
+}
+
+impl Size {
+    /// Parses `s` as a size; an error names `field` (the option or key it came from).
+    pub fn parse(s: &str, field: &'static str) -> Result<Size, Error> {
         let t = s.trim();
         let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
         let (digits, unit) = t.split_at(split);
@@ -82,7 +89,7 @@ impl std::str::FromStr for Size {
         match digits.parse::<u64>().ok().and_then(|n| n.checked_mul(mult)) {
             Some(n) if n > 0 && mult > 0 => Ok(Size(n)),
             _ => Err(Error::Invalid {
-                field: "--memory",
+                field,
                 problem: format!("{s:?} is not a positive size"),
                 fix: "write it like 512M or 2G".into(),
             }),
@@ -128,6 +135,14 @@ pub struct NodeSpec {
     pub memory: Option<u64>,
     /// Limit on the number of tasks (cgroup).
     pub pids_max: Option<u64>,
+    /// Size of the node's tmpfs writable layer and of its /tmp (`--tmpfs-size`, test-file key
+    /// `tmpfs_size`); `None`: the layer gets the memory limit when there is one, else a quarter
+    /// of the host's RAM, and /tmp a quarter of that.
+    pub tmpfs_size: Option<u64>,
+    /// Keep the node's writable layer in this host directory (its `upper` and `work`), so
+    /// that what the node wrote is there at its next start; `None`: a private layer that goes
+    /// with the node. The caller removes it (see [`crate::remove_layer`]).
+    pub disk: Option<PathBuf>,
     /// How long a stop waits for a clean exit before SIGKILL.
     pub stop_timeout: Duration,
     /// An agent to start in the node beside its init.
@@ -148,9 +163,18 @@ impl NodeSpec {
             files: Vec::new(),
             memory: None,
             pids_max: None,
+            tmpfs_size: None,
+            disk: None,
             stop_timeout: Duration::from_secs(10),
             agent: None,
         }
+    }
+
+    /// The size of a tmpfs writable layer: `tmpfs_size`, else the memory limit, else a quarter
+    /// of the host's RAM (a node without limits cannot fill the host's memory with files).
+    pub fn upper_size(&self) -> u64 {
+        let quarter = || nix::sys::sysinfo::sysinfo().map(|i| i.ram_total() / 4).unwrap_or(1 << 30);
+        self.tmpfs_size.or(self.memory).unwrap_or_else(quarter)
     }
 
     /// True when the node runs only its agent: no init and no command. Its first process then
@@ -273,6 +297,19 @@ mod tests {
             let err = bad.parse::<Size>().unwrap_err().to_string();
             assert!(err.contains("--memory") && err.contains("512M"), "{bad}: {err}");
         }
+    }
+
+    #[test]
+    fn the_writable_layers_size_is_the_option_else_the_memory_limit_else_a_quarter_of_ram() {
+        let mut spec = NodeSpec::new("n", RootFs::Image("/".into()));
+        let quarter = spec.upper_size();
+        assert!(quarter > 0);
+        spec.memory = Some(64 << 20);
+        assert_eq!(spec.upper_size(), 64 << 20);
+        spec.tmpfs_size = Some(8 << 20);
+        assert_eq!(spec.upper_size(), 8 << 20);
+        let err = Size::parse("lots", "--tmpfs-size").unwrap_err().to_string();
+        assert!(err.contains("--tmpfs-size") && !err.contains("--memory"), "{err}");
     }
 
     #[test]

@@ -61,6 +61,9 @@ pub struct NodePlan {
     pub memory: Option<u64>,
     /// Limit on the number of processes.
     pub pids_max: Option<u64>,
+    /// Size of the node's tmpfs writable layer (`tmpfs_size`; default: its memory limit, else
+    /// a quarter of the host's RAM).
+    pub tmpfs_size: Option<u64>,
     /// Host files copied into the node before boot.
     pub files: Vec<FileCopy>,
     /// Extra environment for the node's init.

@@ -40,6 +40,7 @@ pub(crate) struct RawNode {
     pub vlans: Option<Vec<i64>>,
     pub memory: Option<SizeValue>,
     pub pids_max: Option<i64>,
+    pub tmpfs_size: Option<SizeValue>,
     pub files: Option<BTreeMap<String, String>>,
     pub env: Option<BTreeMap<String, String>>,
     pub boot: Option<bool>,

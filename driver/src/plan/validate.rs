@@ -250,6 +250,7 @@ impl Checker<'_> {
             }
             None => None,
         };
+        let tmpfs_size = pick(&n.tmpfs_size, &d.tmpfs_size, name, "tmpfs_size").and_then(|m| self.memory(m));
         let files = match pick(&n.files, &d.files, name, "files") {
             Some(f) => self.files(f),
             None => Vec::new(),
@@ -280,6 +281,7 @@ impl Checker<'_> {
             interfaces,
             memory,
             pids_max,
+            tmpfs_size,
             files,
             env,
             boot,
