@@ -361,7 +361,8 @@ fn attach_raw(tree: BorrowedFd, dst: &CStr) -> Result<(), Errno> {
             c"".as_ptr(),
             libc::AT_FDCWD,
             dst.as_ptr(),
-            libc::MOVE_MOUNT_F_EMPTY_PATH,
+            // Targets in the node's root come as /proc/self/fd/N (see in_root_target): follow.
+            libc::MOVE_MOUNT_F_EMPTY_PATH | libc::MOVE_MOUNT_T_SYMLINKS,
         )
     })
     .map(drop)
