@@ -166,6 +166,15 @@ impl NodeCgroup {
                 ),
             }
         }
+        // A default pids limit wherever the node has a cgroup2 directory of its own with the
+        // pids controller (a pure cgroup2 host, or a delegated subtree): one write, no cgroup
+        // made for it. A fork bomb then stops at the node's limit, not at the host's.
+        if let (None, Some(dir), false) = (req.pids_max, &cg.unified, cg.shared) {
+            let max = dir.join("pids.max");
+            if max.exists() {
+                std::fs::write(&max, DEFAULT_PIDS_MAX.to_string()).map_err(Error::io("setting the default pids limit", &max))?;
+            }
+        }
         // The node's root owns its delegated subtree (systemd makes its own cgroups there).
         if let (Some(dir), Some(uid)) = (&cg.unified, idmap.host_uid(0)) {
             if uid != nix::unistd::Uid::effective().as_raw() {
@@ -258,6 +267,9 @@ pub fn oom_kills(files: &[PathBuf]) -> u64 {
         })
         .sum()
 }
+
+/// The tasks a node may have when its test file or command line names no `pids_max`.
+pub const DEFAULT_PIDS_MAX: u64 = 4096;
 
 fn set_limits(cg: &Cgroup, req: &Request) -> Result<(), Error> {
     let fail = |e: String| Error::Host {

@@ -73,6 +73,7 @@ if [ "$MODE" = full ]; then
     # Where the cgroups are: hutch in hutch-PID.scope/supervisor, the node a sibling.
     check "scope: supervisor + sibling node" root "$H run --name place --memory 64M --image $(bb root) -- /bin/sh -c 'cat /sys/fs/cgroup/memory.max; sleep 3' & sleep 2; find /sys/fs/cgroup/system.slice -maxdepth 2 -path '*hutch-*.scope/*' -type d; wait" 'hutch-[0-9]+\.scope/place-'
     check "--memory 64M seen in the node" root "$H run --memory 64M --image $(bb root) -- /bin/cat /sys/fs/cgroup/memory.max" '^67108864$'
+    check "default pids limit (no --pids-max)" root "$H run --memory 64M --image $(bb root) -- /bin/cat /sys/fs/cgroup/pids.max" '^4096$'
     check "OOM in a test: node reported crashed" root "$H test /opt/vmlane/oom.toml --output-dir /tmp/oom-root" 'OOM-SEEN .*crashed: out of memory'
     check "nginx example (memory = 512M)" root "$H test /opt/hutch/examples/nginx/test.toml --output-dir /tmp/nginx-root" 'test "nginx" passed'
 fi
@@ -81,6 +82,7 @@ oom login "$(bb login 1000)"
 if [ "$MODE" = full ]; then
     check "busybox command" login "$H run --image $(bb login 1000) -- /bin/echo hello" '^hello$'
     check "--memory 64M seen in the node" login "$H run --memory 64M --image $(bb login 1000) -- /bin/cat /sys/fs/cgroup/memory.max" '^67108864$'
+    check "default pids limit (no --pids-max)" login "$H run --memory 64M --image $(bb login 1000) -- /bin/cat /sys/fs/cgroup/pids.max" '^4096$'
     check "--pids-max 20 seen in the node" login "$H run --pids-max 20 --image $(bb login 1000) -- /bin/cat /sys/fs/cgroup/pids.max" '^20$'
     check "Debian boots, powers off" login "$H run --boot --name deb --image $(deb login 1000) -- systemd.wants=hutch-poweroff.service" 'hutch-report: multi-user reached'
     check "OOM in a test: node reported crashed" login "cd /tmp && $H test /opt/vmlane/oom.toml --output-dir /tmp/oom-alice" 'OOM-SEEN .*crashed: out of memory'
