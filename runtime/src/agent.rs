@@ -40,10 +40,10 @@ const AGENT_CAPS: &[Capability] = &[
     Capability::CAP_KILL,
 ];
 
-/// PID 1's side of the agent's start: what the builder hands the forked agent.
+/// What the builder hands the agent it forks.
 pub(crate) struct Fork<'a> {
     pub hook: AgentHook,
-    /// PID 1's pidfd: the agent ends with PID 1 and ends the node when the driver hangs up.
+    /// PID 1's pidfd: the agent ends when PID 1 does.
     pub pid1: BorrowedFd<'a>,
     /// /proc/<PID 1>/ns, opened by the builder through the host's /proc.
     pub ns_dir: BorrowedFd<'a>,
@@ -64,14 +64,14 @@ pub(crate) fn fork(f: Fork) -> Result<(Pid, OwnedFd), Errno> {
         flags: libc::CLONE_PARENT,
         cgroup: None,
     };
-    let forked = clone.run();
-    match forked {
+    match clone.run() {
         Ok(None) => {
             let errno = match become_agent(&f) {
                 Ok((stream, init, pidns)) => (f.hook.main)(stream, init, pidns),
                 Err(e) => e,
             };
-            // The status says which errno stopped the start (see Container::agent_ended).
+            // The exit status is the errno that stopped the start (Container::agent_ended
+            // reports it).
             // SAFETY: _exit ends the would-be agent without the runtime's atexit handlers.
             unsafe { libc::_exit(errno as i32) }
         }
