@@ -120,7 +120,7 @@ pub enum Command {
 pub enum AgentReply {
     /// Answer to `Ping`.
     Pong {
-        /// The agent's pid in the node's pid namespace.
+        /// The agent's pid as its runtime sees it (it has none in the node: see runtime/src/agent.rs).
         pid: u32,
         /// The driver crate version that built the agent.
         version: String,
