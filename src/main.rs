@@ -2,8 +2,11 @@
 //!
 //! The binary parses arguments and calls the library crates; see `run` for `hutch run`.
 
+mod attach_cmd;
 mod bench_cmd;
+mod control;
 mod node;
+mod registry;
 mod run;
 mod spawner;
 mod test_cmd;
@@ -31,6 +34,14 @@ enum Command {
     Test(test_cmd::TestArgs),
     /// Start N nodes, repeatedly, and report start-up latency per phase, throughput and memory.
     Bench(bench_cmd::BenchArgs),
+    /// Your running tests and their nodes: test, node, state, pid, uptime, addresses.
+    List(attach_cmd::ListArgs),
+    /// Run a command in a node of a running test (through its agent); its exit status is ours.
+    Exec(attach_cmd::ExecArgs),
+    /// Print a node's log of a running test (`-f`: follow it until the test ends).
+    Logs(attach_cmd::LogsArgs),
+    /// Stop a node of a running test, or a whole running test.
+    Stop(attach_cmd::StopArgs),
 }
 
 fn main() {
@@ -42,6 +53,10 @@ fn main() {
         Command::Run(args) => run::main(*args),
         Command::Test(args) => test_cmd::main(args),
         Command::Bench(args) => bench_cmd::main(args),
+        Command::List(args) => attach_cmd::list(args),
+        Command::Exec(args) => attach_cmd::exec(args),
+        Command::Logs(args) => attach_cmd::logs(args),
+        Command::Stop(args) => attach_cmd::stop(args),
     };
     std::process::exit(code);
 }

@@ -1,7 +1,7 @@
 //! A test node for the driver: the runtime's container (through the spawner), its console,
 //! its readiness and its place on the test network, behind the driver's `NodeControl`.
 
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -30,6 +30,7 @@ pub struct RuntimeNode {
 
 struct Running {
     pidfd: OwnedFd,
+    since: Instant,
 }
 
 fn failed(e: impl std::fmt::Display) -> NodeError {
@@ -52,6 +53,21 @@ impl RuntimeNode {
 
     fn name(&self) -> &str {
         &self.request.name
+    }
+
+    /// The host pid of the node's PID 1 while it runs (read from its pidfd's fdinfo), for
+    /// `hutch list`.
+    pub fn pid(&self) -> Option<u32> {
+        let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let fd = state.as_ref()?.pidfd.as_raw_fd();
+        let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}")).ok()?;
+        let pid = info.lines().find_map(|l| l.strip_prefix("Pid:"))?.trim().parse::<i64>().ok()?;
+        u32::try_from(pid).ok().filter(|p| *p > 0)
+    }
+
+    /// When the node last came up, while it runs.
+    pub fn up_since(&self) -> Option<Instant> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner()).as_ref().map(|r| r.since)
     }
 
     /// Copies the console into the log until the node's console goes away.
@@ -175,7 +191,10 @@ impl NodeControl for RuntimeNode {
             Arc::clone(watch).watch(pidfd);
         }
         *self.oom.lock().unwrap_or_else(|e| e.into_inner()) = oom;
-        *self.state.lock().unwrap_or_else(|e| e.into_inner()) = Some(Running { pidfd: fds.pidfd });
+        *self.state.lock().unwrap_or_else(|e| e.into_inner()) = Some(Running {
+            pidfd: fds.pidfd,
+            since: Instant::now(),
+        });
         Ok(fds.agent)
     }
 

@@ -60,6 +60,15 @@ pub fn main(args: TestArgs) -> i32 {
         eprintln!("{message}");
         return EXIT_BAD_TEST;
     }
+    // Where `hutch list/exec` find this run: found as the user, before a rootless run's
+    // user namespace (where the uid reads 0).
+    let runtime = match crate::registry::runtime_dir() {
+        Ok(dir) => dir,
+        Err(e) => {
+            eprintln!("hutch: {e:#}");
+            return crate::run::EXIT_HUTCH;
+        }
+    };
     // Rootless: become root of a user namespace of our own first (see userns.rs).
     if let Err(e) = crate::userns::enter() {
         eprintln!("hutch: {e:#}");
@@ -81,7 +90,7 @@ pub fn main(args: TestArgs) -> i32 {
             return crate::run::EXIT_HUTCH;
         }
     };
-    match run(&args, &plan, spawner) {
+    match run(&args, &plan, spawner, &runtime) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("hutch: {e:#}");
@@ -90,7 +99,7 @@ pub fn main(args: TestArgs) -> i32 {
     }
 }
 
-fn run(args: &TestArgs, plan: &TestPlan, spawner: Arc<Spawner>) -> Result<i32> {
+fn run(args: &TestArgs, plan: &TestPlan, spawner: Arc<Spawner>, runtime: &std::path::Path) -> Result<i32> {
     let topology = Topology::new(
         plan.nodes
             .iter()
@@ -131,7 +140,7 @@ fn run(args: &TestArgs, plan: &TestPlan, spawner: Arc<Spawner>) -> Result<i32> {
         .output_dir
         .clone()
         .unwrap_or_else(|| PathBuf::from("hutch-out").join(&plan.name));
-    let mut opts = SessionOptions::new(output_dir);
+    let mut opts = SessionOptions::new(output_dir.clone());
     opts.junit_xml = args.junit_xml.clone();
     opts.interactive = args.interactive;
     opts.keep_going = args.keep_going;
@@ -144,7 +153,23 @@ fn run(args: &TestArgs, plan: &TestPlan, spawner: Arc<Spawner>) -> Result<i32> {
     if !args.interactive {
         watch_signals(session.abort_handle());
     }
+    let registration = crate::registry::Registration::new(runtime, &plan.name, &output_dir)?;
+    let reachable = nodes
+        .iter()
+        .filter_map(|(name, node)| {
+            Some(crate::control::Reachable {
+                machine: Arc::clone(session.machine(name)?),
+                node: Arc::clone(node),
+                addresses: topology
+                    .node(name)
+                    .map(|n| n.interfaces.iter().map(|i| format!("{}/{}", i.ipv4, i.ipv4_prefix)).collect())
+                    .unwrap_or_default(),
+            })
+        })
+        .collect();
+    crate::control::serve(&registration.socket(), reachable, session.abort_handle())?;
     let report = session.run();
+    drop(registration);
     if args.timings {
         for (name, node) in &nodes {
             let phases = node.last_start.lock().unwrap_or_else(|e| e.into_inner()).clone();
