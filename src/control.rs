@@ -48,7 +48,7 @@ pub enum ControlRequest {
 pub struct NodeRow {
     /// The node's name.
     pub name: String,
-    /// `up` or `down`.
+    /// `up` (its agent answers), `starting` or `down`.
     pub state: String,
     /// Host pid of the node's PID 1 while it runs.
     pub pid: Option<u32>,
@@ -151,9 +151,10 @@ fn handle(req: ControlRequest, nodes: &[Reachable], abort: &AbortHandle) -> Cont
                 Ok(n) => n,
                 Err(e) => return e,
             };
-            if !n.machine.is_up() {
+            if !n.machine.is_ready() {
+                let what = if n.machine.is_up() { "still starting" } else { "not running" };
                 return ControlReply::Error {
-                    message: format!("node `{node}` is not running"),
+                    message: format!("node `{node}` is {what}"),
                 };
             }
             match n.machine.exec_argv(argv, stdin) {
@@ -181,9 +182,14 @@ fn handle(req: ControlRequest, nodes: &[Reachable], abort: &AbortHandle) -> Cont
 
 fn row(n: &Reachable) -> NodeRow {
     let up = n.machine.is_up();
+    let state = match (up, n.machine.is_ready()) {
+        (true, true) => "up",
+        (true, false) => "starting",
+        _ => "down",
+    };
     NodeRow {
         name: n.machine.name().to_string(),
-        state: if up { "up" } else { "down" }.into(),
+        state: state.into(),
         pid: if up { n.node.pid() } else { None },
         uptime_secs: if up {
             n.node.up_since().map(|t| Instant::now().duration_since(t).as_secs())
