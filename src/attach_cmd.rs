@@ -62,7 +62,8 @@ pub struct StopArgs {
 /// The exit code when nothing matches or the test cannot be reached.
 const EXIT_NOT_FOUND: i32 = 1;
 
-fn finish(r: Result<i32>) -> i32 {
+/// The exit code of a command run by a `hutch` that reaches a running test.
+pub(crate) fn finish(r: Result<i32>) -> i32 {
     r.unwrap_or_else(|e| {
         eprintln!("hutch: {e:#}");
         EXIT_NOT_FOUND
@@ -97,7 +98,7 @@ fn nodes_of(run: &Entry) -> Result<Vec<NodeRow>> {
 }
 
 /// The one selected run that has node `node`.
-fn run_with_node(select: &Select, node: &str) -> Result<Entry> {
+pub(crate) fn run_with_node(select: &Select, node: &str) -> Result<Entry> {
     let mut with: Vec<Entry> = runs(select)?
         .into_iter()
         .filter(|r| nodes_of(r).is_ok_and(|ns| ns.iter().any(|n| n.name == node)))

@@ -36,6 +36,20 @@ pub enum ControlRequest {
         /// Fed to its standard input, which is then closed.
         stdin: Vec<u8>,
     },
+    /// A program (a login shell when `command` is empty) on a fresh pty in a node; answered
+    /// with `Done`, then the connection carries `ShellInput` up and `ShellEvent` down.
+    Shell {
+        /// The node's name.
+        node: String,
+        /// The program and its arguments; empty: root's login shell.
+        command: Vec<String>,
+        /// The user's `TERM`.
+        term: String,
+        /// Window rows.
+        rows: u16,
+        /// Window columns.
+        cols: u16,
+    },
     /// Stop one node (`Some`) or the whole test (`None`); answered with `Done`.
     Stop {
         /// The node's name.
@@ -85,6 +99,40 @@ pub enum ControlReply {
     },
 }
 
+/// What `hutch shell` sends once its session runs.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum ShellInput {
+    /// Keystrokes.
+    Data {
+        /// The bytes.
+        data: Vec<u8>,
+    },
+    /// The user's window changed size.
+    Resize {
+        /// Rows.
+        rows: u16,
+        /// Columns.
+        cols: u16,
+    },
+}
+
+/// What a running shell session sends to `hutch shell`.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum ShellEvent {
+    /// What the terminal printed.
+    Output {
+        /// The bytes.
+        data: Vec<u8>,
+    },
+    /// The program ended; the connection closes after this.
+    Exited {
+        /// How.
+        status: ExitStatus,
+    },
+}
+
 /// A node the control socket can reach: the test's machine and the runtime's node under it.
 pub struct Reachable {
     /// The machine (its agent connection).
@@ -125,6 +173,24 @@ fn answer(mut stream: UnixStream, nodes: &[Reachable], abort: &AbortHandle) {
         return;
     };
     let reply = match serde_json::from_slice::<ControlRequest>(&frame) {
+        Ok(ControlRequest::Shell {
+            node,
+            command,
+            term,
+            rows,
+            cols,
+        }) => {
+            let Some(agent) = nodes
+                .iter()
+                .find(|n| n.machine.name() == node)
+                .and_then(|n| n.machine.attached_agent())
+            else {
+                let message = format!("node `{node}` is not in this test or not running");
+                let _ = write_frame(&mut stream, &ControlReply::Error { message });
+                return;
+            };
+            return crate::shell_cmd::serve_session(stream, &agent, command, term, rows, cols);
+        }
         Ok(req) => handle(req, nodes, abort),
         Err(e) => ControlReply::Error {
             message: format!("bad request: {e}"),
@@ -173,6 +239,9 @@ fn handle(req: ControlRequest, nodes: &[Reachable], abort: &AbortHandle) -> Cont
             },
             Err(e) => e,
         },
+        ControlRequest::Shell { .. } => ControlReply::Error {
+            message: "a shell request is answered by the session".into(),
+        },
         ControlRequest::Stop { node: None } => {
             abort.abort("stopped by `hutch stop`");
             ControlReply::Done
@@ -202,13 +271,19 @@ fn row(n: &Reachable) -> NodeRow {
 
 /// Sends `req` to the test whose control socket is `socket` and returns its reply.
 pub fn ask(socket: &Path, req: &ControlRequest) -> Result<ControlReply> {
+    let (reply, mut stream) = open(socket, req)?;
+    let mut rest = Vec::new();
+    let _ = stream.read_to_end(&mut rest);
+    Ok(reply)
+}
+
+/// Sends `req` and returns the reply with the connection (a shell session goes on over it).
+pub fn open(socket: &Path, req: &ControlRequest) -> Result<(ControlReply, UnixStream)> {
     let mut stream = UnixStream::connect(socket).with_context(|| format!("connecting to {}", socket.display()))?;
     write_frame(&mut stream, req).context("sending the request")?;
     let Some(frame) = read_frame(&mut stream).context("reading the reply")? else {
         bail!("the test closed the connection without answering");
     };
     let reply = serde_json::from_slice(&frame).context("the test's reply")?;
-    let mut rest = Vec::new();
-    let _ = stream.read_to_end(&mut rest);
-    Ok(reply)
+    Ok((reply, stream))
 }

@@ -8,6 +8,7 @@ mod control;
 mod node;
 mod registry;
 mod run;
+mod shell_cmd;
 mod spawner;
 mod test_cmd;
 mod userns;
@@ -38,6 +39,8 @@ enum Command {
     List(attach_cmd::ListArgs),
     /// Run a command in a node of a running test (through its agent); its exit status is ours.
     Exec(attach_cmd::ExecArgs),
+    /// A login shell (or `-- CMD`) on a fresh pty in a node of a running test.
+    Shell(shell_cmd::ShellArgs),
     /// Print a node's log of a running test (`-f`: follow it until the test ends).
     Logs(attach_cmd::LogsArgs),
     /// Stop a node of a running test, or a whole running test.
@@ -55,6 +58,7 @@ fn main() {
         Command::Bench(args) => bench_cmd::main(args),
         Command::List(args) => attach_cmd::list(args),
         Command::Exec(args) => attach_cmd::exec(args),
+        Command::Shell(args) => shell_cmd::main(args),
         Command::Logs(args) => attach_cmd::logs(args),
         Command::Stop(args) => attach_cmd::stop(args),
     };
