@@ -147,11 +147,24 @@ fn lifecycle(user: Option<u32>) {
     assert_eq!(row(&list, "attach", "beta")[2], "down", "{list}");
     assert_eq!(row(&list, "attach", "alpha")[2], "up", "{list}");
 
+    // `logs -f` follows the node's log until the test ends.
+    let follow = hutch_command(user, &["logs", "-f", "alpha"])
+        .env("XDG_RUNTIME_DIR", &t.xdg)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let follow = ChildGuard::new(follow);
+
     // What the script waits for, made from outside: the test passes, its entry goes.
     assert_eq!(t.hutch(user, &["exec", "alpha", "--", "touch", "/tmp/go"], None).0, 0);
     let pid = run.id();
     let status = run.child().wait().unwrap();
     assert_eq!(status.code(), Some(0));
+    let followed = follow.output();
+    let text = String::from_utf8_lossy(&followed.stdout);
+    assert_eq!(followed.status.code(), Some(0));
+    assert!(text.contains("hutch exec: touch /tmp/go") && text.contains("stopping"), "{text}");
     assert_nothing_left(pid);
     assert!(t.entries().is_empty(), "entries left: {:?}", t.entries());
     let (code, _, err) = t.hutch(user, &["exec", "alpha", "--", "true"], None);
