@@ -30,6 +30,10 @@ pub struct TestArgs {
     /// A failing subtest does not stop the script (the run still fails).
     #[arg(long)]
     keep_going: bool,
+    /// When the test fails, keep its nodes running (get in with `hutch shell NODE`) until
+    /// Ctrl-C or `hutch stop TEST`.
+    #[arg(long)]
+    keep_nodes_on_failure: bool,
     /// Print each node's start phase timings.
     #[arg(long)]
     timings: bool,
@@ -144,6 +148,7 @@ fn run(args: &TestArgs, plan: &TestPlan, spawner: Arc<Spawner>, runtime: &std::p
     opts.junit_xml = args.junit_xml.clone();
     opts.interactive = args.interactive;
     opts.keep_going = args.keep_going;
+    opts.keep_nodes_on_failure = args.keep_nodes_on_failure;
     opts.console_log_max = args.console_log_max;
     let controls: Vec<(String, Box<dyn NodeControl>)> = nodes
         .iter()

@@ -337,3 +337,60 @@ fn shell_gets_a_fresh_pty_in_a_rootless_node() {
     }
     shell_in_tmux(Some(NOBODY));
 }
+
+/// `--keep-nodes-on-failure`: a failed test says how to get in, its nodes stay up for
+/// `hutch exec`, and Ctrl-C ends it with the failure's status and nothing left behind.
+#[test]
+fn a_failed_test_keeps_its_nodes_until_ctrl_c() {
+    if skip_unless_root("keep_nodes") {
+        return;
+    }
+    let t = Waiting::new("keep", None, "keep");
+    std::fs::write(
+        &t.file,
+        std::fs::read_to_string(&t.file).unwrap().replace(
+            "alpha.wait_until_succeeds(\"test -e /tmp/go\", timeout=120)",
+            "alpha.succeed(\"touch /tmp/mark; false\")",
+        ),
+    )
+    .unwrap();
+    let out = t.dir.0.join("out").display().to_string();
+    let file = t.file.display().to_string();
+    let mut run = ChildGuard::new(
+        hutch_command(None, &["test", &file, "--output-dir", &out, "--keep-nodes-on-failure"])
+            .env("XDG_RUNTIME_DIR", &t.xdg)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let stderr = run.child().stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut seen = String::new();
+    let end = Instant::now() + Duration::from_secs(60);
+    while !seen.contains("hutch shell") {
+        let line = rx
+            .recv_timeout(end.saturating_duration_since(Instant::now()))
+            .unwrap_or_else(|_| panic!("no hint to get in:\n{seen}"));
+        seen.push_str(&line);
+        seen.push('\n');
+    }
+    assert!(seen.contains("`hutch shell alpha`"), "{seen}");
+    // The failed node is still there, as the failure left it.
+    let (code, out, err) = t.hutch(None, &["exec", "alpha", "--", "ls", "/tmp/mark"], None);
+    assert_eq!((code, out.trim()), (0, "/tmp/mark"), "{err}");
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(run.child().try_wait().unwrap().is_none(), "the test ended without Ctrl-C");
+    let pid = run.id();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGINT).unwrap();
+    let status = run.child().wait().unwrap();
+    assert_eq!(status.code(), Some(1), "a failed test stays failed");
+    assert_nothing_left(pid);
+    assert!(t.entries().is_empty());
+}
