@@ -81,7 +81,14 @@ fn usage_error(e: clap::Error) -> i32 {
     let first: Vec<&str> = text.lines().take_while(|l| !l.trim().is_empty()).map(str::trim).collect();
     let first = first.join(" ");
     let first = first.trim_start_matches("error: ");
-    eprintln!("hutch: {first}; see hutch --help");
+    // clap's suggestion for a misspelt subcommand or flag ("a similar subcommand exists").
+    let tip = text
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("tip: "))
+        .find(|t| t.contains("similar"))
+        .map(|t| format!("; did you mean {}?", t.rsplit(": ").next().unwrap_or(t).trim()))
+        .unwrap_or_default();
+    eprintln!("hutch: {first}{tip}; see hutch --help");
     if std::env::args().nth(1).as_deref() == Some("run") {
         run::EXIT_HUTCH
     } else {

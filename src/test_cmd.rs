@@ -140,10 +140,7 @@ fn run(args: &TestArgs, plan: &TestPlan, spawner: Arc<Spawner>, runtime: &std::p
         let on_lan = if n.vlans.is_empty() { None } else { hub.clone() };
         nodes.push((n.name.clone(), Arc::new(RuntimeNode::new(request, Arc::clone(&spawner), on_lan))));
     }
-    let output_dir = args
-        .output_dir
-        .clone()
-        .unwrap_or_else(|| PathBuf::from("hutch-out").join(&plan.name));
+    let (output_dir, _output_lock) = claim_output_dir(args.output_dir.as_deref(), &plan.name)?;
     let mut opts = SessionOptions::new(output_dir.clone());
     opts.junit_xml = args.junit_xml.clone();
     opts.interactive = args.interactive;
@@ -182,7 +179,63 @@ fn run(args: &TestArgs, plan: &TestPlan, spawner: Arc<Spawner>, runtime: &std::p
             eprintln!("hutch: {name}: start phases (ms): {}", text.join(", "));
         }
     }
-    Ok(report.exit_code())
+    Ok(interrupted_code(&report).unwrap_or_else(|| report.exit_code()))
+}
+
+/// The abort reason `watch_signals` gives, followed by the signal's name.
+const INTERRUPTED_BY: &str = "interrupted by ";
+
+/// 128 + the signal when Ctrl-C (SIGINT) or SIGTERM ended the script, as a shell reports it.
+fn interrupted_code(report: &hutch_driver::session::Report) -> Option<i32> {
+    let hutch_driver::session::Outcome::Failed(f) = &report.outcome else {
+        return None;
+    };
+    let name = f.message.strip_prefix("aborted: ")?.strip_prefix(INTERRUPTED_BY)?;
+    use nix::sys::signal::Signal;
+    [Signal::SIGINT, Signal::SIGTERM]
+        .into_iter()
+        .find(|s| s.as_str() == name)
+        .map(|s| 128 + s as i32)
+}
+
+/// The run's output directory, locked (flock on the directory) for as long as the lock lives,
+/// so two runs never write their logs into one directory. The default `./hutch-out/<name>`
+/// goes on to `<name>-2`, `<name>-3`, ... while another run holds it; a given directory in
+/// use is an error.
+fn claim_output_dir(given: Option<&std::path::Path>, test: &str) -> Result<(PathBuf, nix::fcntl::Flock<std::fs::File>)> {
+    let try_lock = |dir: &std::path::Path| -> Result<Option<nix::fcntl::Flock<std::fs::File>>> {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating the output directory {}", dir.display()))?;
+        let f = std::fs::File::open(dir).with_context(|| format!("opening {}", dir.display()))?;
+        Ok(nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusiveNonblock).ok())
+    };
+    if let Some(dir) = given {
+        return match try_lock(dir)? {
+            Some(lock) => Ok((dir.to_path_buf(), lock)),
+            None => anyhow::bail!(
+                "--output-dir {}: another running test writes there; give each run its own directory",
+                dir.display()
+            ),
+        };
+    }
+    let base = PathBuf::from("hutch-out");
+    for n in 1..1000 {
+        let dir = if n == 1 {
+            base.join(test)
+        } else {
+            base.join(format!("{test}-{n}"))
+        };
+        if let Some(lock) = try_lock(&dir)? {
+            if n > 1 {
+                eprintln!(
+                    "hutch: {} is in use by another run of this test; this run writes to {}",
+                    base.join(test).display(),
+                    dir.display()
+                );
+            }
+            return Ok((dir, lock));
+        }
+    }
+    anyhow::bail!("every hutch-out/{test}-N is in use; give --output-dir")
 }
 
 /// Compiles the test script with the Python that will run it (about 20 ms): a syntax error
@@ -247,7 +300,7 @@ fn watch_signals(abort: hutch_driver::session::AbortHandle) {
         set.add(nix::sys::signal::Signal::SIGTERM);
         if let Ok(sig) = set.wait() {
             eprintln!("hutch: {sig}: stopping the test");
-            abort.abort(&format!("interrupted by {sig}"));
+            abort.abort(&format!("{INTERRUPTED_BY}{sig}"));
         }
         if set.wait().is_ok() {
             std::process::exit(130);

@@ -3,6 +3,7 @@
 
 mod raw;
 mod roots;
+pub use roots::{image_by_name, missing_image_fix};
 mod validate;
 mod validate_names;
 

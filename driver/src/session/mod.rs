@@ -275,6 +275,9 @@ impl Session {
         let failed = script.failure.is_some() || script.subtests.iter().any(|t| t.error.is_some());
         if failed && self.opts.keep_nodes_on_failure {
             self.keep_nodes();
+            // The Ctrl-C that ended the wait is not why the test failed: the script's failure
+            // is reported, with its exit status.
+            *self.abort.reason.lock().unwrap_or_else(|p| p.into_inner()) = None;
         }
         self.stop_all();
         let report = report::build(&self, script, start.elapsed());
