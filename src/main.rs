@@ -5,6 +5,7 @@
 mod attach_cmd;
 mod bench_cmd;
 mod control;
+mod doctor_cmd;
 mod node;
 mod registry;
 mod run;
@@ -35,6 +36,8 @@ enum Command {
     Test(test_cmd::TestArgs),
     /// Start N nodes, repeatedly, and report start-up latency per phase, throughput and memory.
     Bench(bench_cmd::BenchArgs),
+    /// What this user has and lacks for hutch, with the fix for each (exit 1: something needed is missing).
+    Doctor(doctor_cmd::DoctorArgs),
     /// Your running tests and their nodes: test, node, state, pid, uptime, addresses.
     List(attach_cmd::ListArgs),
     /// Run a command in a node of a running test (through its agent); its exit status is ours.
@@ -56,6 +59,7 @@ fn main() {
         Command::Run(args) => run::main(*args),
         Command::Test(args) => test_cmd::main(args),
         Command::Bench(args) => bench_cmd::main(args),
+        Command::Doctor(args) => doctor_cmd::main(args),
         Command::List(args) => attach_cmd::list(args),
         Command::Exec(args) => attach_cmd::exec(args),
         Command::Shell(args) => shell_cmd::main(args),
