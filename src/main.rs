@@ -7,6 +7,7 @@ mod bench_cmd;
 mod control;
 mod doctor_cmd;
 mod node;
+mod publish;
 mod registry;
 mod run;
 mod shell_cmd;

@@ -26,6 +26,8 @@ pub struct RuntimeNode {
     oom: Mutex<Option<Arc<OomWatch>>>,
     /// Start phase timings of the last start, for `--timings`.
     pub last_start: Mutex<Vec<(String, f64)>>,
+    /// The network namespace of the current start, for connections made in it (`--publish`).
+    netns: Mutex<Option<OwnedFd>>,
 }
 
 struct Running {
@@ -48,6 +50,7 @@ impl RuntimeNode {
             state: Mutex::new(None),
             oom: Mutex::new(None),
             last_start: Mutex::new(Vec::new()),
+            netns: Mutex::new(None),
         }
     }
 
@@ -63,6 +66,31 @@ impl RuntimeNode {
         let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}")).ok()?;
         let pid = info.lines().find_map(|l| l.strip_prefix("Pid:"))?.trim().parse::<i64>().ok()?;
         u32::try_from(pid).ok().filter(|p| *p > 0)
+    }
+
+    /// A TCP connection to `port` on the node's loopback, made from a socket created in the
+    /// node's network namespace (by a short-lived thread that joins it: nothing is added to
+    /// the host's namespace, and the node needs no route to the host).
+    pub fn connect_tcp(&self, port: u16, timeout: Duration) -> std::io::Result<std::net::TcpStream> {
+        if !self.is_up() {
+            return Err(std::io::Error::new(std::io::ErrorKind::NotConnected, "the node is not running"));
+        }
+        let netns = self
+            .netns
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .map(|f| f.try_clone())
+            .transpose()?
+            .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::NotConnected, "the node has no network namespace"))?;
+        std::thread::Builder::new()
+            .name(format!("connect-{}", self.name()))
+            .spawn(move || {
+                nix::sched::setns(&netns, nix::sched::CloneFlags::CLONE_NEWNET).map_err(std::io::Error::from)?;
+                std::net::TcpStream::connect_timeout(&(std::net::Ipv4Addr::LOCALHOST, port).into(), timeout)
+            })?
+            .join()
+            .unwrap_or_else(|_| Err(std::io::Error::other("the connecting thread panicked")))
     }
 
     /// When the node last came up, while it runs.
@@ -160,6 +188,7 @@ impl NodeControl for RuntimeNode {
     fn start(&self) -> Result<UnixStream, NodeError> {
         // The node is plugged into its LANs before its init runs.
         let wire = |netns: std::os::fd::BorrowedFd| -> anyhow::Result<()> {
+            *self.netns.lock().unwrap_or_else(|e| e.into_inner()) = netns.try_clone_to_owned().ok();
             if let Some(hub) = &self.hub {
                 // A restarted node has a new namespace: unplug what the old one left first.
                 let _ = hub.detach(self.name());
@@ -209,6 +238,8 @@ impl NodeControl for RuntimeNode {
     fn crash(&self) -> Result<(), NodeError> {
         self.spawner.kill(self.name()).map_err(failed)?;
         *self.state.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        // Held, the descriptor would keep the dead node's network namespace alive.
+        *self.netns.lock().unwrap_or_else(|e| e.into_inner()) = None;
         Ok(())
     }
 

@@ -34,6 +34,10 @@ pub struct TestArgs {
     /// Ctrl-C or `hutch stop TEST`.
     #[arg(long)]
     keep_nodes_on_failure: bool,
+    /// Publish a node's TCP port on the host's 127.0.0.1 for the length of the test
+    /// (NODE:HOST_PORT:PORT, e.g. server:8080:80; repeatable).
+    #[arg(long, value_name = "NODE:HOST_PORT:PORT")]
+    publish: Vec<crate::publish::Publish>,
     /// Print each node's start phase timings.
     #[arg(long)]
     timings: bool,
@@ -59,6 +63,11 @@ pub fn main(args: TestArgs) -> i32 {
             return EXIT_BAD_TEST;
         }
     };
+    let names: Vec<String> = plan.nodes.iter().map(|n| n.name.clone()).collect();
+    if let Err(message) = crate::publish::check(&args.publish, &names) {
+        eprintln!("hutch: {message}");
+        return EXIT_BAD_TEST;
+    }
     // A script that does not compile is a bad test file: say so before anything starts.
     if let Err(message) = check_script(&plan) {
         eprintln!("{message}");
@@ -140,6 +149,7 @@ fn run(args: &TestArgs, plan: &TestPlan, spawner: Arc<Spawner>, runtime: &std::p
         let on_lan = if n.vlans.is_empty() { None } else { hub.clone() };
         nodes.push((n.name.clone(), Arc::new(RuntimeNode::new(request, Arc::clone(&spawner), on_lan))));
     }
+    crate::publish::start(&args.publish, &nodes)?;
     let (output_dir, _output_lock) = claim_output_dir(args.output_dir.as_deref(), &plan.name)?;
     let mut opts = SessionOptions::new(output_dir.clone());
     opts.junit_xml = args.junit_xml.clone();
