@@ -1,4 +1,5 @@
-//! `hutch test --publish NODE:HOST_PORT:PORT`: a node's TCP port on the host's loopback for
+//! `hutch test --publish NODE:HOST_PORT:PORT` (or `publish = ["HOST_PORT:PORT"]` in a node's
+//! table of the test file): a node's TCP port on the host's loopback for
 //! the length of the test, like `docker -p 127.0.0.1:...` or QEMU's hostfwd. A userspace relay
 //! in the driver: it listens on 127.0.0.1 only, and connects to the node's port from a socket
 //! made in the node's network namespace (`RuntimeNode::connect_tcp`); no address, route or
@@ -43,6 +44,18 @@ impl FromStr for Publish {
             _ => Err(bad()),
         }
     }
+}
+
+/// The ports to publish: the test file's `publish` keys, then `--publish` options.
+pub fn all(options: &[Publish], plan: &hutch_driver::plan::TestPlan) -> Vec<Publish> {
+    let from_file = plan.nodes.iter().flat_map(|n| {
+        n.publish.iter().map(|&(host_port, port)| Publish {
+            node: n.name.clone(),
+            host_port,
+            port,
+        })
+    });
+    from_file.chain(options.iter().cloned()).collect()
 }
 
 /// Checks that every published node is a node of the test: the message names the option,

@@ -75,13 +75,9 @@ pub fn main(args: TestArgs) -> i32 {
     }
     // Where `hutch list/exec` find this run: found as the user, before a rootless run's
     // user namespace (where the uid reads 0).
-    let runtime = match crate::registry::runtime_dir() {
-        Ok(dir) => dir,
-        Err(e) => {
-            eprintln!("hutch: {e:#}");
-            return crate::run::EXIT_HUTCH;
-        }
-    };
+    let runtime = crate::registry::runtime_dir()
+        .map_err(|e| eprintln!("hutch: note: {e:#}; `hutch list`, `exec` and `shell` will not see this run"))
+        .ok();
     // Rootless: become root of a user namespace of our own first (see userns.rs).
     if let Err(e) = crate::userns::enter() {
         eprintln!("hutch: {e:#}");
@@ -103,7 +99,7 @@ pub fn main(args: TestArgs) -> i32 {
             return crate::run::EXIT_HUTCH;
         }
     };
-    match run(&args, &plan, spawner, &runtime) {
+    match run(&args, &plan, spawner, runtime.as_deref()) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("hutch: {e:#}");
@@ -112,7 +108,7 @@ pub fn main(args: TestArgs) -> i32 {
     }
 }
 
-fn run(args: &TestArgs, plan: &TestPlan, spawner: Arc<Spawner>, runtime: &std::path::Path) -> Result<i32> {
+fn run(args: &TestArgs, plan: &TestPlan, spawner: Arc<Spawner>, runtime: Option<&std::path::Path>) -> Result<i32> {
     let topology = Topology::new(
         plan.nodes
             .iter()
@@ -149,7 +145,7 @@ fn run(args: &TestArgs, plan: &TestPlan, spawner: Arc<Spawner>, runtime: &std::p
         let on_lan = if n.vlans.is_empty() { None } else { hub.clone() };
         nodes.push((n.name.clone(), Arc::new(RuntimeNode::new(request, Arc::clone(&spawner), on_lan))));
     }
-    crate::publish::start(&args.publish, &nodes)?;
+    crate::publish::start(&crate::publish::all(&args.publish, plan), &nodes)?;
     let (output_dir, _output_lock) = claim_output_dir(args.output_dir.as_deref(), &plan.name)?;
     let mut opts = SessionOptions::new(output_dir.clone());
     opts.junit_xml = args.junit_xml.clone();
@@ -165,7 +161,29 @@ fn run(args: &TestArgs, plan: &TestPlan, spawner: Arc<Spawner>, runtime: &std::p
     if !args.interactive {
         watch_signals(session.abort_handle());
     }
-    let registration = crate::registry::Registration::new(runtime, &plan.name, &output_dir)?;
+    let registration = runtime.and_then(|dir| register(dir, plan, &output_dir, &nodes, &topology, &session));
+    let report = session.run();
+    drop(registration);
+    if args.timings {
+        for (name, node) in &nodes {
+            let phases = node.last_start.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            let text: Vec<String> = phases.iter().map(|(p, ms)| format!("{p} {ms:.2}")).collect();
+            eprintln!("hutch: {name}: start phases (ms): {}", text.join(", "));
+        }
+    }
+    Ok(interrupted_code(&report).unwrap_or_else(|| report.exit_code()))
+}
+
+/// Registers the run where `hutch list/exec/shell/logs/stop` find it and serves its control
+/// socket; a failure is a note (the test itself runs the same without).
+fn register(
+    runtime: &std::path::Path,
+    plan: &TestPlan,
+    output_dir: &std::path::Path,
+    nodes: &[(String, Arc<RuntimeNode>)],
+    topology: &Topology,
+    session: &Session,
+) -> Option<crate::registry::Registration> {
     let reachable = nodes
         .iter()
         .filter_map(|(name, node)| {
@@ -179,17 +197,13 @@ fn run(args: &TestArgs, plan: &TestPlan, spawner: Arc<Spawner>, runtime: &std::p
             })
         })
         .collect();
-    crate::control::serve(&registration.socket(), reachable, session.abort_handle())?;
-    let report = session.run();
-    drop(registration);
-    if args.timings {
-        for (name, node) in &nodes {
-            let phases = node.last_start.lock().unwrap_or_else(|e| e.into_inner()).clone();
-            let text: Vec<String> = phases.iter().map(|(p, ms)| format!("{p} {ms:.2}")).collect();
-            eprintln!("hutch: {name}: start phases (ms): {}", text.join(", "));
-        }
-    }
-    Ok(interrupted_code(&report).unwrap_or_else(|| report.exit_code()))
+    let registered = crate::registry::Registration::new(runtime, &plan.name, output_dir).and_then(|reg| {
+        crate::control::serve(&reg.socket(), reachable, session.abort_handle())?;
+        Ok(reg)
+    });
+    registered
+        .map_err(|e| eprintln!("hutch: note: {e:#}; `hutch list`, `exec` and `shell` will not see this run"))
+        .ok()
 }
 
 /// The abort reason `watch_signals` gives, followed by the signal's name.

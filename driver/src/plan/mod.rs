@@ -66,6 +66,8 @@ pub struct NodePlan {
     pub boot: bool,
     /// The node's hostname (default: its name).
     pub hostname: String,
+    /// TCP ports published on the host's 127.0.0.1 for the test: (host port, node port).
+    pub publish: Vec<(u16, u16)>,
 }
 
 /// What a node boots: a root filesystem directory, or a NixOS system out of a Nix store.

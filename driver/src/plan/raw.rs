@@ -44,6 +44,7 @@ pub(crate) struct RawNode {
     pub env: Option<BTreeMap<String, String>>,
     pub boot: Option<bool>,
     pub hostname: Option<String>,
+    pub publish: Option<Vec<String>>,
 }
 
 /// A size as written: an integer number of bytes or a string like "512M".

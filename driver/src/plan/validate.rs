@@ -334,6 +334,16 @@ impl Checker<'_> {
             None => name.to_string(),
         };
         let boot = n.boot.or(d.boot).unwrap_or(true);
+        if d.publish.is_some() {
+            self.problem(
+                "defaults.publish",
+                "a host port can be published by one node only; move `publish` to the node that serves it",
+            );
+        }
+        let publish = n
+            .publish
+            .as_deref()
+            .map_or_else(Vec::new, |p| self.publish(&format!("nodes.{name}.publish"), p));
         if self.problems.len() != before {
             return None;
         }
@@ -349,7 +359,26 @@ impl Checker<'_> {
             env,
             boot,
             hostname,
+            publish,
         })
+    }
+
+    /// `publish = ["8080:80"]`: host port on 127.0.0.1, then the node's port.
+    fn publish(&mut self, key: &str, list: &[String]) -> Vec<(u16, u16)> {
+        let port = |p: &str| p.trim().parse::<u16>().ok().filter(|p| *p > 0);
+        let mut out = Vec::new();
+        for entry in list {
+            match entry.split_once(':').map(|(h, g)| (port(h), port(g))) {
+                Some((Some(h), Some(g))) => out.push((h, g)),
+                _ => self.problem(
+                    key,
+                    format!(
+                        "{entry:?} is not HOST_PORT:PORT; write e.g. publish = [\"8080:80\"] (127.0.0.1:8080 on the host reaches port 80)"
+                    ),
+                ),
+            }
+        }
+        out
     }
 
     fn vlans(&mut self, key: &str, list: &[i64]) -> Vec<u8> {
