@@ -136,6 +136,11 @@ fn lifecycle(user: Option<u32>) {
     assert_ne!(code, 0);
     assert!(err.contains("no running test has a node `delta`"), "{err}");
 
+    // A shell fed from a pipe: its commands run on a pty; its exit status is ours.
+    let (code, out, err) = t.hutch(user, &["shell", "alpha"], Some("tty\necho piped-$((2+3))\nexit 4\n"));
+    assert_eq!(code, 4, "{out}{err}");
+    assert!(out.contains("piped-5") && out.contains("/dev/pts/"), "{out}");
+
     // The node's log has what the driver did there.
     let (code, out, _) = t.hutch(user, &["logs", "beta"], None);
     assert_eq!(code, 0);
