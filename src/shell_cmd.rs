@@ -86,7 +86,7 @@ pub fn main(args: ShellArgs) -> i32 {
         }
         let raw = if tty { Some(RawMode::enter()?) } else { None };
         let up = Arc::new(Mutex::new(stream.try_clone().context("cloning the connection")?));
-        send_keys(Arc::clone(&up));
+        send_keys(Arc::clone(&up), tty);
         if tty {
             send_resizes(up, (rows, cols));
         }
@@ -109,15 +109,27 @@ pub fn main(args: ShellArgs) -> i32 {
     })())
 }
 
-/// Sends what the user types until standard input ends.
-fn send_keys(up: Arc<Mutex<UnixStream>>) {
+/// Sends what the user types until standard input ends. The end of a pipe or file is then
+/// typed as Ctrl-D, every half second until the session ends: one typed ahead of a shell that
+/// has not set up its line editor yet can be lost, and a shell fed from a pipe must end when
+/// its input does.
+fn send_keys(up: Arc<Mutex<UnixStream>>, tty: bool) {
     let _ = std::thread::Builder::new().name("keys".into()).spawn(move || {
         let mut buf = vec![0u8; 4096];
         let mut stdin = std::io::stdin();
+        let send = |data: Vec<u8>| write_frame(&mut *up.lock().unwrap_or_else(|p| p.into_inner()), &ShellInput::Data { data }).is_ok();
         while let Ok(n @ 1..) = stdin.read(&mut buf) {
-            let msg = ShellInput::Data { data: buf[..n].to_vec() };
-            if write_frame(&mut *up.lock().unwrap_or_else(|p| p.into_inner()), &msg).is_err() {
-                break;
+            if !send(buf[..n].to_vec()) {
+                return;
+            }
+        }
+        if tty {
+            return;
+        }
+        loop {
+            std::thread::sleep(Duration::from_millis(500));
+            if !send(vec![0x04]) {
+                return;
             }
         }
     });

@@ -140,6 +140,10 @@ fn lifecycle(user: Option<u32>) {
     let (code, out, err) = t.hutch(user, &["shell", "alpha"], Some("tty\necho piped-$((2+3))\nexit 4\n"));
     assert_eq!(code, 4, "{out}{err}");
     assert!(out.contains("piped-5") && out.contains("/dev/pts/"), "{out}");
+    // ... and it ends when the pipe does.
+    let (code, out, err) = t.hutch(user, &["shell", "alpha"], Some("echo no-exit\n"));
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("no-exit"), "{out}");
 
     // The node's log has what the driver did there.
     let (code, out, _) = t.hutch(user, &["logs", "beta"], None);
