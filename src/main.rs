@@ -2,10 +2,16 @@
 //!
 //! The binary parses arguments and calls the library crates; see `run` for `hutch run`.
 
+mod attach_cmd;
 mod bench_cmd;
+mod control;
 mod disks;
+mod doctor_cmd;
 mod node;
+mod publish;
+mod registry;
 mod run;
+mod shell_cmd;
 mod spawner;
 mod test_cmd;
 mod userns;
@@ -32,6 +38,18 @@ enum Command {
     Test(test_cmd::TestArgs),
     /// Start N nodes, repeatedly, and report start-up latency per phase, throughput and memory.
     Bench(bench_cmd::BenchArgs),
+    /// What this user has and lacks for hutch, with the fix for each (exit 1: something needed is missing).
+    Doctor(doctor_cmd::DoctorArgs),
+    /// Your running tests and their nodes: test, node, state, pid, uptime, addresses.
+    List(attach_cmd::ListArgs),
+    /// Run a command in a node of a running test (through its agent); its exit status is ours.
+    Exec(attach_cmd::ExecArgs),
+    /// A login shell (or `-- CMD`) on a fresh pty in a node of a running test.
+    Shell(shell_cmd::ShellArgs),
+    /// Print a node's log of a running test (`-f`: follow it until the test ends).
+    Logs(attach_cmd::LogsArgs),
+    /// Stop a node of a running test, or a whole running test.
+    Stop(attach_cmd::StopArgs),
 }
 
 fn main() {
@@ -43,6 +61,12 @@ fn main() {
         Command::Run(args) => run::main(*args),
         Command::Test(args) => test_cmd::main(args),
         Command::Bench(args) => bench_cmd::main(args),
+        Command::Doctor(args) => doctor_cmd::main(args),
+        Command::List(args) => attach_cmd::list(args),
+        Command::Exec(args) => attach_cmd::exec(args),
+        Command::Shell(args) => shell_cmd::main(args),
+        Command::Logs(args) => attach_cmd::logs(args),
+        Command::Stop(args) => attach_cmd::stop(args),
     };
     std::process::exit(code);
 }
@@ -63,7 +87,14 @@ fn usage_error(e: clap::Error) -> i32 {
     let first: Vec<&str> = text.lines().take_while(|l| !l.trim().is_empty()).map(str::trim).collect();
     let first = first.join(" ");
     let first = first.trim_start_matches("error: ");
-    eprintln!("hutch: {first}; see hutch --help");
+    // clap's suggestion for a misspelt subcommand or flag ("a similar subcommand exists").
+    let tip = text
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("tip: "))
+        .find(|t| t.contains("similar"))
+        .map(|t| format!("; did you mean {}?", t.rsplit(": ").next().unwrap_or(t).trim()))
+        .unwrap_or_default();
+    eprintln!("hutch: {first}{tip}; see hutch --help");
     if std::env::args().nth(1).as_deref() == Some("run") {
         run::EXIT_HUTCH
     } else {

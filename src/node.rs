@@ -1,7 +1,7 @@
 //! A test node for the driver: the runtime's container (through the spawner), its console,
 //! its readiness and its place on the test network, behind the driver's `NodeControl`.
 
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -31,12 +31,15 @@ pub struct RuntimeNode {
     oom: Mutex<Option<Arc<OomWatch>>>,
     /// Start phase timings of the last start, for `--timings`.
     pub last_start: Mutex<Vec<(String, f64)>>,
+    /// The network namespace of the current start, for connections made in it (`--publish`).
+    netns: Mutex<Option<OwnedFd>>,
 }
 
 struct Running {
     pidfd: OwnedFd,
     /// The console's pty master again, for typing on it (`send_console`).
     console: Option<OwnedFd>,
+    since: Instant,
 }
 
 fn failed(e: impl std::fmt::Display) -> NodeError {
@@ -54,11 +57,52 @@ impl RuntimeNode {
             state: Mutex::new(None),
             oom: Mutex::new(None),
             last_start: Mutex::new(Vec::new()),
+            netns: Mutex::new(None),
         }
     }
 
     fn name(&self) -> &str {
         &self.request.name
+    }
+
+    /// The host pid of the node's PID 1 while it runs (read from its pidfd's fdinfo), for
+    /// `hutch list`.
+    pub fn pid(&self) -> Option<u32> {
+        let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let fd = state.as_ref()?.pidfd.as_raw_fd();
+        let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}")).ok()?;
+        let pid = info.lines().find_map(|l| l.strip_prefix("Pid:"))?.trim().parse::<i64>().ok()?;
+        u32::try_from(pid).ok().filter(|p| *p > 0)
+    }
+
+    /// A TCP connection to `port` on the node's loopback, made from a socket created in the
+    /// node's network namespace (by a short-lived thread that joins it: nothing is added to
+    /// the host's namespace, and the node needs no route to the host).
+    pub fn connect_tcp(&self, port: u16, timeout: Duration) -> std::io::Result<std::net::TcpStream> {
+        if !self.is_up() {
+            return Err(std::io::Error::new(std::io::ErrorKind::NotConnected, "the node is not running"));
+        }
+        let netns = self
+            .netns
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .map(|f| f.try_clone())
+            .transpose()?
+            .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::NotConnected, "the node has no network namespace"))?;
+        std::thread::Builder::new()
+            .name(format!("connect-{}", self.name()))
+            .spawn(move || {
+                nix::sched::setns(&netns, nix::sched::CloneFlags::CLONE_NEWNET).map_err(std::io::Error::from)?;
+                std::net::TcpStream::connect_timeout(&(std::net::Ipv4Addr::LOCALHOST, port).into(), timeout)
+            })?
+            .join()
+            .unwrap_or_else(|_| Err(std::io::Error::other("the connecting thread panicked")))
+    }
+
+    /// When the node last came up, while it runs.
+    pub fn up_since(&self) -> Option<Instant> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner()).as_ref().map(|r| r.since)
     }
 
     /// Copies the console into the log until the node's console goes away.
@@ -151,6 +195,7 @@ impl NodeControl for RuntimeNode {
     fn start(&self) -> Result<UnixStream, NodeError> {
         // The node is plugged into its LANs before its init runs.
         let wire = |netns: std::os::fd::BorrowedFd| -> anyhow::Result<()> {
+            *self.netns.lock().unwrap_or_else(|e| e.into_inner()) = netns.try_clone_to_owned().ok();
             if let Some(hub) = &self.hub {
                 // A restarted node has a new namespace: unplug what the old one left first.
                 let _ = hub.detach(self.name());
@@ -186,6 +231,7 @@ impl NodeControl for RuntimeNode {
         *self.state.lock().unwrap_or_else(|e| e.into_inner()) = Some(Running {
             pidfd: fds.pidfd,
             console: console_input,
+            since: Instant::now(),
         });
         Ok(fds.agent)
     }
@@ -201,6 +247,8 @@ impl NodeControl for RuntimeNode {
     fn crash(&self) -> Result<(), NodeError> {
         self.spawner.kill(self.name()).map_err(failed)?;
         *self.state.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        // Held, the descriptor would keep the dead node's network namespace alive.
+        *self.netns.lock().unwrap_or_else(|e| e.into_inner()) = None;
         Ok(())
     }
 

@@ -19,7 +19,8 @@ use nix::sys::signalfd::{SfdFlags, SignalFd};
 /// Options of `hutch run`.
 #[derive(Args, Debug)]
 pub struct RunArgs {
-    /// Root filesystem directory (read-only lower layer of a per-node overlay).
+    /// Root filesystem directory (read-only lower layer of a per-node overlay), or the name of
+    /// a built image in the cache, as in test files (`busybox`, `debian`).
     #[arg(long, conflicts_with = "toplevel", required_unless_present = "toplevel")]
     image: Option<PathBuf>,
     /// NixOS mode: a system toplevel store path; the root is an empty tmpfs with the store.
@@ -92,6 +93,30 @@ pub fn main(args: RunArgs) -> i32 {
     }
 }
 
+/// `--image`: a directory, or (like `image` in a test file) the name of a built image in the
+/// cache (the user's shifted copy when rootless).
+fn image_dir(image: &std::path::Path) -> Result<PathBuf> {
+    if image.is_dir() {
+        return Ok(image.to_path_buf());
+    }
+    let name = image.to_str().unwrap_or_default();
+    let cache = hutch_driver::plan::PlanContext::from_env().cache_dir;
+    if let Some(found) = hutch_driver::plan::image_by_name(&cache, name) {
+        return Ok(found);
+    }
+    if name.is_empty() || name.contains('/') || name.starts_with('.') {
+        let what = if image.exists() { "is not a directory" } else { "does not exist" };
+        anyhow::bail!(
+            "--image: {} {what}; give a root filesystem directory or a built image's name",
+            image.display()
+        );
+    }
+    anyhow::bail!(
+        "--image: {name:?} is neither a directory nor a built image; {}, or give a root filesystem directory",
+        hutch_driver::plan::missing_image_fix(&cache, name)
+    )
+}
+
 fn spec(args: &RunArgs) -> Result<NodeSpec> {
     if args.image.is_some() && (args.store.is_some() || args.closure_only) {
         anyhow::bail!("--store/--closure-only: they only apply to --toplevel (NixOS mode); drop them with --image");
@@ -111,7 +136,7 @@ fn spec(args: &RunArgs) -> Result<NodeSpec> {
     let request = StartRequest {
         name: args.name.clone(),
         hostname: args.hostname.clone().unwrap_or_else(|| args.name.clone()),
-        image: args.image.clone(),
+        image: args.image.as_deref().map(image_dir).transpose()?,
         toplevel: args.toplevel.clone(),
         store: args.store.clone(),
         closure_only: args.closure_only,

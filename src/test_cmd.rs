@@ -34,6 +34,14 @@ pub struct TestArgs {
     /// directory, and keep them afterwards (default: fresh disks, removed at the end).
     #[arg(long)]
     keep_disks: bool,
+    /// When the test fails, keep its nodes running (get in with `hutch shell NODE`) until
+    /// Ctrl-C or `hutch stop TEST`.
+    #[arg(long)]
+    keep_nodes_on_failure: bool,
+    /// Publish a node's TCP port on the host's 127.0.0.1 for the length of the test
+    /// (NODE:HOST_PORT:PORT, e.g. server:8080:80; repeatable).
+    #[arg(long, value_name = "NODE:HOST_PORT:PORT")]
+    publish: Vec<crate::publish::Publish>,
     /// Print each node's start phase timings.
     #[arg(long)]
     timings: bool,
@@ -59,6 +67,11 @@ pub fn main(args: TestArgs) -> i32 {
             return EXIT_BAD_TEST;
         }
     };
+    let names: Vec<String> = plan.nodes.iter().map(|n| n.name.clone()).collect();
+    if let Err(message) = crate::publish::check(&args.publish, &names) {
+        eprintln!("hutch: {message}");
+        return EXIT_BAD_TEST;
+    }
     // A script that does not compile is a bad test file: say so before anything starts.
     if let Err(message) = check_script(&plan) {
         eprintln!("{message}");
@@ -69,6 +82,11 @@ pub fn main(args: TestArgs) -> i32 {
     if let Some(note) = hutch_runtime::settle() {
         eprintln!("hutch: {note}");
     }
+    // Where `hutch list/exec` find this run: found as the user, before a rootless run's
+    // user namespace (where the uid reads 0).
+    let runtime = crate::registry::runtime_dir()
+        .map_err(|e| eprintln!("hutch: note: {e:#}; `hutch list`, `exec` and `shell` will not see this run"))
+        .ok();
     // Rootless: become root of a user namespace of our own first (see userns.rs).
     if let Err(e) = crate::userns::enter() {
         eprintln!("hutch: {e:#}");
@@ -90,7 +108,7 @@ pub fn main(args: TestArgs) -> i32 {
             return crate::run::EXIT_HUTCH;
         }
     };
-    match run(&args, &plan, spawner) {
+    match run(&args, &plan, spawner, runtime.as_deref()) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("hutch: {e:#}");
@@ -99,7 +117,7 @@ pub fn main(args: TestArgs) -> i32 {
     }
 }
 
-fn run(args: &TestArgs, plan: &TestPlan, spawner: Arc<Spawner>) -> Result<i32> {
+fn run(args: &TestArgs, plan: &TestPlan, spawner: Arc<Spawner>, runtime: Option<&std::path::Path>) -> Result<i32> {
     let topology = Topology::new(plan.nodes.iter().map(|n| {
         hutch_netns::NodeSpec::new(n.name.clone(), n.vlans.iter().map(|v| *v as u32)).with_interfaces(n.interfaces.iter().map(|i| {
             hutch_netns::InterfaceSpec {
@@ -116,10 +134,8 @@ fn run(args: &TestArgs, plan: &TestPlan, spawner: Arc<Spawner>) -> Result<i32> {
         Some(Arc::new(Hub::new(&topology).context("creating the test network")?))
     };
     let hosts = topology.hosts_file();
-    let output_dir = args
-        .output_dir
-        .clone()
-        .unwrap_or_else(|| PathBuf::from("hutch-out").join(&plan.name));
+    // Claimed before anything is written there: two runs of one test never share it.
+    let (output_dir, _output_lock) = claim_output_dir(args.output_dir.as_deref(), &plan.name)?;
     // Every node sees the run's shared directory at /tmp/shared, as upstream's VMs do.
     let shared = hutch_driver::machine::shared_dir(&output_dir);
     std::fs::create_dir_all(&shared).with_context(|| format!("creating {}", shared.display()))?;
@@ -166,10 +182,12 @@ fn run(args: &TestArgs, plan: &TestPlan, spawner: Arc<Spawner>) -> Result<i32> {
         };
         nodes.push((n.name.clone(), Arc::new(RuntimeNode::new(request, Arc::clone(&spawner), on_lan))));
     }
-    let mut opts = SessionOptions::new(output_dir);
+    crate::publish::start(&crate::publish::all(&args.publish, plan), &nodes)?;
+    let mut opts = SessionOptions::new(output_dir.clone());
     opts.junit_xml = args.junit_xml.clone();
     opts.interactive = args.interactive;
     opts.keep_going = args.keep_going;
+    opts.keep_nodes_on_failure = args.keep_nodes_on_failure;
     opts.console_log_max = args.console_log_max;
     let controls: Vec<(String, Box<dyn NodeControl>)> = nodes
         .iter()
@@ -179,7 +197,9 @@ fn run(args: &TestArgs, plan: &TestPlan, spawner: Arc<Spawner>) -> Result<i32> {
     if !args.interactive {
         watch_signals(session.abort_handle());
     }
+    let registration = runtime.and_then(|dir| register(dir, plan, &output_dir, &nodes, &topology, &session));
     let report = session.run();
+    drop(registration);
     if args.timings {
         for (name, node) in &nodes {
             let phases = node.last_start.lock().unwrap_or_else(|e| e.into_inner()).clone();
@@ -187,7 +207,95 @@ fn run(args: &TestArgs, plan: &TestPlan, spawner: Arc<Spawner>) -> Result<i32> {
             eprintln!("hutch: {name}: start phases (ms): {}", text.join(", "));
         }
     }
-    Ok(report.exit_code())
+    Ok(interrupted_code(&report).unwrap_or_else(|| report.exit_code()))
+}
+
+/// Registers the run where `hutch list/exec/shell/logs/stop` find it and serves its control
+/// socket; a failure is a note (the test itself runs the same without).
+fn register(
+    runtime: &std::path::Path,
+    plan: &TestPlan,
+    output_dir: &std::path::Path,
+    nodes: &[(String, Arc<RuntimeNode>)],
+    topology: &Topology,
+    session: &Session,
+) -> Option<crate::registry::Registration> {
+    let reachable = nodes
+        .iter()
+        .filter_map(|(name, node)| {
+            Some(crate::control::Reachable {
+                machine: Arc::clone(session.machine(name)?),
+                node: Arc::clone(node),
+                addresses: topology
+                    .node(name)
+                    .map(|n| n.interfaces.iter().map(|i| format!("{}/{}", i.ipv4, i.ipv4_prefix)).collect())
+                    .unwrap_or_default(),
+            })
+        })
+        .collect();
+    let registered = crate::registry::Registration::new(runtime, &plan.name, output_dir).and_then(|reg| {
+        crate::control::serve(&reg.socket(), reachable, session.abort_handle())?;
+        Ok(reg)
+    });
+    registered
+        .map_err(|e| eprintln!("hutch: note: {e:#}; `hutch list`, `exec` and `shell` will not see this run"))
+        .ok()
+}
+
+/// The abort reason `watch_signals` gives, followed by the signal's name.
+const INTERRUPTED_BY: &str = "interrupted by ";
+
+/// 128 + the signal when Ctrl-C (SIGINT) or SIGTERM ended the script, as a shell reports it.
+fn interrupted_code(report: &hutch_driver::session::Report) -> Option<i32> {
+    let hutch_driver::session::Outcome::Failed(f) = &report.outcome else {
+        return None;
+    };
+    let name = f.message.strip_prefix("aborted: ")?.strip_prefix(INTERRUPTED_BY)?;
+    use nix::sys::signal::Signal;
+    [Signal::SIGINT, Signal::SIGTERM]
+        .into_iter()
+        .find(|s| s.as_str() == name)
+        .map(|s| 128 + s as i32)
+}
+
+/// The run's output directory, locked (flock on the directory) for as long as the lock lives,
+/// so two runs never write their logs into one directory. The default `./hutch-out/<name>`
+/// goes on to `<name>-2`, `<name>-3`, ... while another run holds it; a given directory in
+/// use is an error.
+fn claim_output_dir(given: Option<&std::path::Path>, test: &str) -> Result<(PathBuf, nix::fcntl::Flock<std::fs::File>)> {
+    let try_lock = |dir: &std::path::Path| -> Result<Option<nix::fcntl::Flock<std::fs::File>>> {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating the output directory {}", dir.display()))?;
+        let f = std::fs::File::open(dir).with_context(|| format!("opening {}", dir.display()))?;
+        Ok(nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusiveNonblock).ok())
+    };
+    if let Some(dir) = given {
+        return match try_lock(dir)? {
+            Some(lock) => Ok((dir.to_path_buf(), lock)),
+            None => anyhow::bail!(
+                "--output-dir {}: another running test writes there; give each run its own directory",
+                dir.display()
+            ),
+        };
+    }
+    let base = PathBuf::from("hutch-out");
+    for n in 1..1000 {
+        let dir = if n == 1 {
+            base.join(test)
+        } else {
+            base.join(format!("{test}-{n}"))
+        };
+        if let Some(lock) = try_lock(&dir)? {
+            if n > 1 {
+                eprintln!(
+                    "hutch: {} is in use by another run of this test; this run writes to {}",
+                    base.join(test).display(),
+                    dir.display()
+                );
+            }
+            return Ok((dir, lock));
+        }
+    }
+    anyhow::bail!("every hutch-out/{test}-N is in use; give --output-dir")
 }
 
 /// Compiles the test script with the Python that will run it (about 20 ms): a syntax error
@@ -252,7 +360,7 @@ fn watch_signals(abort: hutch_driver::session::AbortHandle) {
         set.add(nix::sys::signal::Signal::SIGTERM);
         if let Ok(sig) = set.wait() {
             eprintln!("hutch: {sig}: stopping the test");
-            abort.abort(&format!("interrupted by {sig}"));
+            abort.abort(&format!("{INTERRUPTED_BY}{sig}"));
         }
         if set.wait().is_ok() {
             std::process::exit(130);

@@ -263,6 +263,23 @@ fn sample_requests() -> Vec<Vec<u8>> {
             path: "/run/x".into(),
             datagram: false,
         },
+        AgentRequest::PtyOpen {
+            command: Vec::new(),
+            term: "xterm".into(),
+            rows: 24,
+            cols: 80,
+        },
+        AgentRequest::PtyInput {
+            session: 1,
+            data: b"ls\r".to_vec(),
+        },
+        AgentRequest::PtyOutput { session: 1 },
+        AgentRequest::PtyResize {
+            session: 1,
+            rows: 40,
+            cols: 120,
+        },
+        AgentRequest::PtyClose { session: 1 },
     ];
     bodies
         .into_iter()
@@ -300,6 +317,11 @@ fn sample_replies() -> Vec<Vec<u8>> {
         AgentReply::Probe {
             open: true,
             unresolved: false,
+        },
+        AgentReply::PtyOpened { session: 1 },
+        AgentReply::PtyOutput {
+            data: b"\x1b[1mroot@node\x1b[0m# ".to_vec(),
+            ended: Some(ExitStatus::Code(3)),
         },
         AgentReply::Error { message: "no".into() },
     ];

@@ -227,7 +227,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-fn unexpected(asked: &'static str, got: AgentReply) -> AgentError {
+pub(crate) fn unexpected(asked: &'static str, got: AgentReply) -> AgentError {
     match got {
         AgentReply::Error { message } => AgentError::Remote(message),
         other => AgentError::Protocol {

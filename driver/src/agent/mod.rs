@@ -10,6 +10,7 @@ mod frame;
 mod login;
 mod pidns;
 mod probe;
+mod pty;
 mod server;
 
 use std::collections::BTreeMap;
@@ -85,6 +86,46 @@ pub enum AgentRequest {
         /// A datagram socket rather than a stream socket.
         datagram: bool,
     },
+    /// Start a program (a login shell when `command` is empty) on a fresh pty in the node,
+    /// for `hutch shell`; answered with `PtyOpened`.
+    PtyOpen {
+        /// The program and its arguments; empty: root's login shell.
+        command: Vec<String>,
+        /// `TERM` for it.
+        term: String,
+        /// Window rows.
+        rows: u16,
+        /// Window columns.
+        cols: u16,
+    },
+    /// Type into a session's terminal; answered with `Done`.
+    PtyInput {
+        /// From `PtyOpened`.
+        session: u64,
+        /// The bytes.
+        #[serde(with = "frame::blob")]
+        data: Vec<u8>,
+    },
+    /// What the session's terminal printed (waits a few seconds for it); answered with
+    /// `PtyOutput`.
+    PtyOutput {
+        /// From `PtyOpened`.
+        session: u64,
+    },
+    /// Set a session's window size; answered with `Done`.
+    PtyResize {
+        /// From `PtyOpened`.
+        session: u64,
+        /// Window rows.
+        rows: u16,
+        /// Window columns.
+        cols: u16,
+    },
+    /// Hang up a session (SIGHUP to its process group); answered with `Done`.
+    PtyClose {
+        /// From `PtyOpened`.
+        session: u64,
+    },
 }
 
 /// A command for the agent to run.
@@ -146,6 +187,19 @@ pub enum AgentReply {
         open: bool,
         /// The host name could not be resolved inside the agent (no /etc/hosts entry).
         unresolved: bool,
+    },
+    /// A terminal session started.
+    PtyOpened {
+        /// Names it in the other `Pty*` requests.
+        session: u64,
+    },
+    /// What a session's terminal printed; empty data when nothing came in time.
+    PtyOutput {
+        /// The bytes.
+        #[serde(with = "frame::blob")]
+        data: Vec<u8>,
+        /// The program ended (and nothing is left to read): how. The session is gone.
+        ended: Option<ExitStatus>,
     },
     /// The request failed; the message says what and why.
     Error {

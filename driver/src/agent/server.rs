@@ -7,7 +7,7 @@ use std::os::unix::net::UnixStream;
 use std::sync::{Arc, Mutex};
 
 use super::frame::{decode, read_frame, write_frame};
-use super::{exec, files, probe, AgentReply, AgentRequest, Envelope};
+use super::{exec, files, probe, pty, AgentReply, AgentRequest, Envelope};
 
 /// Serve the driver on `stream` until it closes. Runs in the node's namespaces (its commands
 /// in its pid namespace too), started by the runtime, so it uses nothing from the node's
@@ -163,5 +163,10 @@ fn handle(request: AgentRequest) -> AgentReply {
         AgentRequest::WriteTree { path, entries } => files::write_tree(&path, &entries),
         AgentRequest::ProbeTcp { host, port } => probe::tcp(&host, port),
         AgentRequest::ProbeUnix { path, datagram } => probe::unix(&path, datagram),
+        AgentRequest::PtyOpen { command, term, rows, cols } => pty::open(&command, &term, rows, cols),
+        AgentRequest::PtyInput { session, data } => pty::input(session, &data),
+        AgentRequest::PtyOutput { session } => pty::output(session),
+        AgentRequest::PtyResize { session, rows, cols } => pty::resize(session, rows, cols),
+        AgentRequest::PtyClose { session } => pty::close(session),
     }
 }

@@ -43,7 +43,6 @@ impl Machine {
     /// Run a shell command (bash with `set -euo pipefail` and /etc/profile, as root) and return
     /// its status and output; the status is not checked. Starts the node when it is down.
     pub fn execute(&self, command: &str, timeout: Option<Duration>) -> Result<Output, MachineError> {
-        let agent = self.agent()?;
         let req = RunRequest {
             command: Command::Shell(command.to_string()),
             env: Default::default(),
@@ -51,6 +50,36 @@ impl Machine {
             timeout_ms: timeout.map(|t| t.as_millis().min(u64::MAX as u128) as u64),
             cwd: None,
         };
+        let out = Output::from_result(self.run_request(req)?);
+        if out.timed_out {
+            self.log(&format!(
+                "command `{command}` timed out after {}s and was killed",
+                timeout.unwrap_or_default().as_secs_f64()
+            ));
+        }
+        if !out.stderr.is_empty() {
+            self.ctx.log.detail(&self.name, out.stderr.trim_end());
+        }
+        Ok(out)
+    }
+
+    /// Run a program (found through the login PATH) with `stdin` fed to it, for `hutch exec`
+    /// from another terminal: its status and raw output (the command line is logged).
+    pub fn exec_argv(&self, argv: Vec<String>, stdin: Vec<u8>) -> Result<RunResult, MachineError> {
+        self.log(&format!("hutch exec: {}", argv.join(" ")));
+        self.run_request(RunRequest {
+            command: Command::Argv(argv),
+            env: Default::default(),
+            stdin,
+            timeout_ms: None,
+            cwd: None,
+        })
+    }
+
+    /// Send one command to the agent (starting the node when it is down); a node that died
+    /// under it is reported as crashed.
+    fn run_request(&self, req: RunRequest) -> Result<RunResult, MachineError> {
+        let agent = self.agent()?;
         let r = agent.run(req);
         // A node that died under the command (out of memory) is a crashed node, whatever
         // the command's own status says.
@@ -62,18 +91,7 @@ impl Machine {
                 reason,
             });
         }
-        let r = r.map_err(|source| self.agent_err(source))?;
-        let out = Output::from_result(r);
-        if out.timed_out {
-            self.log(&format!(
-                "command `{command}` timed out after {}s and was killed",
-                timeout.unwrap_or_default().as_secs_f64()
-            ));
-        }
-        if !out.stderr.is_empty() {
-            self.ctx.log.detail(&self.name, out.stderr.trim_end());
-        }
-        Ok(out)
+        r.map_err(|source| self.agent_err(source))
     }
 
     /// Run a command that must exit 0; returns its stdout, or fails with status and output.

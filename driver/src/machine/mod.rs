@@ -204,6 +204,18 @@ impl Machine {
         self.control.is_up()
     }
 
+    /// The node's agent connection for a user attached from another terminal (`hutch
+    /// shell`): only once the node is ready (it is never started for them).
+    pub fn attached_agent(&self) -> Option<Arc<AgentClient>> {
+        lock(&self.agent).as_ref().filter(|a| self.control.is_up() && a.is_alive()).cloned()
+    }
+
+    /// Whether the node runs and its agent answered (its boot is over): what `hutch list`
+    /// calls "up", and when `hutch exec` may use it.
+    pub fn is_ready(&self) -> bool {
+        self.control.is_up() && lock(&self.agent).as_ref().is_some_and(|a| a.is_alive())
+    }
+
     /// Wait for the node to stop by itself.
     pub fn wait_for_shutdown(&self, timeout: Duration) -> Result<(), MachineError> {
         self.log("waiting for the node to shut down");

@@ -4,6 +4,7 @@
 mod interfaces;
 mod raw;
 mod roots;
+pub use roots::{image_by_name, missing_image_fix};
 mod validate;
 mod validate_names;
 
@@ -72,6 +73,8 @@ pub struct NodePlan {
     pub boot: bool,
     /// The node's hostname (default: its name).
     pub hostname: String,
+    /// TCP ports published on the host's 127.0.0.1 for the test: (host port, node port).
+    pub publish: Vec<(u16, u16)>,
 }
 
 /// A named interface of a node, as the test file gives it.

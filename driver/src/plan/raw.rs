@@ -46,6 +46,7 @@ pub(crate) struct RawNode {
     pub boot: Option<bool>,
     pub hostname: Option<String>,
     pub interfaces: Option<Vec<RawInterface>>,
+    pub publish: Option<Vec<String>>,
 }
 
 /// One entry of a node's `interfaces` list: NixOS's `virtualisation.interfaces.<name>`.

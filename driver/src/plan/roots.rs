@@ -1,7 +1,7 @@
 //! Resolving what a node boots: an image directory (next to the test file, or built by name
 //! into the cache) or a NixOS toplevel with an executable `init`, optionally in a chroot store.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use super::raw::RawNode;
 use super::validate::{pick, At, Checker};
@@ -81,25 +81,48 @@ impl Checker<'_> {
             );
             return None;
         }
-        // A user's own copy (shifted into the user's id map by the image builder) wins.
-        let images = self.ctx.cache_dir.join("images");
-        let uid = nix::unistd::Uid::effective();
-        let own = images.join(format!("{image}@{uid}"));
-        if !uid.is_root() && own.is_dir() {
-            return Some(own);
-        }
-        let built = images.join(image);
-        if built.is_dir() {
-            return Some(built);
+        if let Some(found) = image_by_name(&self.ctx.cache_dir, image) {
+            return Some(found);
         }
         self.problem(
             key,
             format!(
-                "{image:?} is neither a directory next to the test file ({}) nor a built image ({}); build the image first, or point `image` at a root filesystem directory",
+                "{image:?} is neither a directory next to the test file ({}) nor a built image; {}, or point `image` at a root filesystem directory",
                 local.display(),
-                built.display()
+                missing_image_fix(&self.ctx.cache_dir, image)
             ),
         );
         None
     }
+}
+
+/// A built image by name in the cache: the user's own copy (shifted into the user's id map by
+/// the image builder) when not root and there is one, else `<cache>/images/<name>`. Shared by
+/// test files and `hutch run --image NAME`.
+pub fn image_by_name(cache_dir: &Path, name: &str) -> Option<PathBuf> {
+    if name.is_empty() || name.contains('/') || name.starts_with('.') {
+        return None;
+    }
+    let images = cache_dir.join("images");
+    let uid = nix::unistd::Uid::effective();
+    let own = images.join(format!("{name}@{uid}"));
+    if !uid.is_root() && own.is_dir() {
+        return Some(own);
+    }
+    let built = images.join(name);
+    built.is_dir().then_some(built)
+}
+
+/// What to do about an image name that is not in the cache: where hutch looked, and how the
+/// cache is chosen (`HUTCH_CACHE`).
+pub fn missing_image_fix(cache_dir: &Path, name: &str) -> String {
+    let how = match std::env::var_os("HUTCH_CACHE").filter(|v| !v.is_empty()) {
+        Some(_) => "HUTCH_CACHE".to_string(),
+        None => "the default cache; HUTCH_CACHE is not set".to_string(),
+    };
+    format!(
+        "looked in {} ({how}): build the image first (`HUTCH_CACHE={} bash fixtures/debian-image.sh` makes `debian`, fixtures/busybox-image.sh `busybox`), or set HUTCH_CACHE to the cache that holds it",
+        cache_dir.join("images").join(name).display(),
+        cache_dir.display()
+    )
 }

@@ -16,13 +16,13 @@ const DEFAULT_TIMEOUT: u64 = 3600;
 
 pub(super) fn parse(text: &str, path: &Path, format: Format, ctx: &PlanContext) -> Result<TestPlan, PlanError> {
     let file = path.display().to_string();
-    let fail = |key: Option<String>, message: String| PlanError {
-        file: file.clone(),
-        problems: vec![Problem { key, message }],
+    let (raw, type_errors) = match format {
+        Format::Toml => parse_toml(text),
+        Format::Json => parse_json(text).map_or_else(|e| (None, vec![e]), |raw| (Some(raw), Vec::new())),
     };
-    let raw = match format {
-        Format::Toml => parse_toml(text).map_err(|(k, m)| fail(k, m))?,
-        Format::Json => parse_json(text).map_err(|(k, m)| fail(k, m))?,
+    let mut problems: Vec<Problem> = type_errors.into_iter().map(|(key, message)| Problem { key, message }).collect();
+    let Some(raw) = raw else {
+        return Err(PlanError { file, problems });
     };
     let base = base_dir(path);
     let mut v = Checker {
@@ -32,15 +32,18 @@ pub(super) fn parse(text: &str, path: &Path, format: Format, ctx: &PlanContext) 
         file: file.clone(),
     };
     let plan = v.plan(raw, path);
-    if v.problems.is_empty() {
+    // A problem of a `[defaults]` key is found once per node that uses it: say it once.
+    for p in v.problems {
+        if !problems.iter().any(|q| q.key == p.key && q.message == p.message) {
+            problems.push(p);
+        }
+    }
+    if problems.is_empty() {
         if let Some(plan) = plan {
             return Ok(plan);
         }
     }
-    Err(PlanError {
-        file,
-        problems: v.problems,
-    })
+    Err(PlanError { file, problems })
 }
 
 type RawError = (Option<String>, String);
@@ -50,19 +53,89 @@ fn key_of(path: &serde_path_to_error::Path) -> Option<String> {
     (s != "." && !s.is_empty()).then_some(s)
 }
 
-fn parse_toml(text: &str) -> Result<RawFile, RawError> {
+/// The most type errors reported from one file.
+const MAX_TYPE_ERRORS: usize = 50;
+
+/// Parses a TOML test file, reporting every key of the wrong type (not only the first): each
+/// error's key is taken out and the rest parsed again. The file (what is left of it) comes
+/// back when the keys that remain parse, so the checks of meaning run on them too.
+fn parse_toml(text: &str) -> (Option<RawFile>, Vec<RawError>) {
     let de = toml::Deserializer::new(text);
-    serde_path_to_error::deserialize::<_, RawFile>(de).map_err(|e| {
-        let key = key_of(e.path());
-        let inner = e.inner();
-        let line = inner.span().map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
-        let msg = explain(inner.message().trim_end().to_string());
-        let msg = match line {
-            Some(l) => format!("{msg} (line {l})"),
-            None => msg,
-        };
-        (key, msg)
-    })
+    let first = match serde_path_to_error::deserialize::<_, RawFile>(de) {
+        Ok(raw) => return (Some(raw), Vec::new()),
+        Err(e) => e,
+    };
+    let mut errors = vec![toml_error(text, &first)];
+    let Ok(mut table) = text.parse::<toml::Table>() else {
+        // A syntax error: nothing more can be read.
+        return (None, errors);
+    };
+    let mut path = first.path().to_string();
+    while errors.len() < MAX_TYPE_ERRORS && remove_key(&mut table, &path) {
+        match serde_path_to_error::deserialize::<_, RawFile>(toml::Value::Table(table.clone())) {
+            Ok(raw) => return (Some(raw), errors),
+            Err(e) => {
+                // A required key taken out above: its own error says it all.
+                if e.inner().message().starts_with("missing field") {
+                    break;
+                }
+                path = e.path().to_string();
+                let msg = explain(e.inner().message().trim_end().to_string());
+                let msg = match line_of(text, &path) {
+                    Some(l) => format!("{msg} (line {l})"),
+                    None => msg,
+                };
+                errors.push((key_of(e.path()), msg));
+            }
+        }
+    }
+    (None, errors)
+}
+
+fn toml_error(text: &str, e: &serde_path_to_error::Error<toml::de::Error>) -> RawError {
+    let inner = e.inner();
+    let line = inner.span().map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
+    let msg = explain(inner.message().trim_end().to_string());
+    let msg = match line {
+        Some(l) => format!("{msg} (line {l})"),
+        None => msg,
+    };
+    (key_of(e.path()), msg)
+}
+
+/// Takes the key at `path` (`nodes.b.vlans`) out of `table`; false when there is none.
+fn remove_key(table: &mut toml::Table, path: &str) -> bool {
+    let parts: Vec<&str> = path.split('.').collect();
+    let Some((last, parents)) = parts.split_last() else {
+        return false;
+    };
+    let mut t = table;
+    for p in parents {
+        match t.get_mut(*p) {
+            Some(toml::Value::Table(inner)) => t = inner,
+            _ => return false,
+        }
+    }
+    t.remove(*last).is_some()
+}
+
+/// The line of key `path` (`nodes.b.vlans`) in the file: a `key =` line under its table's
+/// header, or an inline `key =` anywhere. Only for the messages.
+fn line_of(text: &str, path: &str) -> Option<usize> {
+    let (table, key) = path.rsplit_once('.')?;
+    let mut current = String::new();
+    for (i, line) in text.lines().enumerate() {
+        let l = line.trim();
+        if let Some(h) = l.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+            current = h.trim().to_string();
+            continue;
+        }
+        let is_key = l.strip_prefix(key).is_some_and(|rest| rest.trim_start().starts_with('='));
+        if is_key && current == table {
+            return Some(i + 1);
+        }
+    }
+    None
 }
 
 fn parse_json(text: &str) -> Result<RawFile, RawError> {
@@ -269,6 +342,16 @@ impl Checker<'_> {
             None => name.to_string(),
         };
         let boot = n.boot.or(d.boot).unwrap_or(true);
+        if d.publish.is_some() {
+            self.problem(
+                "defaults.publish",
+                "a host port can be published by one node only; move `publish` to the node that serves it",
+            );
+        }
+        let publish = n
+            .publish
+            .as_deref()
+            .map_or_else(Vec::new, |p| self.publish(&format!("nodes.{name}.publish"), p));
         if self.problems.len() != before {
             return None;
         }
@@ -286,7 +369,26 @@ impl Checker<'_> {
             env,
             boot,
             hostname,
+            publish,
         })
+    }
+
+    /// `publish = ["8080:80"]`: host port on 127.0.0.1, then the node's port.
+    fn publish(&mut self, key: &str, list: &[String]) -> Vec<(u16, u16)> {
+        let port = |p: &str| p.trim().parse::<u16>().ok().filter(|p| *p > 0);
+        let mut out = Vec::new();
+        for entry in list {
+            match entry.split_once(':').map(|(h, g)| (port(h), port(g))) {
+                Some((Some(h), Some(g))) => out.push((h, g)),
+                _ => self.problem(
+                    key,
+                    format!(
+                        "{entry:?} is not HOST_PORT:PORT; write e.g. publish = [\"8080:80\"] (127.0.0.1:8080 on the host reaches port 80)"
+                    ),
+                ),
+            }
+        }
+        out
     }
 
     fn vlans(&mut self, key: &str, list: &[i64]) -> Vec<u8> {

@@ -43,7 +43,7 @@ pub(crate) fn check_node_names(names: &[String]) -> Vec<(String, String)> {
         if !ok_chars || !starts || name.len() > 63 || name.ends_with('-') {
             out.push((
                 key,
-                "is not a valid node name: start with a letter, then letters, digits, `-` or `_`, at most 63 characters (it is the hostname and a script variable)".to_string(),
+                "is not a valid node name: start with a letter, then letters, digits or `-`, at most 63 characters (it is the hostname and a script variable)".to_string(),
             ));
             continue;
         }
@@ -66,6 +66,18 @@ pub(crate) fn check_node_names(names: &[String]) -> Vec<(String, String)> {
             out.push((
                 key,
                 format!("becomes the script variable `{py}`, like node `{other}` (dashes become underscores); rename one of them"),
+            ));
+            continue;
+        }
+        // The node's name is its host name (and what /etc/hosts gives the other nodes), and
+        // a host name has no `_`. A dash keeps the script's variable: `web-1` is `web_1`.
+        if name.contains('_') {
+            out.push((
+                key,
+                format!(
+                    "`{name}` cannot be a host name (`_` is not allowed there), and a node's name is its host name; name the node `{}` (the script still calls it `{py}`)",
+                    name.replace('_', "-")
+                ),
             ));
             continue;
         }

@@ -37,6 +37,9 @@ pub struct SessionOptions {
     pub quiet: bool,
     /// How many bytes of each node's console are logged before the rest is dropped.
     pub console_log_max: u64,
+    /// When the script fails, keep the nodes running (for `hutch shell`) until the run is
+    /// aborted (Ctrl-C, `hutch stop`).
+    pub keep_nodes_on_failure: bool,
 }
 
 impl SessionOptions {
@@ -53,6 +56,7 @@ impl SessionOptions {
             color: None,
             quiet: false,
             console_log_max: crate::log::DEFAULT_CONSOLE_CAP,
+            keep_nodes_on_failure: false,
         }
     }
 }
@@ -280,6 +284,13 @@ impl Session {
             c.notify_all();
         }
         let _ = watchdog.join();
+        let failed = script.failure.is_some() || script.subtests.iter().any(|t| t.error.is_some());
+        if failed && self.opts.keep_nodes_on_failure {
+            self.keep_nodes();
+            // The Ctrl-C that ended the wait is not why the test failed: the script's failure
+            // is reported, with its exit status.
+            *self.abort.reason.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        }
         self.stop_all();
         let report = report::build(&self, script, start.elapsed());
         report::finish(&self, &report);
@@ -312,6 +323,24 @@ impl Session {
                 kill_all(&machines, &log, true);
             }
         })
+    }
+
+    /// After a failure: say how to get into the nodes, and wait until the run is aborted.
+    fn keep_nodes(&self) {
+        let up: Vec<&str> = self.machines.iter().filter(|m| m.is_up()).map(|m| m.name()).collect();
+        let Some(first) = up.first() else {
+            return;
+        };
+        self.log.info(&format!(
+            "the test failed; its nodes are kept running ({}): get in with `hutch shell {first}` \
+             (or `hutch exec NODE -- CMD`, `hutch logs NODE`, `hutch list`); press Ctrl-C or run \
+             `hutch stop {}` to end",
+            up.join(", "),
+            self.plan.name
+        ));
+        while !self.abort.flag.load(Ordering::SeqCst) {
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 
     /// Stop every node that still runs (kill: the test is over, nothing needs a clean stop).
