@@ -66,20 +66,22 @@ fn every_type_error_of_a_file_is_reported() {
 }
 
 #[test]
-fn a_node_name_that_is_no_host_name_is_refused_before_anything_starts() {
+fn a_node_name_with_an_underscore_is_its_host_name() {
+    // NixOS allows `_` in host names and nixpkgs tests name nodes so (`machine_default`): the
+    // node starts, with that name as its hostname, and no flag the author never used is named.
+    if skip_unless_root("a_node_name_with_an_underscore_is_its_host_name") {
+        return;
+    }
     let dir = Scratch::new("small-name");
     let img = busybox_image().display().to_string();
     let f = write(
         &dir.0,
         "t.toml",
-        &format!("{HEAD}[defaults]\nimage = {img:?}\nboot = false\n[nodes.web_1]\n"),
+        &format!("[test]\nname = \"small\"\nscript = \"t.py\"\n[defaults]\nimage = {img:?}\nboot = false\n[nodes.web_1]\n"),
     );
+    write(&dir.0, "t.py", "start_all()\nassert web_1.succeed(\"hostname\") == \"web_1\\n\"\n");
     let (code, err) = hutch_in(&dir.0, &["test", &f]);
-    assert_eq!(code, 2, "{err}");
-    assert!(
-        err.contains("nodes.web_1") && err.contains("`web-1`") && err.contains("still calls it `web_1`"),
-        "{err}"
-    );
+    assert_eq!(code, 0, "{err}");
     assert!(!err.contains("--hostname"), "{err}");
 }
 

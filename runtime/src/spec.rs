@@ -197,7 +197,7 @@ impl NodeSpec {
             return Err(Error::Invalid {
                 field: "--hostname",
                 problem: format!("{:?} is not a host name", self.hostname),
-                fix: "use 1-64 letters, digits, '-' or '.'".into(),
+                fix: "use 1-64 letters, digits, '-', '_' or '.'".into(),
             });
         }
         match &self.root {
@@ -259,8 +259,10 @@ fn is_name_char(c: char) -> bool {
     c.is_ascii_alphanumeric() || c == '-' || c == '_'
 }
 
+/// What NixOS allows in `networking.hostName` (letters, digits, `-`, `_`; nixpkgs tests name
+/// nodes `machine_default`), and `.` for a fully qualified name given with `--hostname`.
 fn is_host_char(c: char) -> bool {
-    c.is_ascii_alphanumeric() || c == '-' || c == '.'
+    c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.'
 }
 
 fn is_executable(path: &Path) -> bool {

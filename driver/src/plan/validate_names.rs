@@ -69,18 +69,6 @@ pub(crate) fn check_node_names(names: &[String]) -> Vec<(String, String)> {
             ));
             continue;
         }
-        // The node's name is its host name (and what /etc/hosts gives the other nodes), and
-        // a host name has no `_`. A dash keeps the script's variable: `web-1` is `web_1`.
-        if name.contains('_') {
-            out.push((
-                key,
-                format!(
-                    "`{name}` cannot be a host name (`_` is not allowed there), and a node's name is its host name; name the node `{}` (the script still calls it `{py}`)",
-                    name.replace('_', "-")
-                ),
-            ));
-            continue;
-        }
         if let Some(other) = host.insert(name.to_ascii_lowercase(), name) {
             out.push((
                 key,
