@@ -12,7 +12,7 @@ mod common;
 mod nix_support;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use common::*;
 use hutch_driver::plan::{PlanContext, TestPlan};
@@ -322,22 +322,8 @@ with subtest("named interfaces"):
     let dir = Scratch::new("run");
     let file = dir.0.join("test.json");
     std::fs::write(&file, text(&nix["json"])).unwrap();
-    let out_dir = dir.0.join("out");
-    let (file_s, out_s) = (file.display().to_string(), out_dir.display().to_string());
-    let child = hutch_command(None, &["test", &file_s, "--output-dir", &out_s])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawning hutch");
-    let pid = child.id();
-    let output = child.wait_with_output().unwrap();
-    assert_nothing_left(pid);
-    let all = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    assert_eq!(output.status.code(), Some(0), "{all}");
+    let (code, all) = hutch_test_clean(None, &file, &dir.0.join("out"), &[]);
+    assert_eq!(code, 0, "{all}");
     assert!(all.contains("passed"), "{all}");
 }
 

@@ -8,8 +8,6 @@
 mod common;
 mod nix_support;
 
-use std::process::Stdio;
-
 use common::*;
 use nix_support::standin::{text, Standin};
 use nix_support::Scratch;
@@ -69,21 +67,7 @@ with subtest("named interfaces"):
     let dir = Scratch::new("ref-run");
     let path = dir.0.join("test.json");
     std::fs::write(&path, file.to_string()).unwrap();
-    let out_dir = dir.0.join("out");
-    let (path_s, out_s) = (path.display().to_string(), out_dir.display().to_string());
-    let child = hutch_command(None, &["test", &path_s, "--output-dir", &out_s])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawning hutch");
-    let pid = child.id();
-    let output = child.wait_with_output().unwrap();
-    assert_nothing_left(pid);
-    let all = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    assert_eq!(output.status.code(), Some(0), "{all}");
+    let (code, all) = hutch_test_clean(None, &path, &dir.0.join("out"), &[]);
+    assert_eq!(code, 0, "{all}");
     assert!(all.contains("passed"), "{all}");
 }

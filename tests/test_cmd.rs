@@ -3,7 +3,6 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 
 use common::*;
 
@@ -18,24 +17,7 @@ fn hutch_test(user: Option<u32>, file: &Path, out: &Path, extra: &[&str]) -> (i3
     if user.is_some() {
         let _ = debian_image_for_nobody();
     }
-    let file_s = file.display().to_string();
-    let out_s = out.display().to_string();
-    let mut args = vec!["test", &file_s, "--output-dir", &out_s];
-    args.extend_from_slice(extra);
-    let child = hutch_command(user, &args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let pid = child.id();
-    let output = child.wait_with_output().unwrap();
-    assert_nothing_left(pid);
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    (output.status.code().unwrap_or(-1), text)
+    hutch_test_clean(user, file, out, extra)
 }
 
 #[test]

@@ -566,3 +566,25 @@ pub fn run_test_file(user: Option<u32>, dir: &Path, toml: &str, script: &str) ->
         all,
     }
 }
+
+/// Runs `hutch test FILE --output-dir OUT EXTRA...` as `user`, checks it left nothing behind,
+/// and returns its exit code and combined output.
+pub fn hutch_test_clean(user: Option<u32>, file: &Path, out: &Path, extra: &[&str]) -> (i32, String) {
+    let (file_s, out_s) = (file.display().to_string(), out.display().to_string());
+    let mut args = vec!["test", &file_s, "--output-dir", &out_s];
+    args.extend_from_slice(extra);
+    let child = hutch_command(user, &args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawning hutch");
+    let pid = child.id();
+    let output = child.wait_with_output().unwrap();
+    assert_nothing_left(pid);
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (output.status.code().unwrap_or(-1), text)
+}
