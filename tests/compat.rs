@@ -5,7 +5,6 @@
 mod common;
 
 use std::path::Path;
-use std::process::Stdio;
 
 use common::*;
 
@@ -28,22 +27,8 @@ fn run_upstream_api(user: Option<u32>, tag: &str) {
     )
     .unwrap();
     let out = dir.0.join("out");
-    let (file_s, out_s) = (file.display().to_string(), out.display().to_string());
-    let child = hutch_command(user, &["test", &file_s, "--output-dir", &out_s])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let pid = child.id();
-    let output = child.wait_with_output().unwrap();
-    assert_nothing_left(pid);
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    assert_eq!(output.status.code(), Some(0), "{text}");
+    let (code, text) = hutch_test_clean(user, &file, &out, &[]);
+    assert_eq!(code, 0, "{text}");
     // What the script left on the host: the shared directory, the state directories and the
     // lines it logged as the node's console.
     assert_eq!(
