@@ -272,20 +272,14 @@ fn cgroup(who: &Who) -> Check {
     }
     let has = |c: &str| controllers.iter().any(|x| x.split(' ').next() == Some(c));
     if !writable {
-        let m = mount.display();
-        let u = &who.name;
         return check(
             State::Missing,
             "cgroup",
             format!(
-                "{} is not writable by this user: systemd nodes run without a cgroup, memory and pids limits are not enforced",
+                "{} is not writable by this user: systemd nodes cannot start, memory and pids limits are not enforced",
                 dir.display()
             ),
-            Some(format!(
-                "on a systemd host: systemd-run --user --scope -p Delegate=yes hutch test FILE; without systemd, as root: \
-                 mkdir {m}/hutch-{u} && chown {u} {m}/hutch-{u} {m}/hutch-{u}/cgroup.procs {m}/hutch-{u}/cgroup.subtree_control, \
-                 then start the user's shell inside it: echo $$ > {m}/hutch-{u}/cgroup.procs && exec su {u}"
-            )),
+            Some(hutch_runtime::cgroup_fix()),
         );
     }
     let lacking: Vec<&str> = ["memory", "pids"].into_iter().filter(|c| !has(c)).collect();
@@ -344,7 +338,7 @@ fn images(who: &Who, cache: &Path) -> Vec<Check> {
     names
         .into_iter()
         .map(|n| {
-            if hutch_driver::plan::image_by_name(cache, &n).is_some_and(|p| p.ends_with(format!("{n}@{}", who.uid))) {
+            if matches!(hutch_driver::plan::image_by_name(cache, &n), Ok(Some(p)) if p.ends_with(format!("{n}@{}", who.uid))) {
                 check(
                     State::Ok,
                     "shifted image",
@@ -359,11 +353,7 @@ fn images(who: &Who, cache: &Path) -> Vec<Check> {
                         "{n} has no copy for uid {}: a node of yours would see its files owned by nobody (su, logins fail)",
                         who.uid
                     ),
-                    Some(format!(
-                        "HUTCH_CACHE={} bash fixtures/{n}-image.sh --shift-for {}",
-                        cache.display(),
-                        who.name
-                    )),
+                    Some(hutch_driver::plan::shift_fix(cache, &n, Some(&who.name))),
                 )
             }
         })

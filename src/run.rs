@@ -101,7 +101,7 @@ fn image_dir(image: &std::path::Path) -> Result<PathBuf> {
     }
     let name = image.to_str().unwrap_or_default();
     let cache = hutch_driver::plan::PlanContext::from_env().cache_dir;
-    if let Some(found) = hutch_driver::plan::image_by_name(&cache, name) {
+    if let Some(found) = hutch_driver::plan::image_by_name(&cache, name).map_err(|why| anyhow::anyhow!("--image: {why}"))? {
         return Ok(found);
     }
     if name.is_empty() || name.contains('/') || name.starts_with('.') {

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use clap::Args;
 use hutch_driver::machine::NodeControl;
-use hutch_driver::plan::{NodeRoot, TestPlan};
+use hutch_driver::plan::{NodePlan, NodeRoot, TestPlan};
 use hutch_driver::session::{Session, SessionOptions, EXIT_BAD_TEST};
 use hutch_netns::{Hub, Topology};
 
@@ -82,6 +82,10 @@ pub fn main(args: TestArgs) -> i32 {
     if let Some(note) = hutch_runtime::settle() {
         eprintln!("hutch: {note}");
     }
+    if let Err(message) = check_nodes(&plan) {
+        eprintln!("hutch: {message}");
+        return EXIT_BAD_TEST;
+    }
     // Where `hutch list/exec` find this run: found as the user, before a rootless run's
     // user namespace (where the uid reads 0).
     let runtime = crate::registry::runtime_dir()
@@ -153,27 +157,11 @@ fn run(args: &TestArgs, plan: &TestPlan, spawner: Arc<Spawner>, runtime: Option<
     let mut disks = crate::disks::Disks::new(&output_dir, args.keep_disks)?;
     let mut nodes: Vec<(String, Arc<RuntimeNode>)> = Vec::new();
     for n in &plan.nodes {
-        let (image, toplevel, store, closure_only) = match &n.root {
-            NodeRoot::Image { dir } => (Some(dir.clone()), None, None, false),
-            NodeRoot::Toplevel { path, store, closure_only } => (None, Some(path.clone()), store.clone(), *closure_only),
-        };
         let request = StartRequest {
-            name: n.name.clone(),
-            hostname: n.hostname.clone(),
-            image,
-            toplevel,
-            store,
-            closure_only,
-            boot: n.boot,
-            args: Vec::new(),
-            env: n.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
-            files: n.files.iter().map(|f| (f.guest.clone(), f.host.clone())).collect(),
             texts: vec![("/etc/hosts".into(), hosts.clone())],
             binds: vec![(shared.clone(), hutch_driver::machine::SHARED_DIR_IN_NODE.into())],
-            memory: n.memory,
-            pids_max: n.pids_max,
-            tmpfs_size: n.tmpfs_size,
             disk: Some(disks.fresh(&n.name)?),
+            ..request_of(n)
         };
         let on_lan = if n.vlans.is_empty() && n.interfaces.is_empty() {
             None
@@ -208,6 +196,48 @@ fn run(args: &TestArgs, plan: &TestPlan, spawner: Arc<Spawner>, runtime: Option<
         }
     }
     Ok(interrupted_code(&report).unwrap_or_else(|| report.exit_code()))
+}
+
+/// What the runtime is asked to start for a plan's node, before the run adds its hosts file,
+/// shared directory and disk.
+fn request_of(n: &NodePlan) -> StartRequest {
+    let (image, toplevel, store, closure_only) = match &n.root {
+        NodeRoot::Image { dir } => (Some(dir.clone()), None, None, false),
+        NodeRoot::Toplevel { path, store, closure_only } => (None, Some(path.clone()), store.clone(), *closure_only),
+    };
+    StartRequest {
+        name: n.name.clone(),
+        hostname: n.hostname.clone(),
+        image,
+        toplevel,
+        store,
+        closure_only,
+        boot: n.boot,
+        args: Vec::new(),
+        env: n.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        files: n.files.iter().map(|f| (f.guest.clone(), f.host.clone())).collect(),
+        texts: Vec::new(),
+        binds: Vec::new(),
+        memory: n.memory,
+        pids_max: n.pids_max,
+        tmpfs_size: n.tmpfs_size,
+        disk: None,
+    }
+}
+
+/// Nodes this host cannot start (a systemd node and no cgroup for it), found before anything
+/// starts: the same error the start would give, as a bad-setup exit.
+fn check_nodes(plan: &TestPlan) -> Result<(), String> {
+    for n in &plan.nodes {
+        let spec = StartRequest {
+            files: Vec::new(),
+            ..request_of(n)
+        }
+        .node_spec()
+        .map_err(|e| format!("{e:#}"))?;
+        hutch_runtime::check_node(&spec).map_err(|e| e.to_string())?;
+    }
+    Ok(())
 }
 
 /// Registers the run where `hutch list/exec/shell/logs/stop` find it and serves its control

@@ -83,7 +83,29 @@ fn systemd_without_a_delegated_cgroup_is_refused_with_the_fix() {
     let r = run_as(Some(NO_RANGE), &["run", "--image", &img, "--boot"]);
     assert_eq!(r.code, 125, "{}", r.stderr);
     assert!(r.stderr.contains("systemd needs a cgroup2 subtree it can write"), "{}", r.stderr);
-    assert!(r.stderr.contains("Delegate=yes"), "{}", r.stderr);
+    // This host has no systemd: the fix is root's cgroup for the user with the shell moved in.
+    assert!(r.stderr.contains("exec su") && r.stderr.contains("hutch doctor"), "{}", r.stderr);
+}
+
+#[test]
+fn a_systemd_test_without_a_cgroup_is_refused_before_any_node_starts() {
+    if skip_unless_root("rootless_test_no_cgroup") {
+        return;
+    }
+    let dir = Scratch::new("no-cgroup-test");
+    let toml = format!(
+        "[test]\nname = \"no-cgroup\"\nscript = \"t.py\"\n[nodes.server]\nimage = \"{}\"\n",
+        debian_image().display()
+    );
+    std::fs::write(dir.0.join("t.toml"), toml).unwrap();
+    std::fs::write(dir.0.join("t.py"), "start_all()\n").unwrap();
+    let out = dir.0.join("out");
+    let (code, all) = hutch_test_clean(Some(NO_RANGE), &dir.0.join("t.toml"), &out, &[]);
+    assert_eq!(code, 2, "a set-up that cannot start the nodes exits 2: {all}");
+    assert!(all.contains("node server: systemd needs a cgroup2 subtree it can write"), "{all}");
+    assert!(all.contains("exec su"), "{all}");
+    // Refused before anything started: no node, so no output directory either.
+    assert!(!out.exists(), "{all}");
 }
 
 /// Runs `script` in a busybox node as `user`, with `dir` bound at /mnt/ids.

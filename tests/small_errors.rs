@@ -1,8 +1,8 @@
-//! The small errors of daily use (issue 16, point 5), each as a user meets it: a `[defaults]`
-//! problem said once, every type error of a file at once, a node name that cannot be a host
-//! name, image names for `hutch run`, HUTCH_CACHE in the missing-image message, "did you
-//! mean" for a misspelt command, two runs of one test in their own output directories, and
-//! Ctrl-C ending a test with 130.
+//! The small errors of daily use (issue 16, points 4 and 5), each as a user meets it: a
+//! `[defaults]` problem said once, every type error of a file at once, a node name that cannot
+//! be a host name, image names for `hutch run`, HUTCH_CACHE in the missing-image message, "did
+//! you mean" for a misspelt command, an image built for root never used silently by a user, two
+//! runs of one test in their own output directories, and Ctrl-C ending a test with 130.
 
 mod common;
 
@@ -103,6 +103,29 @@ fn hutch_run_takes_image_names_like_test_files() {
         "{}",
         r.stderr
     );
+}
+
+#[test]
+fn a_user_without_a_copy_of_an_image_is_told_how_to_make_one() {
+    if skip_unless_root("image_no_copy") {
+        return;
+    }
+    // uid 4242 has no account and no copy of its own: the root-owned image is not used behind
+    // its back, by a test file (exit 2, before anything starts) or by `hutch run` (125).
+    publish_busybox_image(&[]);
+    let dir = Scratch::new("small-no-copy");
+    let file = write(&dir.0, "t.toml", &format!("{HEAD}[nodes.machine]\nimage = \"busybox\"\n"));
+    let out = hutch_command(Some(4242), &["test", &file]).current_dir(&dir.0).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    let fix = "bash fixtures/busybox-image.sh --shift-for $(id -un)";
+    assert!(
+        err.contains("nodes.machine.image") && err.contains("uid 4242") && err.contains(fix),
+        "{err}"
+    );
+    let r = run_as(Some(4242), &["run", "--image", "busybox", "--", "true"]);
+    assert_eq!(r.code, 125, "{}", r.stderr);
+    assert!(r.stderr.contains(fix), "{}", r.stderr);
 }
 
 #[test]

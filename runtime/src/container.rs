@@ -129,20 +129,9 @@ impl Container {
             boot: spec.boot,
         };
         let init = InitKind::of(spec);
+        crate::placement::check_node(spec)?;
         let (upper, scratch) = crate::upper::prepare(spec, idmap)?;
         let (cgroup, warnings) = NodeCgroup::create(&req, idmap)?;
-        if init == InitKind::Systemd && cgroup.as_ref().is_none_or(|c| c.unified.is_none()) {
-            return Err(Error::Host {
-                problem: format!(
-                    "node {}: systemd needs a cgroup2 subtree it can write, and this user has none",
-                    spec.name
-                ),
-                fix: "on a systemd host hutch makes a delegated scope itself from your user manager: log in, or \
-                      `loginctl enable-linger $USER` (or run it in `systemd-run --user --scope -p Delegate=yes`); without systemd, have root create a cgroup under the cgroup2 mount \
-                      and chown it to you (README: rootless set-up)"
-                    .into(),
-            });
-        }
         let cx = Context {
             spec,
             image_view: image_view.is_some(),

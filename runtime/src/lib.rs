@@ -45,7 +45,7 @@ pub use idmap::{IdMap, IdMapKind};
 pub use init::InitKind;
 pub use janitor::defer_teardown;
 pub use passwd::Passwd;
-pub use placement::settle;
+pub use placement::{cgroup_fix, check_node, settle};
 pub use spec::{AgentHook, Bind, NodeSpec, RootFs, Size};
 pub use timings::{Phase, Timings};
 pub use ucounts::read_host_limits;

@@ -141,6 +141,49 @@ fn decide() -> Placement {
     }
 }
 
+/// Refuses, before anything is made, a node whose systemd would have no cgroup2 subtree of
+/// its own (a user without a writable or delegated cgroup, a cgroup v1 host): systemd exits at
+/// once without one. Decides the placement if it is not decided yet.
+pub fn check_node(spec: &crate::NodeSpec) -> Result<(), crate::Error> {
+    if crate::InitKind::of(spec) != crate::InitKind::Systemd || get().parent.is_some() {
+        return Ok(());
+    }
+    Err(crate::Error::Host {
+        problem: format!(
+            "node {}: systemd needs a cgroup2 subtree it can write, and this user has none",
+            spec.name
+        ),
+        fix: cgroup_fix(),
+    })
+}
+
+/// How this user gets a cgroup hutch can put nodes in, on this host: from the user's systemd
+/// manager, or without systemd from root (who must also move the user's shell into it: only a
+/// process already inside a cgroup the user owns may make and fill cgroups there).
+pub fn cgroup_fix() -> String {
+    let Some(mount) = CgroupMode::detect().unified_mount() else {
+        return "this host has no cgroup2 tree: boot it with systemd.unified_cgroup_hierarchy=1, or mount cgroup2 \
+                (as root: mkdir /sys/fs/cgroup/unified && mount -t cgroup2 none /sys/fs/cgroup/unified)"
+            .into();
+    };
+    let uid = nix::unistd::Uid::effective().as_raw();
+    let user = crate::Passwd::by_uid(uid).map(|p| p.name).unwrap_or_else(|| uid.to_string());
+    if Path::new("/run/systemd/system").is_dir() {
+        return format!(
+            "hutch asks your user manager for a delegated scope and none answered: log in (a desktop or ssh session \
+             starts it), or `loginctl enable-linger {user}`; or run hutch under `systemd-run --user --scope -p Delegate=yes`"
+        );
+    }
+    let dir = mount.join(format!("hutch-{user}"));
+    let d = dir.display();
+    format!(
+        "this host has no systemd to delegate one; as root, make a cgroup for {user} and start {user}'s shell in it: \
+         `mkdir {d} && chown {user} {d} {d}/cgroup.procs {d}/cgroup.subtree_control && \
+         echo $$ > {d}/cgroup.procs && exec su {user}` (chowning is not enough: only a process already inside may \
+         make and fill cgroups there); `hutch doctor` checks it"
+    )
+}
+
 /// Root of the host: uid 0 in the initial user namespace.
 fn is_host_root() -> bool {
     nix::unistd::Uid::effective().is_root() && crate::idmap::in_initial_user_ns()

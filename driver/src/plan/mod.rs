@@ -4,7 +4,7 @@
 mod interfaces;
 mod raw;
 mod roots;
-pub use roots::{image_by_name, missing_image_fix};
+pub use roots::{image_by_name, missing_image_fix, shift_fix};
 mod validate;
 mod validate_names;
 

@@ -81,8 +81,13 @@ impl Checker<'_> {
             );
             return None;
         }
-        if let Some(found) = image_by_name(&self.ctx.cache_dir, image) {
-            return Some(found);
+        match image_by_name(&self.ctx.cache_dir, image) {
+            Ok(Some(found)) => return Some(found),
+            Ok(None) => {}
+            Err(why) => {
+                self.problem(key, why);
+                return None;
+            }
         }
         self.problem(
             key,
@@ -98,19 +103,44 @@ impl Checker<'_> {
 
 /// A built image by name in the cache: the user's own copy (shifted into the user's id map by
 /// the image builder) when not root and there is one, else `<cache>/images/<name>`. Shared by
-/// test files and `hutch run --image NAME`.
-pub fn image_by_name(cache_dir: &Path, name: &str) -> Option<PathBuf> {
+/// test files and `hutch run --image NAME`. A user's nodes never fall back silently to a copy
+/// built for root: its files would show as nobody's in the node (`su`, logins and `files`
+/// fail), so that is an error naming the command that makes the user's copy.
+pub fn image_by_name(cache_dir: &Path, name: &str) -> Result<Option<PathBuf>, String> {
     if name.is_empty() || name.contains('/') || name.starts_with('.') {
-        return None;
+        return Ok(None);
     }
     let images = cache_dir.join("images");
     let uid = nix::unistd::Uid::effective();
     let own = images.join(format!("{name}@{uid}"));
     if !uid.is_root() && own.is_dir() {
-        return Some(own);
+        return Ok(Some(own));
     }
     let built = images.join(name);
-    built.is_dir().then_some(built)
+    let Some(meta) = std::fs::metadata(&built).ok().filter(|m| m.is_dir()) else {
+        return Ok(None);
+    };
+    let owner = std::os::unix::fs::MetadataExt::uid(&meta);
+    if !uid.is_root() && owner != uid.as_raw() {
+        return Err(format!(
+            "image {name:?} is built for uid {owner} ({}) and has no copy for your uid {uid} ({}): your nodes would \
+             see its files owned by nobody; make your copy with `{}`, or name the directory itself to boot it as it is",
+            built.display(),
+            own.display(),
+            shift_fix(cache_dir, name, None)
+        ));
+    }
+    Ok(Some(built))
+}
+
+/// The command that makes a user's copy of a built image (as root: shifting ids needs it), for
+/// the error above and `hutch doctor`; `user` `None` is the caller, as the shell names it.
+pub fn shift_fix(cache_dir: &Path, name: &str, user: Option<&str>) -> String {
+    format!(
+        "sudo HUTCH_CACHE={} bash fixtures/{name}-image.sh --shift-for {}",
+        cache_dir.display(),
+        user.unwrap_or("$(id -un)")
+    )
 }
 
 /// What to do about an image name that is not in the cache: where hutch looked, and how the
