@@ -155,12 +155,16 @@ impl Machine {
     ) -> Result<T, MachineError> {
         let end = Instant::now() + timeout;
         let mut pause = FIRST_PAUSE;
+        let mut progress = super::progress::Progress::new();
         loop {
             let last_try = Instant::now() >= end;
             let last = match attempt(last_try)? {
                 Ok(v) => return Ok(v),
                 Err(out) => out,
             };
+            if let (Some(elapsed), false) = (progress.tick(), last_try) {
+                self.still(what, elapsed, Some(timeout), last.as_deref());
+            }
             if last_try {
                 return Err(MachineError::TimedOut {
                     node: self.name.clone(),

@@ -130,6 +130,19 @@ impl ConsoleLog {
         String::from_utf8_lossy(&self.lock().bytes).into_owned()
     }
 
+    /// The last line the node printed that has any text, for a wait's progress and timeout
+    /// messages (made safe where it is logged).
+    pub fn last_line(&self) -> Option<String> {
+        let g = self.lock();
+        // What a terminal shows of a line systemd rewrites in place: the part after its last CR.
+        let line = g
+            .bytes
+            .rsplit(|b| *b == b'\n')
+            .filter_map(|l| l.rsplit(|b| *b == b'\r').map(|l| l.trim_ascii()).find(|l| !l.is_empty()))
+            .next()?;
+        Some(String::from_utf8_lossy(line).into_owned())
+    }
+
     /// Bytes printed so far (an offset for `wait_for`).
     pub fn len(&self) -> usize {
         let g = self.lock();
@@ -202,6 +215,14 @@ mod tests {
         let deadline = Instant::now() + Duration::from_secs(5);
         assert!(c.wait_for(&re, end, deadline, &stop).is_some());
         t.join().unwrap();
+    }
+
+    #[test]
+    fn the_last_line_is_what_a_terminal_shows_of_it() {
+        let c = ConsoleLog::new();
+        assert_eq!(c.last_line(), None);
+        c.push(b"first\n\x1b[K[ **] Job a running (1s)\r\x1b[K[***] Job a running (2s)\r\n  \n");
+        assert_eq!(c.last_line().as_deref(), Some("\x1b[K[***] Job a running (2s)"));
     }
 
     #[test]

@@ -6,12 +6,14 @@ mod console;
 mod copy_out;
 mod error;
 mod host;
+mod progress;
 mod systemd;
 mod waits;
 
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::RecvTimeoutError;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -148,7 +150,7 @@ impl Machine {
         }
         self.log("starting");
         let t = Instant::now();
-        let stream = self.control.start().map_err(|e| self.err_node("start", e))?;
+        let stream = self.starting().map_err(|e| self.err_node("start", e))?;
         let client = AgentClient::new(stream).map_err(|e| self.err_node("start", NodeError::Failed(format!("agent socket: {e}"))))?;
         client.ping(Duration::from_secs(30)).map_err(|source| self.agent_err(source))?;
         *lock(&self.agent) = Some(Arc::new(client));
@@ -156,6 +158,30 @@ impl Machine {
         lock(&self.boots).push(took);
         self.log(&format!("up after {:.3}s", took.as_secs_f64()));
         Ok(())
+    }
+
+    /// Starts the node, saying every so often while it is not up yet (a systemd that never
+    /// reports ready keeps a start waiting for minutes), with the console's last line.
+    fn starting(&self) -> Result<UnixStream, NodeError> {
+        let (done, wait) = std::sync::mpsc::channel::<()>();
+        std::thread::scope(|s| {
+            s.spawn(move || {
+                let mut progress = progress::Progress::new();
+                while let Err(RecvTimeoutError::Timeout) = wait.recv_timeout(progress.due().saturating_duration_since(Instant::now())) {
+                    if let Some(elapsed) = progress.tick() {
+                        self.still(
+                            "starting (not up yet)",
+                            elapsed,
+                            None,
+                            self.control.console().last_line().as_deref(),
+                        );
+                    }
+                }
+            });
+            let started = self.control.start();
+            drop(done);
+            started
+        })
     }
 
     /// Power the node off cleanly and wait (killing it if it does not stop in time).

@@ -69,19 +69,25 @@ impl Machine {
         let timeout = timeout.unwrap_or(super::DEFAULT_TIMEOUT);
         let console = self.control.console();
         let from = *super::lock(&self.console_cursor);
-        match console.wait_for(&re, from, Instant::now() + timeout, &self.ctx.abort) {
-            Some(end) => {
-                *super::lock(&self.console_cursor) = end;
-                Ok(())
+        let end = Instant::now() + timeout;
+        let mut progress = super::progress::Progress::new();
+        loop {
+            if let Some(at) = console.wait_for(&re, from, end.min(progress.due()), &self.ctx.abort) {
+                *super::lock(&self.console_cursor) = at;
+                return Ok(());
             }
-            None => {
-                self.aborted()?;
-                Err(MachineError::TimedOut {
+            self.aborted()?;
+            if Instant::now() >= end {
+                return Err(MachineError::TimedOut {
                     node: self.name.clone(),
                     what: format!("waiting for {regex:?} on the console"),
                     after: timeout,
-                    last: None,
-                })
+                    last: console.last_line(),
+                });
+            }
+            if let Some(elapsed) = progress.tick() {
+                let what = format!("waiting for {regex:?} on the console");
+                self.still(&what, elapsed, Some(timeout), console.last_line().as_deref());
             }
         }
     }
