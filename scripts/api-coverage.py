@@ -47,13 +47,14 @@ MACHINE = {
         "copy_from_host_via_shell",  # the same copy as copy_from_host
         "shell_interact", "console_interact",  # a line prompt; console echo in the log
         "ssh_backdoor_command",  # an nsenter line, no ssh
+        "forward_port",  # a relay on the host's 127.0.0.1 only, no QEMU hostfwd
         "start_command", "monitor", "shell", "qmp_client", "serial_thread", "last_lines",  # None
         "monitor_path", "qmp_path", "shell_path",
     ], DIFFERS),
     **dict.fromkeys([
         "screenshot", "get_screen_text", "get_screen_text_variants", "wait_for_text",
         "send_key", "send_keys", "send_chars", "send_monitor_command", "wait_for_monitor_prompt",
-        "wait_for_qmp_event", "forward_port", "get_tty_text", "wait_until_tty_matches",
+        "wait_for_qmp_event", "get_tty_text", "wait_until_tty_matches",
         "dump_tty_contents", "wait_for_x", "get_window_names", "wait_for_window", "switch_root",
         "dump_tpm_ek_cert",
     ], REFUSED),

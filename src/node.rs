@@ -61,7 +61,8 @@ impl RuntimeNode {
         }
     }
 
-    fn name(&self) -> &str {
+    /// The node's name, as the test file gives it.
+    pub fn name(&self) -> &str {
         &self.request.name
     }
 

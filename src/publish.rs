@@ -1,6 +1,7 @@
 //! `hutch test --publish NODE:HOST_PORT:PORT` (or `publish = ["HOST_PORT:PORT"]` in a node's
 //! table of the test file): a node's TCP port on the host's loopback for
-//! the length of the test, like `docker -p 127.0.0.1:...` or QEMU's hostfwd. A userspace relay
+//! the length of the test, like `docker -p 127.0.0.1:...` or QEMU's hostfwd; the script's
+//! `forward_port()` publishes one the same way while it runs. A userspace relay
 //! in the driver: it listens on 127.0.0.1 only, and connects to the node's port from a socket
 //! made in the node's network namespace (`RuntimeNode::connect_tcp`); no address, route or
 //! interface is added to the host's namespace.
@@ -88,28 +89,42 @@ pub fn start(publish: &[Publish], nodes: &[(String, Arc<RuntimeNode>)]) -> Resul
             .iter()
             .find(|(n, _)| *n == p.node)
             .with_context(|| format!("--publish: no node `{}`", p.node))?;
-        let listener = TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, p.host_port)).with_context(|| {
-            format!(
-                "--publish {}:{}:{}: listening on 127.0.0.1:{}",
-                p.node, p.host_port, p.port, p.host_port
-            )
-        })?;
-        bound.push((listener, Arc::clone(node), p.clone()));
+        bound.push((bind(p)?, Arc::clone(node), p.clone()));
     }
     for (listener, node, p) in bound {
-        std::thread::Builder::new()
-            .name(format!("publish-{}", p.host_port))
-            .spawn(move || {
-                for client in listener.incoming().flatten() {
-                    let node = Arc::clone(&node);
-                    let port = p.port;
-                    let _ = std::thread::Builder::new()
-                        .name("publish-conn".into())
-                        .spawn(move || relay(client, &node, port));
-                }
-            })
-            .context("starting a --publish relay")?;
+        serve(listener, node, p)?;
     }
+    Ok(())
+}
+
+/// One port published while the test runs: the script's `forward_port(host_port, guest_port)`.
+pub fn forward(p: &Publish, node: Arc<RuntimeNode>) -> Result<()> {
+    serve(bind(p)?, node, p.clone())
+}
+
+fn bind(p: &Publish) -> Result<TcpListener> {
+    TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, p.host_port)).with_context(|| {
+        format!(
+            "publishing {}:{}:{}: listening on 127.0.0.1:{}",
+            p.node, p.host_port, p.port, p.host_port
+        )
+    })
+}
+
+/// Relays each connection to `listener` to the node's port, on threads of their own.
+fn serve(listener: TcpListener, node: Arc<RuntimeNode>, p: Publish) -> Result<()> {
+    std::thread::Builder::new()
+        .name(format!("publish-{}", p.host_port))
+        .spawn(move || {
+            for client in listener.incoming().flatten() {
+                let node = Arc::clone(&node);
+                let port = p.port;
+                let _ = std::thread::Builder::new()
+                    .name("publish-conn".into())
+                    .spawn(move || relay(client, &node, port));
+            }
+        })
+        .context("starting a port relay")?;
     Ok(())
 }
 

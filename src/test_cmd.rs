@@ -438,4 +438,12 @@ impl NodeControl for Shared {
     fn pid(&self) -> Option<u32> {
         self.0.pid()
     }
+    fn forward_port(&self, host_port: u16, guest_port: u16) -> Result<(), hutch_driver::machine::NodeError> {
+        let p = crate::publish::Publish {
+            node: self.0.name().to_string(),
+            host_port,
+            port: guest_port,
+        };
+        crate::publish::forward(&p, Arc::clone(&self.0)).map_err(|e| hutch_driver::machine::NodeError::Failed(format!("{e:#}")))
+    }
 }

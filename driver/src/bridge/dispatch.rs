@@ -137,6 +137,7 @@ pub(crate) fn machine(state: &State, m: &Machine, method: &str, p: &Params) -> R
         }
         "block" => null(m.block()),
         "unblock" => null(m.unblock()),
+        "forward_port" => null(m.forward_port(p.port("host_port")?, p.port("guest_port")?)),
         "log" => {
             m.log(p.str("msg")?);
             Ok(Value::Null)

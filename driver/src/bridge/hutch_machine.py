@@ -323,8 +323,8 @@ class Machine(NspawnMachine):
         self._refuse("wait_for_qmp_event", _NO_MONITOR)
 
     def forward_port(self, host_port=8080, guest_port=80):
-        self._refuse("forward_port", f"{_NO_MONITOR}, and the node's LANs live in a private "
-                     "network namespace; reach the node from another node of the test")
+        """The node's guest_port at 127.0.0.1:host_port on the host until the test ends."""
+        self._c("forward_port", host_port=_port(host_port), guest_port=_port(guest_port))
 
     def get_tty_text(self, tty):
         self._refuse("get_tty_text", _NO_VT)

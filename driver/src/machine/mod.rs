@@ -67,6 +67,11 @@ pub trait NodeControl: Send + Sync {
     fn pid(&self) -> Option<u32> {
         None
     }
+    /// Relay the host's 127.0.0.1:`host_port` to the node's `guest_port` until the test
+    /// ends (`forward_port`, QEMU's hostfwd).
+    fn forward_port(&self, _host_port: u16, _guest_port: u16) -> Result<(), NodeError> {
+        Err(NodeError::Failed("this node's ports cannot be reached from the host".into()))
+    }
 }
 
 /// What machines share with the run: its log, its output directory, its abort flag.
@@ -260,6 +265,15 @@ impl Machine {
     pub fn unblock(&self) -> Result<(), MachineError> {
         self.log("unblocking the network");
         self.control.unblock().map_err(|e| self.err_node("unblock", e))
+    }
+
+    /// Reach the node's `guest_port` from the host at 127.0.0.1:`host_port` until the test
+    /// ends (only there: nothing is added to the host's network).
+    pub fn forward_port(&self, host_port: u16, guest_port: u16) -> Result<(), MachineError> {
+        self.log(&format!("forwarding 127.0.0.1:{host_port} on the host to port {guest_port}"));
+        self.control
+            .forward_port(host_port, guest_port)
+            .map_err(|e| self.err_node("forward_port", e))
     }
 
     /// Everything the node printed on its console so far.

@@ -343,8 +343,11 @@ impl Session {
         }
     }
 
-    /// Stop every node that still runs (kill: the test is over, nothing needs a clean stop).
+    /// Stop every node that still runs the way the NixOS driver ends a test (QEMU is killed,
+    /// not shut down: nothing needs a clean stop). What the nodes print from now on stays in
+    /// their logs: a passing run ends without their noise on the terminal.
     fn stop_all(&self) {
+        self.log.set_serial_stdout(false);
         if self.machines.iter().any(|m| m.is_up()) {
             self.log.info("stopping all nodes");
         }
