@@ -60,3 +60,24 @@ fn a_passing_run_ends_without_console_noise() {
     let log = std::fs::read_to_string(dir.0.join("out/server.log")).unwrap();
     assert!(log.contains("noisy-tick"), "the node's log keeps its console");
 }
+
+/// A clean shutdown (`server.shutdown()`, a reboot) says nothing of failing to unmount the
+/// mounts hutch made (/tmp, /tmp/shared): they are locked in the node, and systemd leaves them.
+#[test]
+fn a_clean_shutdown_does_not_fail_to_unmount_what_hutch_mounted() {
+    if skip_unless_root("console_clean_shutdown") {
+        return;
+    }
+    let dir = Scratch::new("console-clean-shutdown");
+    let image = debian_image().display().to_string();
+    let toml = format!("[test]\nname = \"clean-shutdown\"\nscript = \"t.py\"\ntimeout = 120\n[nodes.server]\nimage = {image:?}\n");
+    let script = "server.start()\nserver.succeed('mountpoint /tmp && mountpoint /tmp/shared')\nserver.shutdown()\n";
+    let TestRun { passed, all, .. } = run_test_file(None, &dir.0, &toml, script);
+    assert!(passed, "{all}");
+    let log = std::fs::read_to_string(dir.0.join("out/server.log")).unwrap();
+    assert!(
+        log.contains("Reached target") && log.contains("shutdown.target"),
+        "a clean stop: {log}"
+    );
+    assert!(!log.contains("Failed unmounting"), "{log}");
+}

@@ -141,6 +141,7 @@ impl Container {
             tty_gid: idmap.count() > 5,
             host_os_release: host_os_release(),
             upper: &upper,
+            systemd: init == InitKind::Systemd,
         };
         let cplan = ChildPlan {
             plan: plan::compile(&cx)?,

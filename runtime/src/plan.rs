@@ -199,6 +199,8 @@ pub(crate) struct Context<'a> {
     pub host_os_release: &'a [u8],
     /// The node's writable layer (image roots).
     pub upper: &'a Upper,
+    /// The node boots systemd (it gets drop-ins for the mounts it must leave alone).
+    pub systemd: bool,
 }
 
 /// Compiles the node's filesystem: staging, root, Container Interface mounts, binds, files.
@@ -223,6 +225,7 @@ pub(crate) fn compile(cx: &Context) -> Result<Plan, Error> {
             p.touch(&dst, 0o644);
         }
         p.bind(&bind.source.clone(), &dst, bind.read_only);
+        leave_mounted(cx, &mut p, &bind.target);
     }
     for (path, contents) in &cx.spec.files {
         if let Some(parent) = path.parent() {
@@ -445,6 +448,52 @@ fn run_and_tmp(cx: &Context, p: &mut Plan) {
         NOSUID | NODEV,
         Some(&tmp_opts),
     );
+    leave_mounted(cx, p, Path::new("/tmp"));
+}
+
+/// The node's mounts are locked (see child.rs): systemd, stopping, would try to unmount /tmp
+/// and the binds and print `Failed unmounting` for each. A drop-in in /run (gone with the
+/// node) takes the mount's unit off umount.target, as for mounts nspawn makes.
+fn leave_mounted(cx: &Context, p: &mut Plan, node_path: &Path) {
+    if !cx.systemd {
+        return;
+    }
+    let dir = Path::new("/run/systemd/system").join(format!("{}.mount.d", unit_name(node_path)));
+    p.mkdir_all("newroot", &dir);
+    p.write(
+        &under("newroot", &dir.join("50-hutch-locked.conf")),
+        b"# hutch: this mount is the container manager's and locked; it is not unmounted at shutdown.\n\
+          [Unit]\nDefaultDependencies=no\n",
+        0o644,
+    );
+}
+
+/// systemd's unit name of a mount point (`systemd-escape --path`): `/tmp/shared` is
+/// `tmp-shared`, `-` and bytes outside `[A-Za-z0-9:_.]` are `\xNN`, as is a leading `.`.
+fn unit_name(path: &Path) -> String {
+    let parts: Vec<&[u8]> = path
+        .as_os_str()
+        .as_encoded_bytes()
+        .split(|b| *b == b'/')
+        .filter(|p| !p.is_empty() && *p != b".")
+        .collect();
+    if parts.is_empty() {
+        return "-".into();
+    }
+    let mut out = String::new();
+    for (i, part) in parts.iter().enumerate() {
+        if i > 0 {
+            out.push('-');
+        }
+        for (j, b) in part.iter().enumerate() {
+            match b {
+                b'.' if i == 0 && j == 0 => out.push_str("\\x2e"),
+                b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b':' | b'_' | b'.' => out.push(*b as char),
+                _ => out.push_str(&format!("\\x{b:02x}")),
+            }
+        }
+    }
+    out
 }
 
 /// Shares (percent) of the node's memory limit, or of the host's RAM without one, that its
@@ -461,5 +510,25 @@ fn tmpfs_size(cx: &Context, share: u64) -> String {
     match cx.spec.memory {
         Some(limit) => format!("size={}", (limit / 100 * share).max(1 << 20)),
         None => format!("size={share}%"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::unit_name;
+    use std::path::Path;
+
+    #[test]
+    fn mount_unit_names_are_systemd_escape_path() {
+        // As `systemd-escape --path` prints them.
+        for (path, unit) in [
+            ("/tmp", "tmp"),
+            ("/tmp/shared", "tmp-shared"),
+            ("/", "-"),
+            ("/srv/my-data//x/", "srv-my\\x2ddata-x"),
+            ("/.hidden/a b", "\\x2ehidden-a\\x20b"),
+        ] {
+            assert_eq!(unit_name(Path::new(path)), unit, "{path}");
+        }
     }
 }
