@@ -110,3 +110,32 @@ fn a_nodes_disk_survives_shutdown_reboot_and_crash_and_goes_with_the_test() {
         assert!(!out_dir.join("disks").exists(), "as {user:?}: the disks outlived the test");
     }
 }
+
+/// The same for a NixOS-mode node (a toplevel on an empty root), as root and as `nobody`: its
+/// root is the kept disk itself, as a VM's disk image survives its reboots.
+#[test]
+fn a_nixos_nodes_root_survives_shutdown_reboot_and_crash() {
+    if skip_unless_root("nixos_disk_survives") {
+        return;
+    }
+    let dir = Scratch::new("disk-nixos");
+    let file = dir.0.join("t.toml");
+    let script = "machine.start()\nmachine.succeed('mkdir -p /root /srv && echo one > /root/marker && echo x > /srv/data')\n\
+                  machine.shutdown()\nmachine.start()\nmachine.succeed('grep -qx one /root/marker && test -f /srv/data')\n\
+                  machine.reboot()\nmachine.succeed('grep -qx one /root/marker')\nmachine.succeed('echo two >> /root/marker')\n\
+                  machine.crash()\nmachine.start()\nmachine.succeed('test $(wc -l < /root/marker) = 2')\n";
+    std::fs::write(
+        &file,
+        format!(
+            "[test]\nname = \"nixos-disk\"\ntimeout = 300\ntestScript = \"\"\"{script}\"\"\"\n[nodes.machine]\ntoplevel = {:?}\nclosure_only = true\n",
+            nixos_shaped().display().to_string()
+        ),
+    )
+    .unwrap();
+    for user in [None, Some(65534)] {
+        let out = dir.0.join(format!("out-{}", user.unwrap_or(0)));
+        let (code, all) = hutch_test_clean(user, &file, &out, &[]);
+        assert_eq!(code, 0, "as {user:?}: {all}");
+        assert!(!out.join("disks").exists(), "as {user:?}: the disk outlived the test: {all}");
+    }
+}

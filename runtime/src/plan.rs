@@ -7,7 +7,7 @@
 //! the node's root, `masked` and `overlay` the builder's scratch.
 
 use std::ffi::CString;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
@@ -269,26 +269,27 @@ fn root_fs(cx: &Context, p: &mut Plan) -> Result<(), Error> {
                     p.mkdir(Path::new("overlay/work"), 0o755);
                     ("overlay/upper".to_string(), "overlay/work".to_string())
                 }
-                Upper::Dir { tree: Some(tree), .. } => {
-                    p.mkdir(Path::new("disk"), 0o755);
-                    p.push(
-                        Op::AttachInherited {
-                            fd: tree.as_raw_fd(),
-                            dst: c("disk"),
-                        },
-                        "attach the node's disk".into(),
-                    );
-                    ("disk/upper".to_string(), "disk/work".to_string())
+                Upper::Dir { path, tree } => {
+                    let disk = attach_disk(p, path, tree.as_ref());
+                    (escape_overlay(&disk.join("upper")), escape_overlay(&disk.join("work")))
                 }
-                Upper::Dir { path, tree: None } => (escape_overlay(&path.join("upper")), escape_overlay(&path.join("work"))),
             };
             let lower = dir;
             let data = format!("lowerdir={},upperdir={upper},workdir={work},userxattr", escape_overlay(&lower));
             p.mount(Some("overlay"), root, Some("overlay"), MsFlags::empty(), Some(&data));
         }
         RootFs::Nix { store, closure_only, .. } => {
-            let opts = format!("mode=0755,size={}", cx.spec.upper_size());
-            p.mount(Some("hutch-root"), root, Some("tmpfs"), MsFlags::empty(), Some(&opts));
+            match cx.upper {
+                Upper::Tmpfs { .. } => {
+                    let opts = format!("mode=0755,size={}", cx.spec.upper_size());
+                    p.mount(Some("hutch-root"), root, Some("tmpfs"), MsFlags::empty(), Some(&opts));
+                }
+                // A disk the node keeps across its restarts, as a VM keeps its disk image.
+                Upper::Dir { path, tree } => {
+                    let disk = attach_disk(p, path, tree.as_ref());
+                    p.bind(&disk.join("upper"), root, false);
+                }
+            }
             p.mkdir_all("newroot", Path::new("/nix/store"));
             let node_store = Path::new("newroot/nix/store");
             let host_store = store.canonicalize().map_err(Error::io("resolving store", store))?;
@@ -324,6 +325,23 @@ fn root_fs(cx: &Context, p: &mut Plan) -> Result<(), Error> {
         p.mkdir(&root.join(dir), 0o755);
     }
     Ok(())
+}
+
+/// Where the node's disk (`Upper::Dir`) is seen by the builder: as root, its detached mount
+/// attached in the staging directory; rootless, its own path.
+fn attach_disk(p: &mut Plan, path: &Path, tree: Option<&OwnedFd>) -> PathBuf {
+    let Some(tree) = tree else {
+        return path.to_path_buf();
+    };
+    p.mkdir(Path::new("disk"), 0o755);
+    p.push(
+        Op::AttachInherited {
+            fd: tree.as_raw_fd(),
+            dst: c("disk"),
+        },
+        "attach the node's disk".into(),
+    );
+    PathBuf::from("disk")
 }
 
 /// Overlay options separate with ',' and ':': escape them in the lower path.
