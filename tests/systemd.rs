@@ -196,3 +196,34 @@ fn sigkill_mid_boot_leaves_nothing_within_a_second() {
         started.elapsed()
     );
 }
+
+/// systemd finds only its own processes in its root cgroup: the agent and its commands live in
+/// a child cgroup of the node's (`hutch-agent`). In the root, the agent (outside the node's
+/// pid namespace) reads as pid 0, which systemd took for an I/O error at every boot, and on
+/// cgroup2 processes there would keep systemd from enabling controllers for its units.
+fn systemd_has_its_root_cgroup(user: Option<u32>) {
+    let dir = Scratch::new(&format!("agent-cgroup-{}", user.unwrap_or(0)));
+    let image = match user {
+        Some(_) => debian_image_for_nobody(),
+        None => debian_image(),
+    };
+    let toml = format!(
+        "[test]\nname = \"agent-cgroup\"\nscript = \"t.py\"\ntimeout = 120\n[nodes.server]\nimage = {:?}\n",
+        image.display().to_string()
+    );
+    let script = "server.wait_for_unit('multi-user.target')\n\
+                  print('ROOT-PROCS', repr(server.succeed('cat /sys/fs/cgroup/cgroup.procs')), flush=True)\n\
+                  print('OWN', server.succeed('grep ^0:: /proc/self/cgroup').strip(), flush=True)\n";
+    let TestRun { passed, stdout, all } = run_test_file(user, &dir.0, &toml, script);
+    assert!(passed, "{all}");
+    assert!(stdout.contains("ROOT-PROCS ''"), "{all}");
+    assert!(stdout.contains("OWN 0::/hutch-agent"), "{all}");
+    let log = std::fs::read_to_string(dir.0.join("out/server.log")).unwrap();
+    assert!(!log.contains("Couldn't move remaining userspace processes"), "{log}");
+}
+
+root_and_rootless!(
+    systemd_has_its_root_cgroup_rootful,
+    systemd_has_its_root_cgroup_rootless,
+    systemd_has_its_root_cgroup
+);

@@ -52,6 +52,8 @@ pub(crate) struct Fork<'a> {
     /// For a node without an init: the write end PID 1 watches; the agent holds it for life.
     pub alive: Option<BorrowedFd<'a>>,
     pub seccomp: &'a BpfProgram,
+    /// The cgroup to start in (`AGENT_CGROUP`), else the builder's: the node's.
+    pub cgroup: Option<BorrowedFd<'a>>,
 }
 
 /// Forks the agent as the runtime's child (a sibling of the builder); returns its pid and pidfd.
@@ -62,7 +64,7 @@ pub(crate) fn fork(f: Fork) -> Result<(Pid, OwnedFd), Errno> {
     let old = SigSet::all().thread_swap_mask(nix::sys::signal::SigmaskHow::SIG_BLOCK)?;
     let clone = crate::clone::Clone {
         flags: libc::CLONE_PARENT,
-        cgroup: None,
+        cgroup: f.cgroup,
     };
     match clone.run() {
         Ok(None) => {

@@ -75,7 +75,15 @@ pub(crate) struct Request<'a> {
     pub root: bool,
     /// The node boots an init that manages cgroups (worth a note when none can be had).
     pub boot: bool,
+    /// The node's agent gets a cgroup of its own below the node's ([`AGENT_CGROUP`]).
+    pub agent: bool,
 }
+
+/// The node's agent and its commands live in this child of the node's cgroup, not in its root:
+/// systemd reads its root cgroup's `cgroup.procs` at start and takes the `0` a process outside
+/// its pid namespace shows as an I/O error ("Couldn't move remaining userspace processes"),
+/// and on cgroup2 a root cgroup with processes cannot enable controllers for its children.
+pub(crate) const AGENT_CGROUP: &str = "hutch-agent";
 
 /// Warnings the caller should print (limits skipped and why).
 pub(crate) type Warnings = Vec<String>;
@@ -175,10 +183,17 @@ impl NodeCgroup {
                 std::fs::write(&max, DEFAULT_PIDS_MAX.to_string()).map_err(Error::io("setting the default pids limit", &max))?;
             }
         }
+        if let (Some(dir), true, false) = (&cg.unified, req.agent, cg.shared) {
+            let agent = dir.join(AGENT_CGROUP);
+            std::fs::create_dir(&agent).map_err(Error::io("creating the agent's cgroup", &agent))?;
+        }
         // The node's root owns its delegated subtree (systemd makes its own cgroups there).
         if let (Some(dir), Some(uid)) = (&cg.unified, idmap.host_uid(0)) {
             if uid != nix::unistd::Uid::effective().as_raw() {
                 chown_tree(dir, uid);
+                if req.agent && !cg.shared {
+                    chown_tree(&dir.join(AGENT_CGROUP), uid);
+                }
             }
         }
         if cg.unified.is_none() && cg.v1.is_none() {

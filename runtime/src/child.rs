@@ -44,6 +44,8 @@ pub(crate) struct ChildPlan {
     pub pid1: Pid1Plan,
     /// The agent to start beside PID 1 (see `agent.rs`).
     pub agent: Option<crate::spec::AgentHook>,
+    /// The agent's cgroup directory (open in the runtime, inherited), for a systemd node.
+    pub agent_cgroup: Option<std::os::fd::RawFd>,
     /// Caps on per-user kernel counters for the node's user namespace (see `ucounts.rs`).
     pub ucount_caps: &'static [crate::ucounts::Cap],
 }
@@ -142,6 +144,9 @@ fn build(plan: &ChildPlan, sock: BorrowedFd) -> StepResult {
             ready: ready.as_fd(),
             alive: alive_w.as_ref().map(|w| w.as_fd()),
             seccomp: &plan.pid1.seccomp,
+            // SAFETY: opened by the runtime before it cloned us: our copy of its descriptor table
+            // holds it for as long as we run.
+            cgroup: plan.agent_cgroup.map(|fd| unsafe { BorrowedFd::borrow_raw(fd) }),
         })
         .map_err(at(STEP_AGENT))?;
         sync::send_parent(sock, &ToParent::Agent(agent_fd, agent.as_raw())).map_err(at(STEP_AGENT))?;

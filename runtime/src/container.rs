@@ -121,14 +121,15 @@ impl Container {
         };
         let console = if spec.boot { Some(Console::open(idmap)?) } else { None };
         let leaf = format!("{}-{}", spec.name, std::process::id());
+        let init = InitKind::of(spec);
         let req = Request {
             leaf: &leaf,
             memory: spec.memory,
             pids_max: spec.pids_max,
             root: matches!(idmap.kind, IdMapKind::Shifted { .. } | IdMapKind::Identity),
             boot: spec.boot,
+            agent: spec.agent.is_some() && init == InitKind::Systemd,
         };
-        let init = InitKind::of(spec);
         crate::placement::check_node(spec)?;
         let (upper, scratch) = crate::upper::prepare(spec, idmap)?;
         let (cgroup, warnings) = NodeCgroup::create(&req, idmap)?;
@@ -143,7 +144,7 @@ impl Container {
             upper: &upper,
             systemd: init == InitKind::Systemd,
         };
-        let cplan = ChildPlan {
+        let mut cplan = ChildPlan {
             plan: plan::compile(&cx)?,
             set_groups: idmap.kind != IdMapKind::Single,
             pid1: Pid1Plan {
@@ -155,6 +156,7 @@ impl Container {
                 console_stdio: spec.boot,
             },
             agent: spec.agent,
+            agent_cgroup: None,
             ucount_caps: crate::ucounts::node_caps(),
         };
         let (parent_sock, child_sock) = sync::pair().map_err(Error::sys("creating the node's socketpair"))?;
@@ -162,6 +164,14 @@ impl Container {
             Some(dir) => Some(File::open(dir).map_err(Error::io("opening cgroup", dir))?),
             None => None,
         };
+        let agent_cgroup = match cgroup.as_ref().and_then(|c| c.unified.as_ref()).filter(|_| req.agent) {
+            Some(dir) => {
+                let dir = dir.join(crate::cgroup::AGENT_CGROUP);
+                Some(File::open(&dir).map_err(Error::io("opening cgroup", dir))?)
+            }
+            None => None,
+        };
+        cplan.agent_cgroup = agent_cgroup.as_ref().map(|f| f.as_raw_fd());
         let builder = Clone {
             flags: libc::CLONE_NEWUSER | libc::CLONE_NEWNS,
             cgroup: cgroup_dir.as_ref().map(|f| f.as_fd()),
