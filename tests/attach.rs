@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::io::Write;
+use std::io::{BufRead, Write};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -125,6 +125,22 @@ fn lifecycle(user: Option<u32>) {
     let (code, out, err) = t.hutch(user, &["exec", "beta", "--", "sh", "-c", "echo out; echo err >&2; exit 7"], None);
     assert_eq!((code, out.as_str()), (7, "out\n"), "{err}");
     assert!(err.contains("err"), "{err}");
+    // ... as the command prints it, not when it ends.
+    let slow = hutch_command(user, &["exec", "beta", "--", "sh", "-c", "echo first; sleep 3; echo second"])
+        .env("XDG_RUNTIME_DIR", &t.xdg)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut slow = ChildGuard::new(slow);
+    let mut lines = std::io::BufReader::new(slow.child().stdout.take().unwrap()).lines();
+    assert_eq!(lines.next().unwrap().unwrap(), "first");
+    let first_at = Instant::now();
+    assert_eq!(lines.next().unwrap().unwrap(), "second");
+    assert!(
+        first_at.elapsed() >= Duration::from_secs(2),
+        "the first line came only when the command ended"
+    );
+    assert_eq!(slow.child().wait().unwrap().code(), Some(0));
     let (code, out, err) = t.hutch(user, &["exec", "alpha", "--", "cat"], Some("from a pipe\n"));
     assert_eq!((code, out.as_str()), (0, "from a pipe\n"), "{err}");
     let (code, out, _) = t.hutch(user, &["exec", "alpha", "--", "hostname"], None);
@@ -246,52 +262,6 @@ fn two_runs_are_told_apart_by_name_and_stop_ends_a_whole_test() {
     assert!(one.entries().is_empty(), "the stale entry was not swept: {:?}", one.entries());
 }
 
-/// A tmux server of its own, killed (by its socket) when dropped.
-struct Tmux(String);
-
-impl Tmux {
-    fn new(tag: &str, size: (u16, u16), command: &str) -> Tmux {
-        let t = Tmux(format!("hutch-{tag}-{}", std::process::id()));
-        let (w, h) = (size.1.to_string(), size.0.to_string());
-        t.run(&["new-session", "-d", "-x", &w, "-y", &h, command]);
-        t
-    }
-
-    fn run(&self, args: &[&str]) -> String {
-        let out = std::process::Command::new("tmux")
-            .args(["-L", &self.0])
-            .args(args)
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    fn keys(&self, keys: &[&str]) {
-        let mut args = vec!["send-keys"];
-        args.extend_from_slice(keys);
-        self.run(&args);
-    }
-
-    /// Waits until the pane shows `text`; returns the pane.
-    fn wait_for(&self, text: &str) -> String {
-        let end = Instant::now() + Duration::from_secs(30);
-        loop {
-            let pane = self.run(&["capture-pane", "-p"]);
-            if pane.contains(text) {
-                return pane;
-            }
-            assert!(Instant::now() < end, "the pane never showed {text:?}:\n{pane}");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for Tmux {
-    fn drop(&mut self) {
-        self.run(&["kill-server"]);
-    }
-}
-
 /// `hutch shell` in a real terminal: a pty in the node, its size (and a resize), Ctrl-C for
 /// the node's shell and not for hutch, the exit status, and the user's terminal restored.
 fn shell_in_tmux(user: Option<u32>) {
@@ -310,23 +280,8 @@ fn shell_in_tmux(user: Option<u32>) {
     );
     let tmux = Tmux::new(&tag, (30, 100), &command);
     tmux.wait_for("#");
-    tmux.keys(&["echo T$((6*7)); tty; stty size; echo E$((1+1))N", "Enter"]);
-    let pane = tmux.wait_for("E2N");
+    let pane = tmux.drive_shell("SHELL-RC");
     assert!(pane.contains("/dev/pts/"), "not a tty in the node:\n{pane}");
-    assert!(pane.contains("30 100"), "the pty has not the window's size:\n{pane}");
-    tmux.run(&["resize-window", "-x", "120", "-y", "40"]);
-    std::thread::sleep(Duration::from_millis(800));
-    tmux.keys(&["stty size", "Enter"]);
-    tmux.wait_for("40 120");
-    tmux.keys(&["sleep 100", "Enter"]);
-    std::thread::sleep(Duration::from_millis(300));
-    tmux.keys(&["C-c"]);
-    tmux.keys(&["echo still-$((1+1))", "Enter"]);
-    let pane = tmux.wait_for("still-2");
-    assert!(!pane.contains("SHELL-RC"), "Ctrl-C ended hutch shell:\n{pane}");
-    tmux.keys(&["exit 3", "Enter"]);
-    let pane = tmux.wait_for("SHELL-RC=3");
-    assert!(pane.contains("SHELL-RC=3 icanon"), "the terminal was not restored:\n{pane}");
     assert_eq!(t.hutch(user, &["exec", "alpha", "--", "touch", "/tmp/go"], None).0, 0);
     assert_eq!(run.child().wait().unwrap().code(), Some(0));
 }

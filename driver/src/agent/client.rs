@@ -12,7 +12,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use super::frame::{decode, read_frame, write_frame};
-use super::{AgentReply, AgentRequest, Envelope, RunRequest, RunResult, TreeEntry};
+use super::{AgentReply, AgentRequest, Envelope, RunRequest, RunResult, Stream, TreeEntry};
 
 /// Why a request to the agent got no answer, or an error answer.
 #[derive(Debug, thiserror::Error)]
@@ -88,6 +88,17 @@ impl AgentClient {
 
     /// Send a request and wait for its reply (at most `limit`, when given).
     pub fn call(&self, body: AgentRequest, limit: Option<Duration>) -> Result<AgentReply, AgentError> {
+        self.call_with(body, limit, &mut |_| {})
+    }
+
+    /// Send a request, hand each partial reply (`AgentReply::is_partial`) to `partial` as it
+    /// comes, and return the last one (all within `limit`, when given).
+    fn call_with(
+        &self,
+        body: AgentRequest,
+        limit: Option<Duration>,
+        partial: &mut dyn FnMut(AgentReply),
+    ) -> Result<AgentReply, AgentError> {
         let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::channel();
         match &mut *lock(&self.shared.pending) {
@@ -102,27 +113,33 @@ impl AgentClient {
             mark_gone(&self.shared, reason.clone());
             return Err(AgentError::Gone { reason });
         }
-        let got = match limit {
-            Some(l) => rx.recv_timeout(l),
-            None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
-        };
-        match got {
-            Ok(reply) => Ok(reply),
-            Err(RecvTimeoutError::Timeout) => {
-                if let Ok(w) = &mut *lock(&self.shared.pending) {
-                    w.remove(&id);
+        let deadline = limit.map(|l| Instant::now() + l);
+        loop {
+            let got = match deadline {
+                Some(d) => rx.recv_timeout(d.saturating_duration_since(Instant::now())),
+                None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
+            };
+            match got {
+                Ok(reply) if reply.is_partial() => partial(reply),
+                Ok(reply) => return Ok(reply),
+                Err(RecvTimeoutError::Timeout) => {
+                    if let Ok(w) = &mut *lock(&self.shared.pending) {
+                        w.remove(&id);
+                    }
+                    return Err(AgentError::NoReply {
+                        after: limit.unwrap_or_default(),
+                    });
                 }
-                Err(AgentError::NoReply {
-                    after: limit.unwrap_or_default(),
-                })
+                Err(RecvTimeoutError::Disconnected) => {
+                    return Err(AgentError::Gone {
+                        reason: lock(&self.shared.pending)
+                            .as_ref()
+                            .err()
+                            .cloned()
+                            .unwrap_or_else(|| "connection closed".into()),
+                    })
+                }
             }
-            Err(RecvTimeoutError::Disconnected) => Err(AgentError::Gone {
-                reason: lock(&self.shared.pending)
-                    .as_ref()
-                    .err()
-                    .cloned()
-                    .unwrap_or_else(|| "connection closed".into()),
-            }),
         }
     }
 
@@ -142,6 +159,21 @@ impl AgentClient {
         match self.call(AgentRequest::Run(req), limit)? {
             AgentReply::Ran(r) => Ok(r),
             other => Err(unexpected("run", other)),
+        }
+    }
+
+    /// Run a command as [`AgentClient::run`] does, handing its output to `output` as it
+    /// comes (the result keeps none of it).
+    pub fn run_streamed(&self, req: RunRequest, output: &mut dyn FnMut(Stream, &[u8])) -> Result<RunResult, AgentError> {
+        let limit = req.timeout_ms.map(|ms| Duration::from_millis(ms) + Duration::from_secs(30));
+        let mut partial = |reply: AgentReply| {
+            if let AgentReply::Output { stream, data } = reply {
+                output(stream, &data);
+            }
+        };
+        match self.call_with(AgentRequest::RunStreamed(req), limit, &mut partial)? {
+            AgentReply::Ran(r) => Ok(r),
+            other => Err(unexpected("run_streamed", other)),
         }
     }
 
@@ -254,6 +286,8 @@ fn read_replies(stream: UnixStream, shared: &Shared) {
             Ok(Some(frame)) => match decode::<Envelope<AgentReply>>(&frame) {
                 Ok(env) => {
                     let tx = match &mut *lock(&shared.pending) {
+                        // More replies to its request follow.
+                        Ok(w) if env.body.is_partial() => w.get(&env.id).cloned(),
                         Ok(w) => w.remove(&env.id),
                         Err(_) => None,
                     };

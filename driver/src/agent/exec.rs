@@ -8,16 +8,20 @@ use std::process::{Child, ChildStderr, ChildStdout};
 use std::time::{Duration, Instant};
 
 use super::command::command;
-use super::{Command, ExitStatus, RunRequest, RunResult, OUTPUT_CAP};
+use super::{Command, ExitStatus, RunRequest, RunResult, Stream, OUTPUT_CAP};
 
 /// After the command exits, stop reading once its pipes were quiet this long...
 const IDLE_AFTER_EXIT: Duration = Duration::from_millis(100);
 /// ...or at the latest this long after the exit, even if something keeps writing.
 const MAX_AFTER_EXIT: Duration = Duration::from_secs(2);
 
-/// Run a request to its end and describe it. Never panics on a bad request: a command that
-/// cannot start reports exit code 127 and why, as a shell would.
-pub(crate) fn run(req: &RunRequest) -> RunResult {
+/// Where a streamed command's output goes as it comes (instead of being kept).
+pub(crate) type Sink<'a> = &'a mut dyn FnMut(Stream, &[u8]);
+
+/// Run a request to its end and describe it; with a `sink`, its output goes there as it
+/// comes and the result keeps none. Never panics on a bad request: a command that cannot
+/// start reports exit code 127 and why, as a shell would.
+pub(crate) fn run(req: &RunRequest, sink: Option<Sink>) -> RunResult {
     let start = Instant::now();
     // Threads first: once in the node's pid namespace for its children, this thread may not
     // make any (see pidns.rs).
@@ -34,10 +38,15 @@ pub(crate) fn run(req: &RunRequest) -> RunResult {
                 Command::Argv(a) => a.first().cloned().unwrap_or_default(),
                 Command::Shell(_) => "the shell".into(),
             };
+            let mut stderr = format!("hutch-agent: cannot run {what}: {e}\n").into_bytes();
+            if let Some(sink) = sink {
+                sink(Stream::Stderr, &stderr);
+                stderr.clear();
+            }
             return RunResult {
                 status: ExitStatus::Code(if e.kind() == ErrorKind::NotFound { 127 } else { 126 }),
                 stdout: Vec::new(),
-                stderr: format!("hutch-agent: cannot run {what}: {e}\n").into_bytes(),
+                stderr,
                 stdout_dropped: 0,
                 stderr_dropped: 0,
                 timed_out: false,
@@ -53,7 +62,7 @@ pub(crate) fn run(req: &RunRequest) -> RunResult {
     let timeout = req.timeout_ms.map(Duration::from_millis);
     let pid = child.id() as i32;
     running().insert(pid);
-    let result = Collector::new(child, start, timeout).collect();
+    let result = Collector::new(child, start, timeout, sink).collect();
     running().remove(&pid);
     result
 }
@@ -126,7 +135,7 @@ impl Capture {
 }
 
 /// Waits for the command with poll(2) on its two pipes and a pidfd.
-struct Collector {
+struct Collector<'a> {
     child: Child,
     pid: i32,
     pidfd: Option<OwnedFd>,
@@ -134,6 +143,8 @@ struct Collector {
     err: Option<ChildStderr>,
     stdout: Capture,
     stderr: Capture,
+    /// Streamed: the output goes here, not into the captures.
+    sink: Option<Sink<'a>>,
     start: Instant,
     deadline: Option<Instant>,
 }
@@ -159,12 +170,12 @@ fn pidfd_open(pid: i32) -> Option<OwnedFd> {
     Some(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
 }
 
-/// Read what is there without blocking; false once the stream reached end of file.
-fn drain<R: Read>(pipe: &mut R, cap: &mut Capture, buf: &mut [u8]) -> bool {
+/// Read what is there without blocking into `got`; false once the stream reached end of file.
+fn drain<R: Read>(pipe: &mut R, got: &mut Vec<u8>, buf: &mut [u8]) -> bool {
     loop {
         match pipe.read(buf) {
             Ok(0) => return false,
-            Ok(n) => cap.push(&buf[..n]),
+            Ok(n) => got.extend_from_slice(&buf[..n]),
             Err(e) if e.kind() == ErrorKind::Interrupted => {}
             Err(e) if e.kind() == ErrorKind::WouldBlock => return true,
             Err(_) => return false,
@@ -172,8 +183,8 @@ fn drain<R: Read>(pipe: &mut R, cap: &mut Capture, buf: &mut [u8]) -> bool {
     }
 }
 
-impl Collector {
-    fn new(mut child: Child, start: Instant, timeout: Option<Duration>) -> Self {
+impl<'a> Collector<'a> {
+    fn new(mut child: Child, start: Instant, timeout: Option<Duration>, sink: Option<Sink<'a>>) -> Self {
         let pid = child.id() as i32;
         let out = child.stdout.take();
         let err = child.stderr.take();
@@ -192,6 +203,7 @@ impl Collector {
             err,
             stdout: Capture::default(),
             stderr: Capture::default(),
+            sink,
             start,
             deadline: timeout.map(|t| start + t),
         }
@@ -239,21 +251,24 @@ impl Collector {
                 wake
             };
             let ready = self.poll(wake.saturating_duration_since(now), status.is_none());
+            let mut got = Vec::new();
             if ready.0 {
                 last_data = Instant::now();
                 if let Some(o) = self.out.as_mut() {
-                    if !drain(o, &mut self.stdout, &mut buf) {
+                    if !drain(o, &mut got, &mut buf) {
                         self.out = None;
                     }
                 }
+                self.take(Stream::Stdout, &mut got);
             }
             if ready.1 {
                 last_data = Instant::now();
                 if let Some(e) = self.err.as_mut() {
-                    if !drain(e, &mut self.stderr, &mut buf) {
+                    if !drain(e, &mut got, &mut buf) {
                         self.err = None;
                     }
                 }
+                self.take(Stream::Stderr, &mut got);
             }
         }
         let status = status.or_else(|| self.child.wait().ok());
@@ -275,6 +290,19 @@ impl Collector {
             output_left_open: left_open,
             micros,
         }
+    }
+
+    /// Keeps (or streams) what was read from `stream`, and empties `got`.
+    fn take(&mut self, stream: Stream, got: &mut Vec<u8>) {
+        if got.is_empty() {
+            return;
+        }
+        match (&mut self.sink, stream) {
+            (Some(sink), _) => sink(stream, got),
+            (None, Stream::Stdout) => self.stdout.push(got),
+            (None, Stream::Stderr) => self.stderr.push(got),
+        }
+        got.clear();
     }
 
     /// poll(2) the open pipes (and the pidfd while the command runs); (stdout, stderr) readable.

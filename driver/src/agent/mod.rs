@@ -43,6 +43,9 @@ pub enum AgentRequest {
     Ping,
     /// Run a command to completion (or its timeout); answered with `Ran`.
     Run(RunRequest),
+    /// Run a command as `Run` does, its output sent as it comes: zero or more `Output`
+    /// replies, then `Ran` (whose stdout and stderr are empty: nothing is kept).
+    RunStreamed(RunRequest),
     /// Read a whole file; answered with `File`.
     ReadFile {
         /// Absolute path in the node.
@@ -168,6 +171,14 @@ pub enum AgentReply {
     },
     /// A finished (or timed-out) command.
     Ran(RunResult),
+    /// What a `RunStreamed` command just printed; more replies to the same request follow.
+    Output {
+        /// Which of its streams.
+        stream: Stream,
+        /// The bytes.
+        #[serde(with = "frame::blob")]
+        data: Vec<u8>,
+    },
     /// A file's contents.
     File {
         /// The contents.
@@ -206,6 +217,23 @@ pub enum AgentReply {
         /// E.g. "reading /etc/x: No such file or directory (os error 2)".
         message: String,
     },
+}
+
+impl AgentReply {
+    /// A reply that is not the last one to its request (see `AgentRequest::RunStreamed`).
+    pub fn is_partial(&self) -> bool {
+        matches!(self, AgentReply::Output { .. })
+    }
+}
+
+/// A command's output stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Stream {
+    /// Standard output.
+    Stdout,
+    /// Standard error.
+    Stderr,
 }
 
 /// How a command ended and what it printed.

@@ -35,7 +35,23 @@ pub fn serve(stream: UnixStream) -> io::Result<()> {
         }
         let w = Arc::clone(&writer);
         let spawned = std::thread::Builder::new().name(format!("agent-req-{id}")).spawn(move || {
-            let answer = handle(request);
+            let answer = match request {
+                // Its output goes out as it comes, in replies to the same id.
+                AgentRequest::RunStreamed(r) => AgentReply::Ran(exec::run(
+                    &r,
+                    Some(&mut |stream, data: &[u8]| {
+                        let _ = reply(
+                            &w,
+                            id,
+                            AgentReply::Output {
+                                stream,
+                                data: data.to_vec(),
+                            },
+                        );
+                    }),
+                )),
+                other => handle(other),
+            };
             let _ = reply(&w, id, answer);
         });
         if let Err(e) = spawned {
@@ -151,7 +167,7 @@ fn reply(w: &Mutex<UnixStream>, id: u64, body: AgentReply) -> io::Result<()> {
 fn handle(request: AgentRequest) -> AgentReply {
     match request {
         AgentRequest::Ping => pong(),
-        AgentRequest::Run(r) => AgentReply::Ran(exec::run(&r)),
+        AgentRequest::Run(r) | AgentRequest::RunStreamed(r) => AgentReply::Ran(exec::run(&r, None)),
         AgentRequest::ReadFile { path } => files::read_file(&path),
         AgentRequest::WriteFile {
             path,
