@@ -86,6 +86,7 @@ pub enum ControlReply {
         /// Which of its streams.
         stream: Stream,
         /// The bytes.
+        #[serde(with = "hutch_driver::agent::blob")]
         data: Vec<u8>,
     },
     /// A finished `Exec` (its output came in `Output` replies).

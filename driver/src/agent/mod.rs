@@ -18,7 +18,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 pub use client::{AgentClient, AgentError};
-pub use frame::{read_frame, write_frame, MAX_FRAME};
+pub use frame::{blob, read_frame, write_frame, MAX_FRAME};
 pub use server::{agent_main, serve};
 
 /// How many bytes of each output stream the agent keeps; the rest is counted and dropped.
