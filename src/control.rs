@@ -10,6 +10,7 @@
 use std::io::Read;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -214,8 +215,8 @@ fn find<'a>(nodes: &'a [Reachable], name: &str) -> Result<&'a Reachable, Control
     })
 }
 
-/// Runs `argv` in `node`, its output sent as `Output` replies as it comes (nothing is kept
-/// if `hutch exec` went away); returns the last reply.
+/// Runs `argv` in `node`, its output sent as `Output` replies as it comes; returns the last
+/// reply. When `hutch exec` goes away (Ctrl-C), the command is killed.
 fn exec(stream: &mut UnixStream, nodes: &[Reachable], node: &str, argv: Vec<String>, stdin: Vec<u8>) -> ControlReply {
     let n = match find(nodes, node) {
         Ok(n) => n,
@@ -227,6 +228,8 @@ fn exec(stream: &mut UnixStream, nodes: &[Reachable], node: &str, argv: Vec<Stri
             message: format!("node `{node}` is {what}"),
         };
     }
+    let gone = Arc::new(AtomicBool::new(false));
+    let watcher = hang_up_watch(stream, &gone);
     let mut output = |s: Stream, data: &[u8]| {
         let _ = write_frame(
             &mut *stream,
@@ -236,10 +239,30 @@ fn exec(stream: &mut UnixStream, nodes: &[Reachable], node: &str, argv: Vec<Stri
             },
         );
     };
-    match n.machine.exec_argv(argv, stdin, &mut output) {
+    let ran = n.machine.exec_argv(argv, stdin, &mut output, &gone);
+    // The watcher reads end-of-file now and ends.
+    let _ = stream.shutdown(std::net::Shutdown::Read);
+    if let Some(w) = watcher {
+        let _ = w.join();
+    }
+    match ran {
         Ok(r) => ControlReply::Ran { status: r.status },
         Err(e) => ControlReply::Error { message: e.to_string() },
     }
+}
+
+/// Sets `gone` once the other end of `stream` hangs up (it sends nothing after its request).
+fn hang_up_watch(stream: &UnixStream, gone: &Arc<AtomicBool>) -> Option<std::thread::JoinHandle<()>> {
+    let mut reader = stream.try_clone().ok()?;
+    let gone = Arc::clone(gone);
+    std::thread::Builder::new()
+        .name("control-hangup".into())
+        .spawn(move || {
+            let mut byte = [0u8; 1];
+            while matches!(reader.read(&mut byte), Ok(1..)) {}
+            gone.store(true, Ordering::Relaxed);
+        })
+        .ok()
 }
 
 fn handle(req: ControlRequest, nodes: &[Reachable], abort: &AbortHandle) -> ControlReply {

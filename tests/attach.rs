@@ -141,6 +141,24 @@ fn lifecycle(user: Option<u32>) {
         "the first line came only when the command ended"
     );
     assert_eq!(slow.child().wait().unwrap().code(), Some(0));
+    // Ctrl-C of hutch exec ends the command in the node too.
+    let long = hutch_command(user, &["exec", "beta", "--", "sh", "-c", "echo started; exec sleep 1000"])
+        .env("XDG_RUNTIME_DIR", &t.xdg)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut long = ChildGuard::new(long);
+    let mut lines = std::io::BufReader::new(long.child().stdout.take().unwrap()).lines();
+    assert_eq!(lines.next().unwrap().unwrap(), "started");
+    let ps = || t.hutch(user, &["exec", "beta", "--", "ps"], None).1;
+    assert!(ps().contains("sleep 1000"), "{}", ps());
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(long.id() as i32), nix::sys::signal::Signal::SIGINT).unwrap();
+    let _ = long.child().wait();
+    let end = Instant::now() + Duration::from_secs(5);
+    while ps().contains("sleep 1000") {
+        assert!(Instant::now() < end, "the command outlived hutch exec:\n{}", ps());
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let (code, out, err) = t.hutch(user, &["exec", "alpha", "--", "cat"], Some("from a pipe\n"));
     assert_eq!((code, out.as_str()), (0, "from a pipe\n"), "{err}");
     let (code, out, _) = t.hutch(user, &["exec", "alpha", "--", "hostname"], None);

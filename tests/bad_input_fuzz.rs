@@ -280,6 +280,7 @@ fn sample_requests() -> Vec<Vec<u8>> {
             cols: 120,
         },
         AgentRequest::PtyClose { session: 1 },
+        AgentRequest::Cancel { request: 2 },
     ];
     bodies
         .into_iter()

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::io::{self, BufReader};
 use std::net::Shutdown;
 use std::os::unix::net::UnixStream;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -41,6 +41,9 @@ pub enum AgentError {
         got: String,
     },
 }
+
+/// How often a cancellable call looks whether it was cancelled.
+const CANCEL_CHECK: Duration = Duration::from_millis(200);
 
 type Waiters = HashMap<u64, mpsc::Sender<AgentReply>>;
 
@@ -88,16 +91,18 @@ impl AgentClient {
 
     /// Send a request and wait for its reply (at most `limit`, when given).
     pub fn call(&self, body: AgentRequest, limit: Option<Duration>) -> Result<AgentReply, AgentError> {
-        self.call_with(body, limit, &mut |_| {})
+        self.call_with(body, limit, &mut |_| {}, None)
     }
 
     /// Send a request, hand each partial reply (`AgentReply::is_partial`) to `partial` as it
-    /// comes, and return the last one (all within `limit`, when given).
+    /// comes, and return the last one (all within `limit`, when given). Once `cancel` is set,
+    /// the agent is asked (once) to cancel the request, which it then answers.
     fn call_with(
         &self,
         body: AgentRequest,
         limit: Option<Duration>,
         partial: &mut dyn FnMut(AgentReply),
+        cancel: Option<&AtomicBool>,
     ) -> Result<AgentReply, AgentError> {
         let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::channel();
@@ -114,14 +119,29 @@ impl AgentClient {
             return Err(AgentError::Gone { reason });
         }
         let deadline = limit.map(|l| Instant::now() + l);
+        let mut cancel_sent = false;
         loop {
-            let got = match deadline {
-                Some(d) => rx.recv_timeout(d.saturating_duration_since(Instant::now())),
+            if !cancel_sent && cancel.is_some_and(|c| c.load(Ordering::Relaxed)) {
+                cancel_sent = true;
+                // Its own reply goes unread: the cancelled request's answer is what counts.
+                let cancel_id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
+                let body = AgentRequest::Cancel { request: id };
+                let _ = write_frame(&mut *lock(&self.shared.writer), &Envelope { id: cancel_id, body });
+            }
+            // Waiting to cancel: look at the flag now and then.
+            let watch = cancel.filter(|_| !cancel_sent).map(|_| Instant::now() + CANCEL_CHECK);
+            let wake = match (deadline, watch) {
+                (Some(d), Some(w)) => Some(d.min(w)),
+                (d, w) => d.or(w),
+            };
+            let got = match wake {
+                Some(t) => rx.recv_timeout(t.saturating_duration_since(Instant::now())),
                 None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
             };
             match got {
                 Ok(reply) if reply.is_partial() => partial(reply),
                 Ok(reply) => return Ok(reply),
+                Err(RecvTimeoutError::Timeout) if deadline.is_none_or(|d| Instant::now() < d) => {}
                 Err(RecvTimeoutError::Timeout) => {
                     if let Ok(w) = &mut *lock(&self.shared.pending) {
                         w.remove(&id);
@@ -163,15 +183,20 @@ impl AgentClient {
     }
 
     /// Run a command as [`AgentClient::run`] does, handing its output to `output` as it
-    /// comes (the result keeps none of it).
-    pub fn run_streamed(&self, req: RunRequest, output: &mut dyn FnMut(Stream, &[u8])) -> Result<RunResult, AgentError> {
+    /// comes (the result keeps none of it); once `cancel` is set, the command is killed.
+    pub fn run_streamed(
+        &self,
+        req: RunRequest,
+        output: &mut dyn FnMut(Stream, &[u8]),
+        cancel: &AtomicBool,
+    ) -> Result<RunResult, AgentError> {
         let limit = req.timeout_ms.map(|ms| Duration::from_millis(ms) + Duration::from_secs(30));
         let mut partial = |reply: AgentReply| {
             if let AgentReply::Output { stream, data } = reply {
                 output(stream, &data);
             }
         };
-        match self.call_with(AgentRequest::RunStreamed(req), limit, &mut partial)? {
+        match self.call_with(AgentRequest::RunStreamed(req), limit, &mut partial, Some(cancel))? {
             AgentReply::Ran(r) => Ok(r),
             other => Err(unexpected("run_streamed", other)),
         }

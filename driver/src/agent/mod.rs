@@ -46,6 +46,12 @@ pub enum AgentRequest {
     /// Run a command as `Run` does, its output sent as it comes: zero or more `Output`
     /// replies, then `Ran` (whose stdout and stderr are empty: nothing is kept).
     RunStreamed(RunRequest),
+    /// Kill the command of `RunStreamed` request `request` (whoever wanted its output went
+    /// away); answered with `Done`, and that request with `Ran`.
+    Cancel {
+        /// The id of the `RunStreamed` request.
+        request: u64,
+    },
     /// Read a whole file; answered with `File`.
     ReadFile {
         /// Absolute path in the node.

@@ -37,19 +37,16 @@ pub fn serve(stream: UnixStream) -> io::Result<()> {
         let spawned = std::thread::Builder::new().name(format!("agent-req-{id}")).spawn(move || {
             let answer = match request {
                 // Its output goes out as it comes, in replies to the same id.
-                AgentRequest::RunStreamed(r) => AgentReply::Ran(exec::run(
-                    &r,
-                    Some(&mut |stream, data: &[u8]| {
-                        let _ = reply(
-                            &w,
-                            id,
-                            AgentReply::Output {
-                                stream,
-                                data: data.to_vec(),
-                            },
-                        );
-                    }),
-                )),
+                AgentRequest::RunStreamed(r) => AgentReply::Ran(exec::run_streamed(&r, id, &mut |stream, data: &[u8]| {
+                    let _ = reply(
+                        &w,
+                        id,
+                        AgentReply::Output {
+                            stream,
+                            data: data.to_vec(),
+                        },
+                    );
+                })),
                 other => handle(other),
             };
             let _ = reply(&w, id, answer);
@@ -179,6 +176,10 @@ fn handle(request: AgentRequest) -> AgentReply {
         AgentRequest::WriteTree { path, entries } => files::write_tree(&path, &entries),
         AgentRequest::ProbeTcp { host, port } => probe::tcp(&host, port),
         AgentRequest::ProbeUnix { path, datagram } => probe::unix(&path, datagram),
+        AgentRequest::Cancel { request } => {
+            exec::cancel(request);
+            AgentReply::Done
+        }
         AgentRequest::PtyOpen { command, term, rows, cols } => pty::open(&command, &term, rows, cols),
         AgentRequest::PtyInput { session, data } => pty::input(session, &data),
         AgentRequest::PtyOutput { session } => pty::output(session),
