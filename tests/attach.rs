@@ -3,10 +3,10 @@
 
 mod common;
 
-use std::io::{BufRead, Write};
+use std::io::{BufRead, BufReader, Lines, Write};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
+use std::process::{ChildStdout, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -61,6 +61,18 @@ impl Waiting {
             String::from_utf8_lossy(&out.stdout).into_owned(),
             String::from_utf8_lossy(&out.stderr).into_owned(),
         )
+    }
+
+    /// `hutch exec NODE -- sh -c SCRIPT` in the background, its stdout read line by line.
+    fn exec_lines(&self, user: Option<u32>, node: &str, script: &str) -> (ChildGuard, Lines<BufReader<ChildStdout>>) {
+        let child = hutch_command(user, &["exec", node, "--", "sh", "-c", script])
+            .env("XDG_RUNTIME_DIR", &self.xdg)
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut child = ChildGuard::new(child);
+        let lines = BufReader::new(child.child().stdout.take().unwrap()).lines();
+        (child, lines)
     }
 
     /// Starts the test in the background as `user`.
@@ -126,13 +138,7 @@ fn lifecycle(user: Option<u32>) {
     assert_eq!((code, out.as_str()), (7, "out\n"), "{err}");
     assert!(err.contains("err"), "{err}");
     // ... as the command prints it, not when it ends.
-    let slow = hutch_command(user, &["exec", "beta", "--", "sh", "-c", "echo first; sleep 3; echo second"])
-        .env("XDG_RUNTIME_DIR", &t.xdg)
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut slow = ChildGuard::new(slow);
-    let mut lines = std::io::BufReader::new(slow.child().stdout.take().unwrap()).lines();
+    let (mut slow, mut lines) = t.exec_lines(user, "beta", "echo first; sleep 3; echo second");
     assert_eq!(lines.next().unwrap().unwrap(), "first");
     let first_at = Instant::now();
     assert_eq!(lines.next().unwrap().unwrap(), "second");
@@ -142,13 +148,7 @@ fn lifecycle(user: Option<u32>) {
     );
     assert_eq!(slow.child().wait().unwrap().code(), Some(0));
     // Ctrl-C of hutch exec ends the command in the node too.
-    let long = hutch_command(user, &["exec", "beta", "--", "sh", "-c", "echo started; exec sleep 1000"])
-        .env("XDG_RUNTIME_DIR", &t.xdg)
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut long = ChildGuard::new(long);
-    let mut lines = std::io::BufReader::new(long.child().stdout.take().unwrap()).lines();
+    let (mut long, mut lines) = t.exec_lines(user, "beta", "echo started; exec sleep 1000");
     assert_eq!(lines.next().unwrap().unwrap(), "started");
     let ps = || t.hutch(user, &["exec", "beta", "--", "ps"], None).1;
     assert!(ps().contains("sleep 1000"), "{}", ps());
