@@ -13,6 +13,7 @@ packages=(
     nix-bin           # offline Nix store for NixOS-mode fixtures
     debootstrap       # the Debian systemd image
     iproute2 iputils-ping  # tests check the network with ip and ping
+    tmux              # tests drive hutch shell, hutch run -t and a login console in a real terminal
     bubblewrap runc systemd-container  # peers for the benchmarks
 )
 missing=()

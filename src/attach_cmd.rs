@@ -8,8 +8,9 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 
-use crate::control::{ask, ControlReply, ControlRequest, NodeRow};
+use crate::control::{ask, open, ControlReply, ControlRequest, NodeRow};
 use crate::registry::{self, Entry};
+use hutch_driver::agent::{read_frame, Stream};
 
 /// Which running test: by name when several run.
 #[derive(Args, Debug)]
@@ -144,7 +145,8 @@ pub fn list(args: ListArgs) -> i32 {
     })())
 }
 
-/// `hutch exec NODE -- CMD`: the command's output on ours, its exit status as ours.
+/// `hutch exec NODE -- CMD`: the command's output on ours as it comes (its stderr on our
+/// stderr), its exit status as ours.
 pub fn exec(args: ExecArgs) -> i32 {
     finish((|| {
         let run = run_with_node(&args.select, &args.node)?;
@@ -158,14 +160,26 @@ pub fn exec(args: ExecArgs) -> i32 {
             argv: args.command.clone(),
             stdin,
         };
-        match ask(&run.socket(), &req)? {
-            ControlReply::Ran { status, stdout, stderr } => {
-                let _ = std::io::stdout().write_all(&stdout);
-                let _ = std::io::stderr().write_all(&stderr);
-                Ok(status.code())
+        let (mut reply, mut conn) = open(&run.socket(), &req)?;
+        loop {
+            match reply {
+                ControlReply::Output { stream, data } => {
+                    let _ = match stream {
+                        Stream::Stdout => std::io::stdout().write_all(&data).and_then(|()| std::io::stdout().flush()),
+                        Stream::Stderr => std::io::stderr().write_all(&data),
+                    };
+                }
+                ControlReply::Ran { status } => return Ok(status.code()),
+                ControlReply::Error { message } => bail!("{}: {message}", args.node),
+                other => bail!("unexpected reply: {other:?}"),
             }
-            ControlReply::Error { message } => bail!("{}: {message}", args.node),
-            other => bail!("unexpected reply: {other:?}"),
+            let Some(frame) = read_frame(&mut conn).context("reading the command's output")? else {
+                bail!(
+                    "{}: the test closed the connection before the command ended (the test or the node stopped)",
+                    args.node
+                );
+            };
+            reply = serde_json::from_slice(&frame).context("the test's reply")?;
         }
     })())
 }

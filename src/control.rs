@@ -10,11 +10,12 @@
 use std::io::Read;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use hutch_driver::agent::{read_frame, write_frame, ExitStatus};
+use hutch_driver::agent::{read_frame, write_frame, ExitStatus, Stream};
 use hutch_driver::machine::Machine;
 use hutch_driver::session::AbortHandle;
 use serde::{Deserialize, Serialize};
@@ -27,7 +28,7 @@ use crate::node::RuntimeNode;
 pub enum ControlRequest {
     /// The test's nodes; answered with `Nodes`.
     List,
-    /// Run a program in a node; answered with `Ran`.
+    /// Run a program in a node; answered with `Output` replies as it prints, then `Ran`.
     Exec {
         /// The node's name.
         node: String,
@@ -81,14 +82,18 @@ pub enum ControlReply {
         /// In the test's (alphabetical) order.
         nodes: Vec<NodeRow>,
     },
-    /// A finished `Exec`.
+    /// What a running `Exec` just printed; more replies follow.
+    Output {
+        /// Which of its streams.
+        stream: Stream,
+        /// The bytes.
+        #[serde(with = "hutch_driver::agent::blob")]
+        data: Vec<u8>,
+    },
+    /// A finished `Exec` (its output came in `Output` replies).
     Ran {
         /// How the program ended.
         status: ExitStatus,
-        /// Its standard output.
-        stdout: Vec<u8>,
-        /// Its standard error.
-        stderr: Vec<u8>,
     },
     /// Done.
     Done,
@@ -191,6 +196,7 @@ fn answer(mut stream: UnixStream, nodes: &[Reachable], abort: &AbortHandle) {
             };
             return crate::shell_cmd::serve_session(stream, &agent, command, term, rows, cols);
         }
+        Ok(ControlRequest::Exec { node, argv, stdin }) => exec(&mut stream, nodes, &node, argv, stdin),
         Ok(req) => handle(req, nodes, abort),
         Err(e) => ControlReply::Error {
             message: format!("bad request: {e}"),
@@ -199,39 +205,72 @@ fn answer(mut stream: UnixStream, nodes: &[Reachable], abort: &AbortHandle) {
     let _ = write_frame(&mut stream, &reply);
 }
 
-fn handle(req: ControlRequest, nodes: &[Reachable], abort: &AbortHandle) -> ControlReply {
-    let find = |name: &str| {
-        nodes.iter().find(|n| n.machine.name() == name).ok_or_else(|| ControlReply::Error {
-            message: format!(
-                "no node `{name}` in this test (its nodes: {})",
-                nodes.iter().map(|n| n.machine.name()).collect::<Vec<_>>().join(", ")
-            ),
-        })
+/// The node named `name`, or the error reply that lists the test's nodes.
+fn find<'a>(nodes: &'a [Reachable], name: &str) -> Result<&'a Reachable, ControlReply> {
+    nodes.iter().find(|n| n.machine.name() == name).ok_or_else(|| ControlReply::Error {
+        message: format!(
+            "no node `{name}` in this test (its nodes: {})",
+            nodes.iter().map(|n| n.machine.name()).collect::<Vec<_>>().join(", ")
+        ),
+    })
+}
+
+/// Runs `argv` in `node`, its output sent as `Output` replies as it comes; returns the last
+/// reply. When `hutch exec` goes away (Ctrl-C), the command is killed.
+fn exec(stream: &mut UnixStream, nodes: &[Reachable], node: &str, argv: Vec<String>, stdin: Vec<u8>) -> ControlReply {
+    let n = match find(nodes, node) {
+        Ok(n) => n,
+        Err(e) => return e,
     };
+    if !n.machine.is_ready() {
+        let what = if n.machine.is_up() { "still starting" } else { "not running" };
+        return ControlReply::Error {
+            message: format!("node `{node}` is {what}"),
+        };
+    }
+    let gone = Arc::new(AtomicBool::new(false));
+    let watcher = hang_up_watch(stream, &gone);
+    let mut output = |s: Stream, data: &[u8]| {
+        let _ = write_frame(
+            &mut *stream,
+            &ControlReply::Output {
+                stream: s,
+                data: data.to_vec(),
+            },
+        );
+    };
+    let ran = n.machine.exec_argv(argv, stdin, &mut output, &gone);
+    // The watcher reads end-of-file now and ends.
+    let _ = stream.shutdown(std::net::Shutdown::Read);
+    if let Some(w) = watcher {
+        let _ = w.join();
+    }
+    match ran {
+        Ok(r) => ControlReply::Ran { status: r.status },
+        Err(e) => ControlReply::Error { message: e.to_string() },
+    }
+}
+
+/// Sets `gone` once the other end of `stream` hangs up (it sends nothing after its request).
+fn hang_up_watch(stream: &UnixStream, gone: &Arc<AtomicBool>) -> Option<std::thread::JoinHandle<()>> {
+    let mut reader = stream.try_clone().ok()?;
+    let gone = Arc::clone(gone);
+    std::thread::Builder::new()
+        .name("control-hangup".into())
+        .spawn(move || {
+            let mut byte = [0u8; 1];
+            while matches!(reader.read(&mut byte), Ok(1..)) {}
+            gone.store(true, Ordering::Relaxed);
+        })
+        .ok()
+}
+
+fn handle(req: ControlRequest, nodes: &[Reachable], abort: &AbortHandle) -> ControlReply {
+    let find = |name: &str| find(nodes, name);
     match req {
         ControlRequest::List => ControlReply::Nodes {
             nodes: nodes.iter().map(row).collect(),
         },
-        ControlRequest::Exec { node, argv, stdin } => {
-            let n = match find(&node) {
-                Ok(n) => n,
-                Err(e) => return e,
-            };
-            if !n.machine.is_ready() {
-                let what = if n.machine.is_up() { "still starting" } else { "not running" };
-                return ControlReply::Error {
-                    message: format!("node `{node}` is {what}"),
-                };
-            }
-            match n.machine.exec_argv(argv, stdin) {
-                Ok(r) => ControlReply::Ran {
-                    status: r.status,
-                    stdout: r.stdout,
-                    stderr: r.stderr,
-                },
-                Err(e) => ControlReply::Error { message: e.to_string() },
-            }
-        }
         ControlRequest::Stop { node: Some(node) } => match find(&node) {
             Ok(n) => match n.machine.terminate() {
                 Ok(()) => ControlReply::Done,
@@ -239,8 +278,8 @@ fn handle(req: ControlRequest, nodes: &[Reachable], abort: &AbortHandle) -> Cont
             },
             Err(e) => e,
         },
-        ControlRequest::Shell { .. } => ControlReply::Error {
-            message: "a shell request is answered by the session".into(),
+        ControlRequest::Shell { .. } | ControlRequest::Exec { .. } => ControlReply::Error {
+            message: "a shell or exec request is answered as it runs".into(),
         },
         ControlRequest::Stop { node: None } => {
             abort.abort("stopped by `hutch stop`");

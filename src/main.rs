@@ -11,8 +11,10 @@ mod node;
 mod publish;
 mod registry;
 mod run;
+mod run_relay;
 mod shell_cmd;
 mod spawner;
+mod terminal;
 mod test_cmd;
 mod userns;
 

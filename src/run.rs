@@ -1,8 +1,7 @@
 //! `hutch run`: one node in the foreground, its exit status as hutch's.
 
 use std::fs::File;
-use std::io::Write;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -10,11 +9,12 @@ use anyhow::{Context, Result};
 use clap::Args;
 use hutch_runtime::{Bind, Container, Exit, IdMap, NodeSpec, Phase, Size};
 
+use crate::run_relay::{Keys, Relay, Session};
 use crate::spawner::StartRequest;
-use hutch_driver::machine::LineSplitter;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
+use std::io::IsTerminal;
 
 /// Options of `hutch run`.
 #[derive(Args, Debug)]
@@ -33,8 +33,15 @@ pub struct RunArgs {
     #[arg(long)]
     closure_only: bool,
     /// Exec the init (image's /sbin/init or systemd, or $toplevel/init); trailing args go to it.
+    /// On a terminal its console is yours, as a login console (Ctrl-] three times within a
+    /// second stops the node); otherwise its lines are printed, made safe.
     #[arg(long, short = 'b')]
     boot: bool,
+    /// Run the command on a fresh terminal of the node's own (`tty` in it names a /dev/pts of
+    /// the node), relayed to yours in raw mode with its window size. Not implied: without -t
+    /// the command gets hutch's standard streams, as with docker and podman.
+    #[arg(long, short = 't', conflicts_with = "boot")]
+    tty: bool,
     /// Node name (logs, cgroup, default hostname).
     #[arg(long, default_value = "node")]
     name: String,
@@ -161,6 +168,9 @@ fn spec(args: &RunArgs) -> Result<NodeSpec> {
         disk: None,
     };
     let mut spec = request.node_spec()?;
+    if args.tty {
+        spec.terminal = Some(crate::terminal::window_size().unwrap_or((24, 80)));
+    }
     spec.binds = args.binds.iter().map(|b| b.parse::<Bind>()).collect::<Result<_, _>>()?;
     if !(args.stop_timeout.is_finite() && args.stop_timeout >= 0.0) {
         anyhow::bail!("--stop-timeout: {} is not a number of seconds; give e.g. 10", args.stop_timeout);
@@ -188,15 +198,18 @@ fn run(args: RunArgs) -> Result<i32> {
     }
     // Signals arrive through a signalfd, so the event loop sees them in order with the rest.
     let mut signals = SigSet::empty();
-    for s in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP, Signal::SIGQUIT] {
+    for s in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP, Signal::SIGQUIT, Signal::SIGWINCH] {
         signals.add(s);
     }
     signals.thread_block().context("blocking signals")?;
     let sigfd = SignalFd::with_flags(&signals, SfdFlags::SFD_CLOEXEC).context("creating a signalfd")?;
+    // A terminal session: `-t`, or a booted node's console when the user sits at a terminal.
+    let interactive = args.tty || (spec.boot && std::io::stdin().is_terminal() && std::io::stdout().is_terminal());
     let mut log = match &args.console_log {
         Some(p) => Some(File::create(p).with_context(|| format!("--console-log: cannot create {}", p.display()))?),
         None => None,
     };
+    let mut session: Option<Session> = None;
     loop {
         let pending = Container::prepare(&spec, &idmap)?;
         // Plugged in before the init runs. The hub runs a thread: fine now, the clone is done.
@@ -211,7 +224,23 @@ fn run(args: RunArgs) -> Result<i32> {
         if args.timings {
             print_timings(&node);
         }
-        let exit = supervise(&mut node, &sigfd, log.as_mut())?;
+        if interactive && spec.boot && session.is_none() {
+            eprintln!(
+                "hutch: {}: this terminal is its console; {}",
+                spec.name,
+                crate::terminal::Escape::HINT
+            );
+        }
+        if interactive && session.is_none() {
+            session = Some(Session::start()?);
+        }
+        let exit = supervise(&mut node, &sigfd, log.as_mut(), session.as_mut())?;
+        if let (Exit::Reboot, true, Some(s)) = (exit, args.allow_reboot, &session) {
+            s.say(&format!("{}: rebooting", spec.name));
+            continue;
+        }
+        // The user's terminal as it was, before the last words.
+        session = None;
         match exit {
             Exit::Reboot if args.allow_reboot => {
                 eprintln!("hutch: {}: rebooting", spec.name);
@@ -262,17 +291,25 @@ fn print_timings(node: &Container) {
     );
 }
 
-/// The event loop: relays the console, reports READY=1, turns signals into a clean stop.
-fn supervise(node: &mut Container, sigfd: &SignalFd, log: Option<&mut File>) -> Result<Exit> {
-    let mut relay = Relay::new(log);
+/// The event loop: relays the console (or, in a terminal session, the node's terminal both
+/// ways), reports READY=1, turns signals and the session's escape into a clean stop.
+fn supervise(node: &mut Container, sigfd: &SignalFd, log: Option<&mut File>, mut session: Option<&mut Session>) -> Result<Exit> {
+    let mut relay = Relay::new(log, session.is_some());
     let mut kill_at: Option<Instant> = None;
-    let mut console_open = node.console().is_some();
+    let mut out_open = out_fd(node).is_some();
+    if let (Some(s), Some(fd)) = (session.as_deref(), out_fd(node)) {
+        s.attach(fd);
+    }
     let mut buf = vec![0u8; 64 * 1024];
     let stop_timeout = node.stop_timeout();
+    let say = |session: &Option<&mut Session>, text: &str| match session {
+        Some(s) => s.say(text),
+        None => eprintln!("hutch: {text}"),
+    };
     loop {
         if let Some(exit) = node.try_wait()? {
-            if console_open {
-                drain_console(node, &mut buf, &mut relay);
+            if let Some(fd) = out_fd(node).filter(|_| out_open) {
+                relay.drain(fd, &mut buf);
             }
             relay.finish();
             return Ok(exit);
@@ -282,133 +319,110 @@ fn supervise(node: &mut Container, sigfd: &SignalFd, log: Option<&mut File>) -> 
                 .unwrap_or(PollTimeout::ZERO),
             None => PollTimeout::NONE,
         };
-        let (sig_ready, pid_ready, console_ready, notify_ready) = {
+        let stdin = std::io::stdin();
+        let (ready, out_ready, out_writable, keys_ready, notify_ready) = {
+            let out = out_fd(node).filter(|_| out_open);
             let mut fds = vec![
                 PollFd::new(sigfd.as_fd(), PollFlags::POLLIN),
                 PollFd::new(node.pidfd(), PollFlags::POLLIN),
             ];
-            let console = node.console().filter(|_| console_open);
-            if let Some(c) = console {
-                fds.push(PollFd::new(c, PollFlags::POLLIN));
-            }
-            if let Some(n) = node.notify_socket() {
-                fds.push(PollFd::new(n, PollFlags::POLLIN));
-            }
+            let pending = session.as_deref().is_some_and(Session::has_pending);
+            let out_flags = if pending {
+                PollFlags::POLLIN | PollFlags::POLLOUT
+            } else {
+                PollFlags::POLLIN
+            };
+            let out_i = slot(&mut fds, out, out_flags);
+            let notify_i = slot(&mut fds, node.notify_socket(), PollFlags::POLLIN);
+            let keys = session.as_deref().filter(|s| s.wants_keys()).map(|_| stdin.as_fd());
+            let keys_i = slot(&mut fds, keys, PollFlags::POLLIN);
             match poll(&mut fds, timeout) {
                 Err(nix::errno::Errno::EINTR) => continue,
                 r => r.context("poll")?,
             };
-            let ready = |i: usize| fds.get(i).and_then(|f| f.revents()).is_some_and(|r| !r.is_empty());
-            let c_idx = 2;
-            let n_idx = if console.is_some() { 3 } else { 2 };
+            let has = |i: Option<usize>, f: PollFlags| {
+                i.and_then(|i| fds.get(i))
+                    .and_then(|p| p.revents())
+                    .is_some_and(|r| r.intersects(f))
+            };
+            let any = PollFlags::all();
             (
-                ready(0),
-                ready(1),
-                console.is_some() && ready(c_idx),
-                node.notify_socket().is_some() && ready(n_idx),
+                has(Some(0), any),
+                has(out_i, any - PollFlags::POLLOUT),
+                has(out_i, PollFlags::POLLOUT),
+                has(keys_i, any),
+                has(notify_i, any),
             )
         };
-        if console_ready && !relay_console(node, &mut buf, &mut relay) {
-            console_open = false;
+        if let Some(fd) = out_fd(node).filter(|_| out_ready) {
+            out_open = relay.relay(fd, &mut buf);
         }
-        if notify_ready {
-            read_notify(node);
-        }
-        if sig_ready {
-            if let Ok(Some(info)) = sigfd.read_signal() {
-                if kill_at.is_some() || info.ssi_signo == libc::SIGQUIT as u32 {
-                    node.signal(libc::SIGKILL)?;
-                } else {
-                    node.signal(node.stop_signal())?;
-                    kill_at = Some(Instant::now() + stop_timeout);
+        if let (Some(s), Some(fd)) = (session.as_deref_mut(), out_fd(node).filter(|_| out_open)) {
+            if out_writable {
+                s.flush(fd);
+            }
+            if keys_ready {
+                if let Keys::Escape = s.keys(fd) {
+                    s.say(&format!("{}: stopping (escape)", node.name()));
+                    stop(node, &mut kill_at, stop_timeout)?;
                 }
             }
         }
+        if notify_ready {
+            if let Some(text) = read_notify(node) {
+                say(&session, &text);
+            }
+        }
+        if ready {
+            match sigfd.read_signal() {
+                Ok(Some(info)) if info.ssi_signo == libc::SIGWINCH as u32 => {
+                    if let (Some(s), Some(fd)) = (session.as_deref(), out_fd(node)) {
+                        s.resized(fd);
+                    }
+                }
+                Ok(Some(info)) if info.ssi_signo == libc::SIGQUIT as u32 => node.signal(libc::SIGKILL)?,
+                Ok(Some(_)) => stop(node, &mut kill_at, stop_timeout)?,
+                _ => {}
+            }
+        }
         if kill_at.is_some_and(|t| Instant::now() >= t) {
-            eprintln!("hutch: {}: no clean stop within the stop timeout, killing it", node.name());
+            say(
+                &session,
+                &format!("{}: no clean stop within the stop timeout, killing it", node.name()),
+            );
             node.signal(libc::SIGKILL)?;
             kill_at = None;
         }
-        let _ = pid_ready;
     }
 }
 
-/// The console on its way out: split into lines (cut at 64 KiB), each made safe for stdout
-/// (`hutch_driver::safe_text`: escapes shown, colour only on a terminal without `NO_COLOR`)
-/// and written raw to `--console-log`, ending in a plain `\n` (never `\r\r\n`).
-struct Relay<'a> {
-    lines: LineSplitter,
-    color: bool,
-    log: Option<&'a mut File>,
+/// What the node prints on: its own pty (-t), else its console.
+fn out_fd(node: &Container) -> Option<BorrowedFd<'_>> {
+    node.terminal().or_else(|| node.console())
 }
 
-impl<'a> Relay<'a> {
-    fn new(log: Option<&'a mut File>) -> Relay<'a> {
-        use std::io::IsTerminal;
-        let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
-        Relay {
-            lines: LineSplitter::default(),
-            color: std::io::stdout().is_terminal() && !no_color,
-            log,
-        }
-    }
-
-    fn write(&mut self, lines: &[Vec<u8>]) {
-        let (mut out, mut raw) = (String::new(), Vec::new());
-        for l in lines {
-            out.push_str(&hutch_driver::safe_text::line(l, self.color));
-            out.push('\n');
-            let end = l.iter().rposition(|&b| b != b'\r').map_or(0, |i| i + 1);
-            raw.extend_from_slice(&l[..end]);
-            raw.push(b'\n');
-        }
-        let mut stdout = std::io::stdout().lock();
-        let _ = stdout.write_all(out.as_bytes());
-        let _ = stdout.flush();
-        if let Some(f) = self.log.as_mut() {
-            let _ = f.write_all(&raw);
-        }
-    }
-
-    fn bytes(&mut self, data: &[u8]) {
-        let lines = self.lines.split(data);
-        self.write(&lines);
-    }
-
-    /// The node is gone: its unfinished last line too.
-    fn finish(&mut self) {
-        if let Some(rest) = self.lines.rest() {
-            self.write(&[rest]);
-        }
-    }
+/// Adds `fd` (if any) to the poll set; its index there.
+fn slot<'a>(fds: &mut Vec<PollFd<'a>>, fd: Option<BorrowedFd<'a>>, flags: PollFlags) -> Option<usize> {
+    fd.map(|fd| {
+        fds.push(PollFd::new(fd, flags));
+        fds.len() - 1
+    })
 }
 
-/// Relays what the node printed; false once the console is gone.
-fn relay_console(node: &Container, buf: &mut [u8], relay: &mut Relay) -> bool {
-    let Some(fd) = node.console() else { return false };
-    match nix::unistd::read(fd, buf) {
-        Ok(0) | Err(nix::errno::Errno::EIO) => false,
-        Ok(n) => {
-            relay.bytes(&buf[..n]);
-            true
-        }
-        Err(nix::errno::Errno::EAGAIN | nix::errno::Errno::EINTR) => true,
-        Err(_) => false,
+/// Asks the node to stop with its stop signal, and kills it if it is asked a second time.
+fn stop(node: &Container, kill_at: &mut Option<Instant>, stop_timeout: Duration) -> Result<()> {
+    if kill_at.is_some() {
+        node.signal(libc::SIGKILL)?;
+    } else {
+        node.signal(node.stop_signal())?;
+        *kill_at = Some(Instant::now() + stop_timeout);
     }
+    Ok(())
 }
 
-fn drain_console(node: &Container, buf: &mut [u8], relay: &mut Relay) {
-    while let Some(fd) = node.console() {
-        let mut fds = [PollFd::new(fd, PollFlags::POLLIN)];
-        if !matches!(poll(&mut fds, PollTimeout::ZERO), Ok(n) if n > 0) || !relay_console(node, buf, relay) {
-            break;
-        }
-    }
-}
-
-/// Reads one sd_notify datagram; READY=1 is the node's "booted" moment.
-fn read_notify(node: &Container) {
-    let Some(fd) = node.notify_socket() else { return };
+/// Reads one sd_notify datagram; READY=1 is the node's "booted" moment, said as returned.
+fn read_notify(node: &Container) -> Option<String> {
+    let fd = node.notify_socket()?;
     let mut buf = [0u8; 4096];
     if let Ok(n) = nix::sys::socket::recv(
         std::os::fd::AsRawFd::as_raw_fd(&fd),
@@ -417,7 +431,8 @@ fn read_notify(node: &Container) {
     ) {
         let text = String::from_utf8_lossy(&buf[..n]);
         if text.lines().any(|l| l == "READY=1") {
-            eprintln!("hutch: {}: ready in {} ms", node.name(), node.started().elapsed().as_millis());
+            return Some(format!("{}: ready in {} ms", node.name(), node.started().elapsed().as_millis()));
         }
     }
+    None
 }

@@ -3,18 +3,17 @@
 //! The user's terminal is put in raw mode for the session and restored after it, like ssh.
 
 use std::io::{IsTerminal, Read, Write};
-use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Context};
 use clap::Args;
 use hutch_driver::agent::{read_frame, write_frame, AgentClient};
-use nix::sys::termios::{cfmakeraw, tcgetattr, tcsetattr, SetArg, Termios};
 
 use crate::attach_cmd::{finish, run_with_node, Select};
 use crate::control::{open, ControlReply, ControlRequest, ShellEvent, ShellInput};
+use crate::terminal::{window_size, RawMode};
 
 /// Options of `hutch shell`.
 #[derive(Args, Debug)]
@@ -26,39 +25,6 @@ pub struct ShellArgs {
     /// A program to run on the pty instead of root's login shell (after `--`).
     #[arg(last = true)]
     command: Vec<String>,
-}
-
-/// The terminal's window size (rows, columns), when stdin is a terminal.
-fn window_size() -> Option<(u16, u16)> {
-    let mut ws = libc::winsize {
-        ws_row: 0,
-        ws_col: 0,
-        ws_xpixel: 0,
-        ws_ypixel: 0,
-    };
-    // SAFETY: TIOCGWINSZ writes one winsize into memory that outlives the call.
-    let r = unsafe { libc::ioctl(std::io::stdin().as_raw_fd(), libc::TIOCGWINSZ, &mut ws) };
-    (r == 0 && ws.ws_row > 0).then_some((ws.ws_row, ws.ws_col))
-}
-
-/// The user's terminal in raw mode while it lives; its settings come back on drop.
-struct RawMode(Termios);
-
-impl RawMode {
-    fn enter() -> Result<RawMode> {
-        let stdin = std::io::stdin();
-        let saved = tcgetattr(&stdin).context("reading the terminal's settings")?;
-        let mut raw = saved.clone();
-        cfmakeraw(&mut raw);
-        tcsetattr(&stdin, SetArg::TCSADRAIN, &raw).context("putting the terminal in raw mode")?;
-        Ok(RawMode(saved))
-    }
-}
-
-impl Drop for RawMode {
-    fn drop(&mut self) {
-        let _ = tcsetattr(std::io::stdin(), SetArg::TCSADRAIN, &self.0);
-    }
 }
 
 /// Runs `hutch shell`; the exit status is the shell's.

@@ -18,20 +18,6 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-/// The image of fixtures/debian-getty.sh with `args`.
-fn getty_image(args: &[&str]) -> PathBuf {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/debian-getty.sh");
-    let out = Command::new("bash")
-        .arg(script)
-        .args(args)
-        .env("HUTCH_CACHE", cache())
-        .stderr(Stdio::inherit())
-        .output()
-        .expect("running fixtures/debian-getty.sh");
-    assert!(out.status.success(), "fixtures/debian-getty.sh {args:?} failed");
-    PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
-}
-
 /// Three systemd nodes; each must reach multi-user.target with its console getty running (the
 /// getty is what this test is about: without it the test would prove nothing).
 const SCRIPT: &str = r#"

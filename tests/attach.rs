@@ -3,10 +3,10 @@
 
 mod common;
 
-use std::io::Write;
+use std::io::{BufRead, BufReader, Lines, Write};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
+use std::process::{ChildStdout, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -61,6 +61,18 @@ impl Waiting {
             String::from_utf8_lossy(&out.stdout).into_owned(),
             String::from_utf8_lossy(&out.stderr).into_owned(),
         )
+    }
+
+    /// `hutch exec NODE -- sh -c SCRIPT` in the background, its stdout read line by line.
+    fn exec_lines(&self, user: Option<u32>, node: &str, script: &str) -> (ChildGuard, Lines<BufReader<ChildStdout>>) {
+        let child = hutch_command(user, &["exec", node, "--", "sh", "-c", script])
+            .env("XDG_RUNTIME_DIR", &self.xdg)
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut child = ChildGuard::new(child);
+        let lines = BufReader::new(child.child().stdout.take().unwrap()).lines();
+        (child, lines)
     }
 
     /// Starts the test in the background as `user`.
@@ -125,6 +137,28 @@ fn lifecycle(user: Option<u32>) {
     let (code, out, err) = t.hutch(user, &["exec", "beta", "--", "sh", "-c", "echo out; echo err >&2; exit 7"], None);
     assert_eq!((code, out.as_str()), (7, "out\n"), "{err}");
     assert!(err.contains("err"), "{err}");
+    // ... as the command prints it, not when it ends.
+    let (mut slow, mut lines) = t.exec_lines(user, "beta", "echo first; sleep 3; echo second");
+    assert_eq!(lines.next().unwrap().unwrap(), "first");
+    let first_at = Instant::now();
+    assert_eq!(lines.next().unwrap().unwrap(), "second");
+    assert!(
+        first_at.elapsed() >= Duration::from_secs(2),
+        "the first line came only when the command ended"
+    );
+    assert_eq!(slow.child().wait().unwrap().code(), Some(0));
+    // Ctrl-C of hutch exec ends the command in the node too.
+    let (mut long, mut lines) = t.exec_lines(user, "beta", "echo started; exec sleep 1000");
+    assert_eq!(lines.next().unwrap().unwrap(), "started");
+    let ps = || t.hutch(user, &["exec", "beta", "--", "ps"], None).1;
+    assert!(ps().contains("sleep 1000"), "{}", ps());
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(long.id() as i32), nix::sys::signal::Signal::SIGINT).unwrap();
+    let _ = long.child().wait();
+    let end = Instant::now() + Duration::from_secs(5);
+    while ps().contains("sleep 1000") {
+        assert!(Instant::now() < end, "the command outlived hutch exec:\n{}", ps());
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let (code, out, err) = t.hutch(user, &["exec", "alpha", "--", "cat"], Some("from a pipe\n"));
     assert_eq!((code, out.as_str()), (0, "from a pipe\n"), "{err}");
     let (code, out, _) = t.hutch(user, &["exec", "alpha", "--", "hostname"], None);
@@ -246,52 +280,6 @@ fn two_runs_are_told_apart_by_name_and_stop_ends_a_whole_test() {
     assert!(one.entries().is_empty(), "the stale entry was not swept: {:?}", one.entries());
 }
 
-/// A tmux server of its own, killed (by its socket) when dropped.
-struct Tmux(String);
-
-impl Tmux {
-    fn new(tag: &str, size: (u16, u16), command: &str) -> Tmux {
-        let t = Tmux(format!("hutch-{tag}-{}", std::process::id()));
-        let (w, h) = (size.1.to_string(), size.0.to_string());
-        t.run(&["new-session", "-d", "-x", &w, "-y", &h, command]);
-        t
-    }
-
-    fn run(&self, args: &[&str]) -> String {
-        let out = std::process::Command::new("tmux")
-            .args(["-L", &self.0])
-            .args(args)
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    fn keys(&self, keys: &[&str]) {
-        let mut args = vec!["send-keys"];
-        args.extend_from_slice(keys);
-        self.run(&args);
-    }
-
-    /// Waits until the pane shows `text`; returns the pane.
-    fn wait_for(&self, text: &str) -> String {
-        let end = Instant::now() + Duration::from_secs(30);
-        loop {
-            let pane = self.run(&["capture-pane", "-p"]);
-            if pane.contains(text) {
-                return pane;
-            }
-            assert!(Instant::now() < end, "the pane never showed {text:?}:\n{pane}");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for Tmux {
-    fn drop(&mut self) {
-        self.run(&["kill-server"]);
-    }
-}
-
 /// `hutch shell` in a real terminal: a pty in the node, its size (and a resize), Ctrl-C for
 /// the node's shell and not for hutch, the exit status, and the user's terminal restored.
 fn shell_in_tmux(user: Option<u32>) {
@@ -310,23 +298,8 @@ fn shell_in_tmux(user: Option<u32>) {
     );
     let tmux = Tmux::new(&tag, (30, 100), &command);
     tmux.wait_for("#");
-    tmux.keys(&["echo T$((6*7)); tty; stty size; echo E$((1+1))N", "Enter"]);
-    let pane = tmux.wait_for("E2N");
+    let pane = tmux.drive_shell("SHELL-RC");
     assert!(pane.contains("/dev/pts/"), "not a tty in the node:\n{pane}");
-    assert!(pane.contains("30 100"), "the pty has not the window's size:\n{pane}");
-    tmux.run(&["resize-window", "-x", "120", "-y", "40"]);
-    std::thread::sleep(Duration::from_millis(800));
-    tmux.keys(&["stty size", "Enter"]);
-    tmux.wait_for("40 120");
-    tmux.keys(&["sleep 100", "Enter"]);
-    std::thread::sleep(Duration::from_millis(300));
-    tmux.keys(&["C-c"]);
-    tmux.keys(&["echo still-$((1+1))", "Enter"]);
-    let pane = tmux.wait_for("still-2");
-    assert!(!pane.contains("SHELL-RC"), "Ctrl-C ended hutch shell:\n{pane}");
-    tmux.keys(&["exit 3", "Enter"]);
-    let pane = tmux.wait_for("SHELL-RC=3");
-    assert!(pane.contains("SHELL-RC=3 icanon"), "the terminal was not restored:\n{pane}");
     assert_eq!(t.hutch(user, &["exec", "alpha", "--", "touch", "/tmp/go"], None).0, 0);
     assert_eq!(run.child().wait().unwrap().code(), Some(0));
 }

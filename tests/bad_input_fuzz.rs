@@ -13,7 +13,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use hutch_driver::agent::{
-    read_frame, AgentClient, AgentReply, AgentRequest, Command, EntryKind, Envelope, ExitStatus, RunRequest, RunResult, TreeEntry,
+    read_frame, AgentClient, AgentReply, AgentRequest, Command, EntryKind, Envelope, ExitStatus, RunRequest, RunResult, Stream, TreeEntry,
 };
 use hutch_driver::plan::{Format, PlanContext, TestPlan};
 
@@ -236,7 +236,7 @@ fn sample_requests() -> Vec<Vec<u8>> {
     let bodies = vec![
         AgentRequest::Ping,
         AgentRequest::Run(run),
-        AgentRequest::Run(RunRequest {
+        AgentRequest::RunStreamed(RunRequest {
             command: Command::Argv(vec!["true".into()]),
             env: BTreeMap::new(),
             stdin: Vec::new(),
@@ -280,6 +280,7 @@ fn sample_requests() -> Vec<Vec<u8>> {
             cols: 120,
         },
         AgentRequest::PtyClose { session: 1 },
+        AgentRequest::Cancel { request: 2 },
     ];
     bodies
         .into_iter()
@@ -305,6 +306,10 @@ fn sample_replies() -> Vec<Vec<u8>> {
             version: "0.1.0".into(),
         },
         AgentReply::Ran(ran),
+        AgentReply::Output {
+            stream: Stream::Stderr,
+            data: b"\x1b]0;title\x07".to_vec(),
+        },
         AgentReply::File { data: b"file".to_vec() },
         AgentReply::Tree {
             entries: vec![TreeEntry {

@@ -48,15 +48,9 @@ impl Console {
             }
         }
         // A wide console: with none set (0x0) systemd assumes 80 columns and cuts its status
-        // lines to fit, ellipsis and colour codes cut in half included.
-        let size = libc::winsize {
-            ws_row: CONSOLE_ROWS,
-            ws_col: CONSOLE_COLUMNS,
-            ws_xpixel: 0,
-            ws_ypixel: 0,
-        };
-        // SAFETY: TIOCSWINSZ reads one winsize from a valid pointer; the fd is our open master.
-        unsafe { libc::ioctl(std::os::fd::AsRawFd::as_raw_fd(&master), libc::TIOCSWINSZ, &size) };
+        // lines to fit, ellipsis and colour codes cut in half included. A console relayed to
+        // a terminal gets that terminal's size instead (`hutch run --boot`).
+        let _ = set_window_size(master.as_fd(), CONSOLE_ROWS, CONSOLE_COLUMNS);
         // Raw output: the node's bytes reach our logs as it wrote them (no \n to \r\n).
         if let Ok(mut t) = nix::sys::termios::tcgetattr(&slave_fd) {
             t.output_flags.remove(nix::sys::termios::OutputFlags::ONLCR);
@@ -73,4 +67,17 @@ impl Console {
     pub(crate) fn fd(&self) -> BorrowedFd<'_> {
         self.master.as_fd()
     }
+}
+
+/// Sets a pty's window size (rows, columns) through its master: what `stty size` shows on
+/// its slave; the kernel sends SIGWINCH to the slave's foreground process group.
+pub fn set_window_size(master: BorrowedFd, rows: u16, cols: u16) -> Result<(), nix::errno::Errno> {
+    let size = libc::winsize {
+        ws_row: rows,
+        ws_col: cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCSWINSZ reads one winsize from a valid pointer that outlives the call.
+    nix::errno::Errno::result(unsafe { libc::ioctl(std::os::fd::AsRawFd::as_raw_fd(&master), libc::TIOCSWINSZ, &size) }).map(drop)
 }

@@ -76,6 +76,8 @@ pub struct Container {
     boot: bool,
     init: InitKind,
     console: Option<Console>,
+    /// The master of PID 1's own pty (`NodeSpec::terminal`).
+    terminal: Option<OwnedFd>,
     notify: Option<OwnedFd>,
     cgroup: Option<NodeCgroup>,
     /// A writable layer made for this node alone on disk (kernels before 6.6): removed last.
@@ -154,6 +156,7 @@ impl Container {
                 argv: argv(spec),
                 env: environment(spec),
                 console_stdio: spec.boot,
+                terminal: spec.terminal,
             },
             agent: spec.agent,
             agent_cgroup: None,
@@ -200,6 +203,7 @@ impl Container {
             boot: spec.boot,
             init,
             console,
+            terminal: None,
             notify: handed.notify,
             cgroup,
             scratch,
@@ -237,6 +241,12 @@ impl Container {
     /// The console's pty master (boot mode): what the node prints on /dev/console.
     pub fn console(&self) -> Option<BorrowedFd<'_>> {
         self.console.as_ref().map(Console::fd)
+    }
+
+    /// The master of the pty PID 1 runs on (`NodeSpec::terminal`): what the command prints,
+    /// where its keystrokes go, and its window size.
+    pub fn terminal(&self) -> Option<BorrowedFd<'_>> {
+        self.terminal.as_ref().map(|f| f.as_fd())
     }
 
     /// The bound /run/host/notify socket (boot mode): systemd sends READY=1 there.
@@ -472,6 +482,7 @@ impl Pending {
                     stamps = Some(s)
                 }
                 Ok(Some(ToParent::NotifySocket(fd))) => node.notify = Some(fd),
+                Ok(Some(ToParent::Terminal(fd))) => node.terminal = Some(fd),
                 Ok(Some(ToParent::Failed { step, errno })) => {
                     let _ = node.wait();
                     break Err(Failure::Step { step, errno }.into_error(&node.name, node.boot, &cplan));

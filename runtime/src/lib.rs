@@ -38,6 +38,7 @@ mod ucounts;
 mod upper;
 
 pub use cgroup::{oom_counters, oom_kills, CgroupMode, DEFAULT_PIDS_MAX};
+pub use console::set_window_size;
 pub use container::{Container, Exit, Pending, StopReason};
 pub use error::Error;
 pub use fds::{close_all_but, stdio_to_null};

@@ -30,6 +30,9 @@ pub(crate) struct Pid1Plan {
     pub env: Vec<CString>,
     /// Open /dev/console as stdin/stdout/stderr and make it the controlling terminal.
     pub console_stdio: bool,
+    /// Make a pty of this size (rows, columns) in the node's devpts the standard streams and
+    /// controlling terminal, and send its master to the runtime.
+    pub terminal: Option<(u16, u16)>,
 }
 
 /// PID 1's two pipes to its builder.
@@ -107,6 +110,10 @@ fn setup(plan: &Pid1Plan, pipes: Pipes, affinity: Option<CpuSet>, sock: Borrowed
     if plan.console_stdio {
         console_stdio().map_err(at(STEP_EXEC))?;
     }
+    if let Some(size) = plan.terminal {
+        let master = own_terminal(size).map_err(at(STEP_EXEC))?;
+        sync::send_parent(sock, &ToParent::Terminal(master)).map_err(at(STEP_EXEC))?;
+    }
     SigSet::empty().thread_set_mask().map_err(at(STEP_EXEC))?;
     // Nothing of the runtime's survives the exec (other nodes' descriptors included).
     crate::fds::cloexec_from_3();
@@ -141,6 +148,33 @@ fn console_stdio() -> Result<(), Errno> {
         Errno::result(unsafe { libc::dup2(fd.as_raw_fd(), target) })?;
     }
     Ok(())
+}
+
+/// A fresh pty from the node's own /dev/ptmx (its devpts instance, so `tty` names one of the
+/// node's /dev/pts) becomes stdin, stdout, stderr and the controlling terminal of a new
+/// session; returns the master, for the runtime to relay.
+fn own_terminal((rows, cols): (u16, u16)) -> Result<OwnedFd, Errno> {
+    use nix::fcntl::OFlag;
+    let master = nix::pty::posix_openpt(OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC)?;
+    nix::pty::grantpt(&master)?;
+    nix::pty::unlockpt(&master)?;
+    let master = OwnedFd::from(master);
+    crate::set_window_size(master.as_fd(), rows, cols)?;
+    // SAFETY: TIOCGPTPEER opens the slave of a master we own and returns a new fd or -1; it
+    // needs no path, so the node's mount table cannot redirect it.
+    let slave = Errno::result(unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCGPTPEER, libc::O_RDWR | libc::O_NOCTTY) })?;
+    nix::unistd::setsid()?;
+    // SAFETY: TIOCSCTTY on the slave just opened; the argument 0 means "do not steal".
+    Errno::result(unsafe { libc::ioctl(slave, libc::TIOCSCTTY, 0) })?;
+    for target in 0..3 {
+        // SAFETY: dup2 onto the standard descriptors, which this process owns.
+        Errno::result(unsafe { libc::dup2(slave, target) })?;
+    }
+    if slave > 2 {
+        // SAFETY: closes the slave's own descriptor, now duplicated onto 0, 1 and 2.
+        unsafe { libc::close(slave) };
+    }
+    Ok(master)
 }
 
 /// PID 1 of a node without an init: reap every child (orphans of the agent's commands) until

@@ -125,6 +125,11 @@ pub struct NodeSpec {
     pub boot: bool,
     /// The command to run as PID 1, or the init's arguments in boot mode.
     pub args: Vec<String>,
+    /// `hutch run -t`: PID 1 gets a fresh pty of the node's own devpts (the node's /dev/ptmx)
+    /// as its standard streams and controlling terminal, with this window size (rows,
+    /// columns); the runtime gets the master ([`crate::Container::terminal`]). Without it the
+    /// command inherits the runtime's standard streams.
+    pub terminal: Option<(u16, u16)>,
     /// Extra environment for PID 1 (`--setenv K=V`).
     pub env: Vec<(String, String)>,
     /// Host paths made visible in the node.
@@ -158,6 +163,7 @@ impl NodeSpec {
             root,
             boot: false,
             args: Vec::new(),
+            terminal: None,
             env: Vec::new(),
             binds: Vec::new(),
             files: Vec::new(),
@@ -223,6 +229,13 @@ impl NodeSpec {
                 field: "CMD",
                 problem: "no command given".into(),
                 fix: "add `-- CMD [ARGS...]`, or --boot to run the image's init".into(),
+            });
+        }
+        if self.terminal.is_some() && self.boot {
+            return Err(Error::Invalid {
+                field: "--tty",
+                problem: "a booted node's terminal is its console".into(),
+                fix: "drop -t: with --boot the console is relayed to your terminal".into(),
             });
         }
         for bind in &self.binds {

@@ -29,6 +29,8 @@ pub(crate) enum ToParent {
     Pid1(OwnedFd, i32),
     /// The builder forked the node's agent: its pidfd and pid (the runtime reaps it).
     Agent(OwnedFd, i32),
+    /// The master of the pty PID 1 made for itself in the node's devpts (`NodeSpec::terminal`).
+    Terminal(OwnedFd),
 }
 
 /// What the parent tells the child.
@@ -52,6 +54,7 @@ const GO: u8 = 4;
 const PID1: u8 = 5;
 const NET_READY: u8 = 6;
 const AGENT: u8 = 7;
+const TERMINAL: u8 = 8;
 
 /// Sends a message to the parent.
 pub(crate) fn send_parent(fd: BorrowedFd, msg: &ToParent) -> Result<(), Errno> {
@@ -67,9 +70,13 @@ pub(crate) fn send_parent(fd: BorrowedFd, msg: &ToParent) -> Result<(), Errno> {
             buf.push(STAMPS_TAG);
             stamps.iter().for_each(|s| buf.extend_from_slice(&s.to_le_bytes()));
         }
-        ToParent::NotifySocket(sock) => {
-            buf.push(NOTIFY);
-            fds.push(sock.as_raw_fd());
+        ToParent::NotifySocket(fd) | ToParent::Terminal(fd) => {
+            buf.push(if matches!(msg, ToParent::NotifySocket(_)) {
+                NOTIFY
+            } else {
+                TERMINAL
+            });
+            fds.push(fd.as_raw_fd());
         }
         ToParent::NetReady => buf.push(NET_READY),
         ToParent::Pid1(pidfd, pid) | ToParent::Agent(pidfd, pid) => {
@@ -102,6 +109,7 @@ pub(crate) fn recv_parent(fd: BorrowedFd) -> Result<Option<ToParent>, Errno> {
         },
         (STAMPS_TAG, n) if n == 1 + 8 * STAMPS => ToParent::Stamps(std::array::from_fn(|i| u64_at(1 + 8 * i))),
         (NOTIFY, 1) => ToParent::NotifySocket(passed.ok_or(Errno::EBADMSG)?),
+        (TERMINAL, 1) => ToParent::Terminal(passed.ok_or(Errno::EBADMSG)?),
         (NET_READY, 1) => ToParent::NetReady,
         (PID1, 5) => ToParent::Pid1(passed.ok_or(Errno::EBADMSG)?, u32_at(1) as i32),
         (AGENT, 5) => ToParent::Agent(passed.ok_or(Errno::EBADMSG)?, u32_at(1) as i32),

@@ -15,6 +15,10 @@ mod shared_dir;
 #[allow(unused_imports)]
 pub use shared_dir::SharedDir;
 
+mod tmux;
+#[allow(unused_imports)]
+pub use tmux::Tmux;
+
 /// The hutch binary under test.
 pub fn hutch() -> &'static str {
     env!("CARGO_BIN_EXE_hutch")
@@ -43,6 +47,10 @@ pub fn cache() -> PathBuf {
 }
 
 fn build_fixture(script: &str, args: &[&str]) -> PathBuf {
+    // One at a time in a test process: two variants of an image built at once race on the
+    // name they publish it under (images/debian).
+    static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let out = Command::new("bash")
         .arg(root.join("fixtures").join(script))
@@ -60,6 +68,12 @@ fn build_fixture(script: &str, args: &[&str]) -> PathBuf {
         .to_string();
     assert!(!path.is_empty(), "fixtures/{script} printed no path");
     PathBuf::from(path)
+}
+
+/// The Debian image with its console getty as stock Debian has it (fixtures/debian-getty.sh)
+/// with `args`.
+pub fn getty_image(args: &[&str]) -> PathBuf {
+    build_fixture("debian-getty.sh", args)
 }
 
 /// The busybox root filesystem (fixtures/busybox-image.sh).

@@ -5,14 +5,14 @@ use std::collections::HashMap;
 use std::io::{self, BufReader};
 use std::net::Shutdown;
 use std::os::unix::net::UnixStream;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use super::frame::{decode, read_frame, write_frame};
-use super::{AgentReply, AgentRequest, Envelope, RunRequest, RunResult, TreeEntry};
+use super::{AgentReply, AgentRequest, Envelope, RunRequest, RunResult, Stream, TreeEntry};
 
 /// Why a request to the agent got no answer, or an error answer.
 #[derive(Debug, thiserror::Error)]
@@ -41,6 +41,9 @@ pub enum AgentError {
         got: String,
     },
 }
+
+/// How often a cancellable call looks whether it was cancelled.
+const CANCEL_CHECK: Duration = Duration::from_millis(200);
 
 type Waiters = HashMap<u64, mpsc::Sender<AgentReply>>;
 
@@ -88,6 +91,19 @@ impl AgentClient {
 
     /// Send a request and wait for its reply (at most `limit`, when given).
     pub fn call(&self, body: AgentRequest, limit: Option<Duration>) -> Result<AgentReply, AgentError> {
+        self.call_with(body, limit, &mut |_| {}, None)
+    }
+
+    /// Send a request, hand each partial reply (`AgentReply::is_partial`) to `partial` as it
+    /// comes, and return the last one (all within `limit`, when given). Once `cancel` is set,
+    /// the agent is asked (once) to cancel the request, which it then answers.
+    fn call_with(
+        &self,
+        body: AgentRequest,
+        limit: Option<Duration>,
+        partial: &mut dyn FnMut(AgentReply),
+        cancel: Option<&AtomicBool>,
+    ) -> Result<AgentReply, AgentError> {
         let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::channel();
         match &mut *lock(&self.shared.pending) {
@@ -102,27 +118,48 @@ impl AgentClient {
             mark_gone(&self.shared, reason.clone());
             return Err(AgentError::Gone { reason });
         }
-        let got = match limit {
-            Some(l) => rx.recv_timeout(l),
-            None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
-        };
-        match got {
-            Ok(reply) => Ok(reply),
-            Err(RecvTimeoutError::Timeout) => {
-                if let Ok(w) = &mut *lock(&self.shared.pending) {
-                    w.remove(&id);
-                }
-                Err(AgentError::NoReply {
-                    after: limit.unwrap_or_default(),
-                })
+        let deadline = limit.map(|l| Instant::now() + l);
+        let mut cancel_sent = false;
+        loop {
+            if !cancel_sent && cancel.is_some_and(|c| c.load(Ordering::Relaxed)) {
+                cancel_sent = true;
+                // Its own reply goes unread: the cancelled request's answer is what counts.
+                let cancel_id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
+                let body = AgentRequest::Cancel { request: id };
+                let _ = write_frame(&mut *lock(&self.shared.writer), &Envelope { id: cancel_id, body });
             }
-            Err(RecvTimeoutError::Disconnected) => Err(AgentError::Gone {
-                reason: lock(&self.shared.pending)
-                    .as_ref()
-                    .err()
-                    .cloned()
-                    .unwrap_or_else(|| "connection closed".into()),
-            }),
+            // Waiting to cancel: look at the flag now and then.
+            let watch = cancel.filter(|_| !cancel_sent).map(|_| Instant::now() + CANCEL_CHECK);
+            let wake = match (deadline, watch) {
+                (Some(d), Some(w)) => Some(d.min(w)),
+                (d, w) => d.or(w),
+            };
+            let got = match wake {
+                Some(t) => rx.recv_timeout(t.saturating_duration_since(Instant::now())),
+                None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
+            };
+            match got {
+                Ok(reply) if reply.is_partial() => partial(reply),
+                Ok(reply) => return Ok(reply),
+                Err(RecvTimeoutError::Timeout) if deadline.is_none_or(|d| Instant::now() < d) => {}
+                Err(RecvTimeoutError::Timeout) => {
+                    if let Ok(w) = &mut *lock(&self.shared.pending) {
+                        w.remove(&id);
+                    }
+                    return Err(AgentError::NoReply {
+                        after: limit.unwrap_or_default(),
+                    });
+                }
+                Err(RecvTimeoutError::Disconnected) => {
+                    return Err(AgentError::Gone {
+                        reason: lock(&self.shared.pending)
+                            .as_ref()
+                            .err()
+                            .cloned()
+                            .unwrap_or_else(|| "connection closed".into()),
+                    })
+                }
+            }
         }
     }
 
@@ -142,6 +179,26 @@ impl AgentClient {
         match self.call(AgentRequest::Run(req), limit)? {
             AgentReply::Ran(r) => Ok(r),
             other => Err(unexpected("run", other)),
+        }
+    }
+
+    /// Run a command as [`AgentClient::run`] does, handing its output to `output` as it
+    /// comes (the result keeps none of it); once `cancel` is set, the command is killed.
+    pub fn run_streamed(
+        &self,
+        req: RunRequest,
+        output: &mut dyn FnMut(Stream, &[u8]),
+        cancel: &AtomicBool,
+    ) -> Result<RunResult, AgentError> {
+        let limit = req.timeout_ms.map(|ms| Duration::from_millis(ms) + Duration::from_secs(30));
+        let mut partial = |reply: AgentReply| {
+            if let AgentReply::Output { stream, data } = reply {
+                output(stream, &data);
+            }
+        };
+        match self.call_with(AgentRequest::RunStreamed(req), limit, &mut partial, Some(cancel))? {
+            AgentReply::Ran(r) => Ok(r),
+            other => Err(unexpected("run_streamed", other)),
         }
     }
 
@@ -254,6 +311,8 @@ fn read_replies(stream: UnixStream, shared: &Shared) {
             Ok(Some(frame)) => match decode::<Envelope<AgentReply>>(&frame) {
                 Ok(env) => {
                     let tx = match &mut *lock(&shared.pending) {
+                        // More replies to its request follow.
+                        Ok(w) if env.body.is_partial() => w.get(&env.id).cloned(),
                         Ok(w) => w.remove(&env.id),
                         Err(_) => None,
                     };

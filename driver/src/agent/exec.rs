@@ -5,19 +5,53 @@ use std::io::{ErrorKind, Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::process::ExitStatusExt;
 use std::process::{Child, ChildStderr, ChildStdout};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::command::command;
-use super::{Command, ExitStatus, RunRequest, RunResult, OUTPUT_CAP};
+use super::{Command, ExitStatus, RunRequest, RunResult, Stream, OUTPUT_CAP};
 
 /// After the command exits, stop reading once its pipes were quiet this long...
 const IDLE_AFTER_EXIT: Duration = Duration::from_millis(100);
 /// ...or at the latest this long after the exit, even if something keeps writing.
 const MAX_AFTER_EXIT: Duration = Duration::from_secs(2);
 
-/// Run a request to its end and describe it. Never panics on a bad request: a command that
-/// cannot start reports exit code 127 and why, as a shell would.
-pub(crate) fn run(req: &RunRequest) -> RunResult {
+/// Where a streamed command's output goes as it comes (instead of being kept).
+pub(crate) type Sink<'a> = &'a mut dyn FnMut(Stream, &[u8]);
+
+/// How often a streamed command looks whether it was cancelled.
+const CANCEL_CHECK: Duration = Duration::from_millis(200);
+
+/// The streamed commands that run now, by request id: set to cancel one.
+fn cancels() -> std::sync::MutexGuard<'static, std::collections::BTreeMap<u64, Arc<AtomicBool>>> {
+    static CANCELS: std::sync::Mutex<std::collections::BTreeMap<u64, Arc<AtomicBool>>> =
+        std::sync::Mutex::new(std::collections::BTreeMap::new());
+    CANCELS.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Runs request `id` with its output streamed to `sink`, until it ends or [`cancel`] kills it.
+pub(crate) fn run_streamed(req: &RunRequest, id: u64, sink: Sink) -> RunResult {
+    let cancelled = Arc::new(AtomicBool::new(false));
+    cancels().insert(id, Arc::clone(&cancelled));
+    let result = run(req, Some((sink, &cancelled)));
+    cancels().remove(&id);
+    result
+}
+
+/// Kills the process group of streamed request `request` (its user went away); nothing if
+/// it has ended.
+pub(crate) fn cancel(request: u64) {
+    if let Some(flag) = cancels().get(&request) {
+        flag.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Run a request to its end and describe it; streamed (`live`), its output goes to the sink as
+/// it comes, the result keeps none, and the flag, once set, kills it. Never panics on a bad
+/// request: a command that cannot start reports exit code 127 and why, as a shell would.
+pub(crate) fn run<'a>(req: &RunRequest, live: Option<(Sink<'a>, &'a AtomicBool)>) -> RunResult {
+    let (sink, cancelled) = live.unzip();
     let start = Instant::now();
     // Threads first: once in the node's pid namespace for its children, this thread may not
     // make any (see pidns.rs).
@@ -34,10 +68,15 @@ pub(crate) fn run(req: &RunRequest) -> RunResult {
                 Command::Argv(a) => a.first().cloned().unwrap_or_default(),
                 Command::Shell(_) => "the shell".into(),
             };
+            let mut stderr = format!("hutch-agent: cannot run {what}: {e}\n").into_bytes();
+            if let Some(sink) = sink {
+                sink(Stream::Stderr, &stderr);
+                stderr.clear();
+            }
             return RunResult {
                 status: ExitStatus::Code(if e.kind() == ErrorKind::NotFound { 127 } else { 126 }),
                 stdout: Vec::new(),
-                stderr: format!("hutch-agent: cannot run {what}: {e}\n").into_bytes(),
+                stderr,
                 stdout_dropped: 0,
                 stderr_dropped: 0,
                 timed_out: false,
@@ -53,7 +92,7 @@ pub(crate) fn run(req: &RunRequest) -> RunResult {
     let timeout = req.timeout_ms.map(Duration::from_millis);
     let pid = child.id() as i32;
     running().insert(pid);
-    let result = Collector::new(child, start, timeout).collect();
+    let result = Collector::new(child, start, timeout, sink, cancelled).collect();
     running().remove(&pid);
     result
 }
@@ -126,7 +165,7 @@ impl Capture {
 }
 
 /// Waits for the command with poll(2) on its two pipes and a pidfd.
-struct Collector {
+struct Collector<'a> {
     child: Child,
     pid: i32,
     pidfd: Option<OwnedFd>,
@@ -134,6 +173,10 @@ struct Collector {
     err: Option<ChildStderr>,
     stdout: Capture,
     stderr: Capture,
+    /// Streamed: the output goes here, not into the captures...
+    sink: Option<Sink<'a>>,
+    /// ...and the command is killed once this is set.
+    cancelled: Option<&'a AtomicBool>,
     start: Instant,
     deadline: Option<Instant>,
 }
@@ -159,12 +202,12 @@ fn pidfd_open(pid: i32) -> Option<OwnedFd> {
     Some(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
 }
 
-/// Read what is there without blocking; false once the stream reached end of file.
-fn drain<R: Read>(pipe: &mut R, cap: &mut Capture, buf: &mut [u8]) -> bool {
+/// Read what is there without blocking into `got`; false once the stream reached end of file.
+fn drain<R: Read>(pipe: &mut R, got: &mut Vec<u8>, buf: &mut [u8]) -> bool {
     loop {
         match pipe.read(buf) {
             Ok(0) => return false,
-            Ok(n) => cap.push(&buf[..n]),
+            Ok(n) => got.extend_from_slice(&buf[..n]),
             Err(e) if e.kind() == ErrorKind::Interrupted => {}
             Err(e) if e.kind() == ErrorKind::WouldBlock => return true,
             Err(_) => return false,
@@ -172,8 +215,8 @@ fn drain<R: Read>(pipe: &mut R, cap: &mut Capture, buf: &mut [u8]) -> bool {
     }
 }
 
-impl Collector {
-    fn new(mut child: Child, start: Instant, timeout: Option<Duration>) -> Self {
+impl<'a> Collector<'a> {
+    fn new(mut child: Child, start: Instant, timeout: Option<Duration>, sink: Option<Sink<'a>>, cancelled: Option<&'a AtomicBool>) -> Self {
         let pid = child.id() as i32;
         let out = child.stdout.take();
         let err = child.stderr.take();
@@ -192,6 +235,8 @@ impl Collector {
             err,
             stdout: Capture::default(),
             stderr: Capture::default(),
+            sink,
+            cancelled,
             start,
             deadline: timeout.map(|t| start + t),
         }
@@ -201,6 +246,7 @@ impl Collector {
         let mut buf = vec![0u8; 64 << 10];
         let mut status = None;
         let mut timed_out = false;
+        let mut killed = false;
         let mut exited_at: Option<Instant> = None;
         let mut last_data = Instant::now();
         let mut left_open = false;
@@ -222,14 +268,17 @@ impl Collector {
                     break;
                 }
             }
-            if status.is_none() && !timed_out && self.deadline.is_some_and(|d| now >= d) {
+            let cancelled = self.cancelled.is_some_and(|c| c.load(Ordering::Relaxed));
+            if status.is_none() && !killed && (cancelled || self.deadline.is_some_and(|d| now >= d)) {
                 // SAFETY: kill(2) on the process group we created for this command.
                 unsafe { libc::kill(-self.pid, libc::SIGKILL) };
-                timed_out = true;
+                killed = true;
+                timed_out = !cancelled;
             }
             let wake = match exited_at {
                 Some(t) => (t + MAX_AFTER_EXIT).min(last_data + IDLE_AFTER_EXIT),
-                None if timed_out => now + Duration::from_millis(10),
+                None if killed => now + Duration::from_millis(10),
+                None if self.cancelled.is_some() => self.deadline.map_or(now + CANCEL_CHECK, |d| d.min(now + CANCEL_CHECK)),
                 None => self.deadline.unwrap_or(now + Duration::from_secs(3600)),
             };
             // Without a pidfd, look at the child at least every 10 ms.
@@ -239,21 +288,24 @@ impl Collector {
                 wake
             };
             let ready = self.poll(wake.saturating_duration_since(now), status.is_none());
+            let mut got = Vec::new();
             if ready.0 {
                 last_data = Instant::now();
                 if let Some(o) = self.out.as_mut() {
-                    if !drain(o, &mut self.stdout, &mut buf) {
+                    if !drain(o, &mut got, &mut buf) {
                         self.out = None;
                     }
                 }
+                self.take(Stream::Stdout, &mut got);
             }
             if ready.1 {
                 last_data = Instant::now();
                 if let Some(e) = self.err.as_mut() {
-                    if !drain(e, &mut self.stderr, &mut buf) {
+                    if !drain(e, &mut got, &mut buf) {
                         self.err = None;
                     }
                 }
+                self.take(Stream::Stderr, &mut got);
             }
         }
         let status = status.or_else(|| self.child.wait().ok());
@@ -275,6 +327,19 @@ impl Collector {
             output_left_open: left_open,
             micros,
         }
+    }
+
+    /// Keeps (or streams) what was read from `stream`, and empties `got`.
+    fn take(&mut self, stream: Stream, got: &mut Vec<u8>) {
+        if got.is_empty() {
+            return;
+        }
+        match (&mut self.sink, stream) {
+            (Some(sink), _) => sink(stream, got),
+            (None, Stream::Stdout) => self.stdout.push(got),
+            (None, Stream::Stderr) => self.stderr.push(got),
+        }
+        got.clear();
     }
 
     /// poll(2) the open pipes (and the pidfd while the command runs); (stdout, stderr) readable.

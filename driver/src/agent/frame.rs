@@ -58,16 +58,19 @@ pub(crate) fn decode<T: DeserializeOwned>(buf: &[u8]) -> io::Result<T> {
     serde_json::from_slice(buf).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
 }
 
-/// serde helper: `Vec<u8>` as a base64 string.
-pub(crate) mod blob {
+/// serde helper: `Vec<u8>` as a base64 string (a JSON array of numbers would take up to four
+/// bytes a byte, and far longer to parse).
+pub mod blob {
     use base64::engine::general_purpose::STANDARD;
     use base64::Engine;
     use serde::{Deserialize, Deserializer, Serializer};
 
+    /// Writes the bytes as base64.
     pub fn serialize<S: Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(&STANDARD.encode(bytes))
     }
 
+    /// Reads base64 back into bytes.
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
         let text = <std::borrow::Cow<'de, str>>::deserialize(d)?;
         STANDARD.decode(text.as_bytes()).map_err(serde::de::Error::custom)

@@ -18,7 +18,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 pub use client::{AgentClient, AgentError};
-pub use frame::{read_frame, write_frame, MAX_FRAME};
+pub use frame::{blob, read_frame, write_frame, MAX_FRAME};
 pub use server::{agent_main, serve};
 
 /// How many bytes of each output stream the agent keeps; the rest is counted and dropped.
@@ -43,6 +43,15 @@ pub enum AgentRequest {
     Ping,
     /// Run a command to completion (or its timeout); answered with `Ran`.
     Run(RunRequest),
+    /// Run a command as `Run` does, its output sent as it comes: zero or more `Output`
+    /// replies, then `Ran` (whose stdout and stderr are empty: nothing is kept).
+    RunStreamed(RunRequest),
+    /// Kill the command of `RunStreamed` request `request` (whoever wanted its output went
+    /// away); answered with `Done`, and that request with `Ran`.
+    Cancel {
+        /// The id of the `RunStreamed` request.
+        request: u64,
+    },
     /// Read a whole file; answered with `File`.
     ReadFile {
         /// Absolute path in the node.
@@ -168,6 +177,14 @@ pub enum AgentReply {
     },
     /// A finished (or timed-out) command.
     Ran(RunResult),
+    /// What a `RunStreamed` command just printed; more replies to the same request follow.
+    Output {
+        /// Which of its streams.
+        stream: Stream,
+        /// The bytes.
+        #[serde(with = "frame::blob")]
+        data: Vec<u8>,
+    },
     /// A file's contents.
     File {
         /// The contents.
@@ -206,6 +223,23 @@ pub enum AgentReply {
         /// E.g. "reading /etc/x: No such file or directory (os error 2)".
         message: String,
     },
+}
+
+impl AgentReply {
+    /// A reply that is not the last one to its request (see `AgentRequest::RunStreamed`).
+    pub fn is_partial(&self) -> bool {
+        matches!(self, AgentReply::Output { .. })
+    }
+}
+
+/// A command's output stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Stream {
+    /// Standard output.
+    Stdout,
+    /// Standard error.
+    Stderr,
 }
 
 /// How a command ended and what it printed.

@@ -35,7 +35,20 @@ pub fn serve(stream: UnixStream) -> io::Result<()> {
         }
         let w = Arc::clone(&writer);
         let spawned = std::thread::Builder::new().name(format!("agent-req-{id}")).spawn(move || {
-            let answer = handle(request);
+            let answer = match request {
+                // Its output goes out as it comes, in replies to the same id.
+                AgentRequest::RunStreamed(r) => AgentReply::Ran(exec::run_streamed(&r, id, &mut |stream, data: &[u8]| {
+                    let _ = reply(
+                        &w,
+                        id,
+                        AgentReply::Output {
+                            stream,
+                            data: data.to_vec(),
+                        },
+                    );
+                })),
+                other => handle(other),
+            };
             let _ = reply(&w, id, answer);
         });
         if let Err(e) = spawned {
@@ -151,7 +164,7 @@ fn reply(w: &Mutex<UnixStream>, id: u64, body: AgentReply) -> io::Result<()> {
 fn handle(request: AgentRequest) -> AgentReply {
     match request {
         AgentRequest::Ping => pong(),
-        AgentRequest::Run(r) => AgentReply::Ran(exec::run(&r)),
+        AgentRequest::Run(r) | AgentRequest::RunStreamed(r) => AgentReply::Ran(exec::run(&r, None)),
         AgentRequest::ReadFile { path } => files::read_file(&path),
         AgentRequest::WriteFile {
             path,
@@ -163,6 +176,10 @@ fn handle(request: AgentRequest) -> AgentReply {
         AgentRequest::WriteTree { path, entries } => files::write_tree(&path, &entries),
         AgentRequest::ProbeTcp { host, port } => probe::tcp(&host, port),
         AgentRequest::ProbeUnix { path, datagram } => probe::unix(&path, datagram),
+        AgentRequest::Cancel { request } => {
+            exec::cancel(request);
+            AgentReply::Done
+        }
         AgentRequest::PtyOpen { command, term, rows, cols } => pty::open(&command, &term, rows, cols),
         AgentRequest::PtyInput { session, data } => pty::input(session, &data),
         AgentRequest::PtyOutput { session } => pty::output(session),

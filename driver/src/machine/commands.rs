@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use super::{Machine, MachineError};
-use crate::agent::{Command, RunRequest, RunResult};
+use crate::agent::{Command, RunRequest, RunResult, Stream};
 
 /// The NixOS driver's default limit for `execute` and the waits: 900 seconds.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(900);
@@ -64,23 +64,36 @@ impl Machine {
     }
 
     /// Run a program (found through the login PATH) with `stdin` fed to it, for `hutch exec`
-    /// from another terminal: its status and raw output (the command line is logged).
-    pub fn exec_argv(&self, argv: Vec<String>, stdin: Vec<u8>) -> Result<RunResult, MachineError> {
+    /// from another terminal: its raw output goes to `output` as it comes, and its status is
+    /// returned (the command line is logged); once `cancel` is set, the program is killed.
+    pub fn exec_argv(
+        &self,
+        argv: Vec<String>,
+        stdin: Vec<u8>,
+        output: &mut dyn FnMut(Stream, &[u8]),
+        cancel: &std::sync::atomic::AtomicBool,
+    ) -> Result<RunResult, MachineError> {
         self.log(&format!("hutch exec: {}", argv.join(" ")));
-        self.run_request(RunRequest {
+        let req = RunRequest {
             command: Command::Argv(argv),
             env: Default::default(),
             stdin,
             timeout_ms: None,
             cwd: None,
-        })
+        };
+        let agent = self.agent()?;
+        self.crash_checked(agent.run_streamed(req, output, cancel))
     }
 
     /// Send one command to the agent (starting the node when it is down); a node that died
     /// under it is reported as crashed.
     fn run_request(&self, req: RunRequest) -> Result<RunResult, MachineError> {
         let agent = self.agent()?;
-        let r = agent.run(req);
+        self.crash_checked(agent.run(req))
+    }
+
+    /// The agent's answer to a command, or the node's crash if it died under the command.
+    fn crash_checked(&self, r: Result<RunResult, crate::agent::AgentError>) -> Result<RunResult, MachineError> {
         // A node that died under the command (out of memory) is a crashed node, whatever
         // the command's own status says.
         if let Some(reason) = self.control.died() {
