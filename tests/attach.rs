@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+use common::tmux::Tmux;
 use common::*;
 
 const NOBODY: u32 = 65534;
@@ -244,52 +245,6 @@ fn two_runs_are_told_apart_by_name_and_stop_ends_a_whole_test() {
     assert_eq!(code, 0);
     assert!(err.contains("no test of yours is running"), "{err}");
     assert!(one.entries().is_empty(), "the stale entry was not swept: {:?}", one.entries());
-}
-
-/// A tmux server of its own, killed (by its socket) when dropped.
-struct Tmux(String);
-
-impl Tmux {
-    fn new(tag: &str, size: (u16, u16), command: &str) -> Tmux {
-        let t = Tmux(format!("hutch-{tag}-{}", std::process::id()));
-        let (w, h) = (size.1.to_string(), size.0.to_string());
-        t.run(&["new-session", "-d", "-x", &w, "-y", &h, command]);
-        t
-    }
-
-    fn run(&self, args: &[&str]) -> String {
-        let out = std::process::Command::new("tmux")
-            .args(["-L", &self.0])
-            .args(args)
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    fn keys(&self, keys: &[&str]) {
-        let mut args = vec!["send-keys"];
-        args.extend_from_slice(keys);
-        self.run(&args);
-    }
-
-    /// Waits until the pane shows `text`; returns the pane.
-    fn wait_for(&self, text: &str) -> String {
-        let end = Instant::now() + Duration::from_secs(30);
-        loop {
-            let pane = self.run(&["capture-pane", "-p"]);
-            if pane.contains(text) {
-                return pane;
-            }
-            assert!(Instant::now() < end, "the pane never showed {text:?}:\n{pane}");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for Tmux {
-    fn drop(&mut self) {
-        self.run(&["kill-server"]);
-    }
 }
 
 /// `hutch shell` in a real terminal: a pty in the node, its size (and a resize), Ctrl-C for

@@ -12,6 +12,7 @@ use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
 
 mod shared_dir;
+pub mod tmux;
 #[allow(unused_imports)]
 pub use shared_dir::SharedDir;
 

@@ -32,6 +32,10 @@ pub enum AgentError {
     /// The agent carried out the request and reports that it failed.
     #[error("{0}")]
     Remote(String),
+    /// The script call this request served was cancelled (Ctrl-C in `--interactive`, see
+    /// `crate::cancel`); a command it started was killed.
+    #[error("cancelled (interrupted from the script)")]
+    Cancelled,
     /// The agent answered with a reply of the wrong kind.
     #[error("the agent answered {got} to a {asked} request; driver and agent disagree on the protocol")]
     Protocol {
@@ -43,6 +47,9 @@ pub enum AgentError {
 }
 
 type Waiters = HashMap<u64, mpsc::Sender<AgentReply>>;
+
+/// How often a waiting request looks whether its script call was cancelled.
+const CANCEL_CHECK: Duration = Duration::from_millis(100);
 
 struct Shared {
     writer: Mutex<UnixStream>,
@@ -88,6 +95,9 @@ impl AgentClient {
 
     /// Send a request and wait for its reply (at most `limit`, when given).
     pub fn call(&self, body: AgentRequest, limit: Option<Duration>) -> Result<AgentReply, AgentError> {
+        if crate::cancel::requested() {
+            return Err(AgentError::Cancelled);
+        }
         let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::channel();
         match &mut *lock(&self.shared.pending) {
@@ -102,20 +112,16 @@ impl AgentClient {
             mark_gone(&self.shared, reason.clone());
             return Err(AgentError::Gone { reason });
         }
-        let got = match limit {
-            Some(l) => rx.recv_timeout(l),
-            None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
-        };
+        let got = self.wait_reply(id, &rx, limit);
         match got {
             Ok(reply) => Ok(reply),
             Err(RecvTimeoutError::Timeout) => {
-                if let Ok(w) = &mut *lock(&self.shared.pending) {
-                    w.remove(&id);
-                }
+                self.forget(id);
                 Err(AgentError::NoReply {
                     after: limit.unwrap_or_default(),
                 })
             }
+            Err(RecvTimeoutError::Disconnected) if crate::cancel::requested() => Err(AgentError::Cancelled),
             Err(RecvTimeoutError::Disconnected) => Err(AgentError::Gone {
                 reason: lock(&self.shared.pending)
                     .as_ref()
@@ -123,6 +129,40 @@ impl AgentClient {
                     .cloned()
                     .unwrap_or_else(|| "connection closed".into()),
             }),
+        }
+    }
+
+    /// Waits for request `id`'s reply (at most `limit`). Once this thread's script call is
+    /// cancelled, it asks the agent to kill the request's command, stops waiting, and reports
+    /// the wait as disconnected.
+    fn wait_reply(&self, id: u64, rx: &mpsc::Receiver<AgentReply>, limit: Option<Duration>) -> Result<AgentReply, RecvTimeoutError> {
+        let end = limit.map(|l| Instant::now() + l);
+        loop {
+            let step = match end {
+                Some(end) => end.saturating_duration_since(Instant::now()).min(CANCEL_CHECK),
+                None => CANCEL_CHECK,
+            };
+            match rx.recv_timeout(step) {
+                Err(RecvTimeoutError::Timeout) if end.is_none_or(|e| Instant::now() < e) => {}
+                other => return other,
+            }
+            if crate::cancel::requested() {
+                self.forget(id);
+                // Its reply (Done) finds no waiter and is dropped.
+                let cancel = Envelope {
+                    id: self.shared.next_id.fetch_add(1, Ordering::Relaxed),
+                    body: AgentRequest::Cancel { request: id },
+                };
+                let _ = write_frame(&mut *lock(&self.shared.writer), &cancel);
+                return Err(RecvTimeoutError::Disconnected);
+            }
+        }
+    }
+
+    /// Stops waiting for request `id`: a late reply is dropped.
+    fn forget(&self, id: u64) {
+        if let Ok(w) = &mut *lock(&self.shared.pending) {
+            w.remove(&id);
         }
     }
 

@@ -15,9 +15,9 @@ const IDLE_AFTER_EXIT: Duration = Duration::from_millis(100);
 /// ...or at the latest this long after the exit, even if something keeps writing.
 const MAX_AFTER_EXIT: Duration = Duration::from_secs(2);
 
-/// Run a request to its end and describe it. Never panics on a bad request: a command that
+/// Run request `id` to its end and describe it. Never panics on a bad request: a command that
 /// cannot start reports exit code 127 and why, as a shell would.
-pub(crate) fn run(req: &RunRequest) -> RunResult {
+pub(crate) fn run(id: u64, req: &RunRequest) -> RunResult {
     let start = Instant::now();
     // Threads first: once in the node's pid namespace for its children, this thread may not
     // make any (see pidns.rs).
@@ -52,16 +52,29 @@ pub(crate) fn run(req: &RunRequest) -> RunResult {
     }
     let timeout = req.timeout_ms.map(Duration::from_millis);
     let pid = child.id() as i32;
-    running().insert(pid);
+    running().insert(pid, id);
     let result = Collector::new(child, start, timeout).collect();
     running().remove(&pid);
     result
 }
 
-/// The commands that run now (each its own process group), by pid.
-fn running() -> std::sync::MutexGuard<'static, std::collections::BTreeSet<i32>> {
-    static RUNNING: std::sync::Mutex<std::collections::BTreeSet<i32>> = std::sync::Mutex::new(std::collections::BTreeSet::new());
+/// The commands that run now (each its own process group): pid, and the request that
+/// started it.
+fn running() -> std::sync::MutexGuard<'static, std::collections::BTreeMap<i32, u64>> {
+    static RUNNING: std::sync::Mutex<std::collections::BTreeMap<i32, u64>> = std::sync::Mutex::new(std::collections::BTreeMap::new());
     RUNNING.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Kills the process group of the command request `id` runs, if it still runs; its
+/// collector then reports its end. A cancel that comes before the command started (a few
+/// microseconds after the request) finds nothing: that command runs to its end or timeout.
+pub(crate) fn cancel(id: u64) {
+    for (&pid, _) in running().iter().filter(|(_, &r)| r == id) {
+        // SAFETY: kill(2) on a process group this agent created for a command. It is listed
+        // until just after its collector reaps it, so in that instant the group may be gone
+        // (ESRCH); a new process of the node taking its pid there and then is not a case.
+        unsafe { libc::kill(-pid, libc::SIGKILL) };
+    }
 }
 
 /// Kills every running command's process group and reaps the commands, before the agent
@@ -69,7 +82,7 @@ fn running() -> std::sync::MutexGuard<'static, std::collections::BTreeSet<i32>> 
 /// and an agent that left them would hand them to the host's init, whose reaping the node's
 /// teardown would wait for (the kernel ends a pid namespace once all its processes are reaped).
 pub(crate) fn end_all() {
-    let pids: Vec<i32> = running().iter().copied().collect();
+    let pids: Vec<i32> = running().keys().copied().collect();
     for &pid in &pids {
         // SAFETY: kill(2) on a process group this agent created for a command.
         unsafe { libc::kill(-pid, libc::SIGKILL) };

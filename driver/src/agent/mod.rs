@@ -126,6 +126,13 @@ pub enum AgentRequest {
         /// From `PtyOpened`.
         session: u64,
     },
+    /// Kill the command a `Run` request started (its whole process group): the driver no
+    /// longer waits for it (Ctrl-C in `--interactive`). Answered with `Done`, and the `Run`
+    /// with the command's end as usual.
+    Cancel {
+        /// The `Run` request's id.
+        request: u64,
+    },
 }
 
 /// A command for the agent to run.

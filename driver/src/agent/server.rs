@@ -33,9 +33,14 @@ pub fn serve(stream: UnixStream) -> io::Result<()> {
             reply(&writer, id, pong())?;
             continue;
         }
+        if let AgentRequest::Cancel { request } = request {
+            exec::cancel(request);
+            reply(&writer, id, AgentReply::Done)?;
+            continue;
+        }
         let w = Arc::clone(&writer);
         let spawned = std::thread::Builder::new().name(format!("agent-req-{id}")).spawn(move || {
-            let answer = handle(request);
+            let answer = handle(id, request);
             let _ = reply(&w, id, answer);
         });
         if let Err(e) = spawned {
@@ -147,11 +152,15 @@ fn reply(w: &Mutex<UnixStream>, id: u64, body: AgentReply) -> io::Result<()> {
     write_frame(&mut *s, &Envelope { id, body })
 }
 
-/// Carry out one request (on its own thread).
-fn handle(request: AgentRequest) -> AgentReply {
+/// Carry out request `id` (on its own thread).
+fn handle(id: u64, request: AgentRequest) -> AgentReply {
     match request {
         AgentRequest::Ping => pong(),
-        AgentRequest::Run(r) => AgentReply::Ran(exec::run(&r)),
+        AgentRequest::Cancel { request } => {
+            exec::cancel(request);
+            AgentReply::Done
+        }
+        AgentRequest::Run(r) => AgentReply::Ran(exec::run(id, &r)),
         AgentRequest::ReadFile { path } => files::read_file(&path),
         AgentRequest::WriteFile {
             path,

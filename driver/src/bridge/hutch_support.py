@@ -12,6 +12,7 @@ import datetime
 import json
 import os
 import re
+import signal
 import socket
 import sys
 import threading
@@ -74,6 +75,9 @@ class _Channel:
             for slot in self.waiting.values():
                 slot[0].set()
             self.waiting.clear()
+        # Python never outlives the driver: the main thread may sit at the REPL's prompt,
+        # where only a signal reaches it (main() turns SIGTERM into a clean exit).
+        os.kill(os.getpid(), signal.SIGTERM)
 
     def _send(self, node, method, params, slot):
         with self.lock:
@@ -94,7 +98,17 @@ class _Channel:
     def call(self, node, method, params):
         slot = [threading.Event(), None]
         rid = self._send(node, method, params, slot)
-        slot[0].wait()
+        try:
+            slot[0].wait()
+        except KeyboardInterrupt:
+            # Ctrl-C (`hutch test --interactive`): stop waiting, and have the driver cancel
+            # the call (the command it runs in the node is killed); its late reply is dropped.
+            with self.lock:
+                self.waiting.pop(rid, None)
+            if not self.gone:
+                with contextlib.suppress(OSError):
+                    self.post(None, "cancel", {"call": rid})
+            raise
         msg = slot[1]
         if msg is None:
             raise ConnectionError(self.gone)

@@ -6,6 +6,7 @@ mod console;
 mod copy_out;
 mod error;
 mod host;
+mod shell;
 mod systemd;
 mod waits;
 
@@ -133,7 +134,8 @@ impl Machine {
     }
 
     fn aborted(&self) -> Result<(), MachineError> {
-        if self.ctx.abort.load(Ordering::Relaxed) {
+        // A cancelled script call (crate::cancel) ends its waits and sleeps the same way.
+        if self.ctx.abort.load(Ordering::Relaxed) || crate::cancel::requested() {
             return Err(MachineError::Aborted { node: self.name.clone() });
         }
         Ok(())
