@@ -47,21 +47,21 @@ impl Tmux {
 
     /// Everything the pane printed, its scrollback included.
     pub fn history(&self) -> String {
-        self.run(&["capture-pane", "-p", "-J", "-S", "-"])
+        self.run(&["capture-pane", "-p", "-S", "-"])
     }
 
-    /// Waits (at most `limit`) until `text` shows `count` times in the pane's whole history;
-    /// returns the history.
-    pub fn wait_for_nth(&self, text: &str, count: usize, limit: Duration) -> String {
+    /// Waits (at most `limit`) until `count` lines of the pane's whole history start with
+    /// `prefix` (tmux trims the spaces that end a line); returns the history.
+    pub fn wait_for_lines(&self, prefix: &str, count: usize, limit: Duration) -> String {
         let end = Instant::now() + limit;
         loop {
             let all = self.history();
-            if all.matches(text).count() >= count {
+            if all.lines().filter(|l| l.starts_with(prefix)).count() >= count {
                 return all;
             }
             assert!(
                 Instant::now() < end,
-                "the pane never showed {text:?} {count} times within {limit:?}:\n{all}"
+                "the pane never showed {count} lines starting with {prefix:?} within {limit:?}:\n{all}"
             );
             std::thread::sleep(Duration::from_millis(50));
         }

@@ -98,6 +98,11 @@ impl AgentClient {
         if crate::cancel::requested() {
             return Err(AgentError::Cancelled);
         }
+        self.exchange(body, limit)
+    }
+
+    /// `call` without the cancellation check at the start (the cancel itself uses it).
+    fn exchange(&self, body: AgentRequest, limit: Option<Duration>) -> Result<AgentReply, AgentError> {
         let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::channel();
         match &mut *lock(&self.shared.pending) {
@@ -133,8 +138,8 @@ impl AgentClient {
     }
 
     /// Waits for request `id`'s reply (at most `limit`). Once this thread's script call is
-    /// cancelled, it asks the agent to kill the request's command, stops waiting, and reports
-    /// the wait as disconnected.
+    /// cancelled, it asks the agent to kill the request's command (and waits until it is
+    /// gone), stops waiting, and reports the wait as disconnected.
     fn wait_reply(&self, id: u64, rx: &mpsc::Receiver<AgentReply>, limit: Option<Duration>) -> Result<AgentReply, RecvTimeoutError> {
         let end = limit.map(|l| Instant::now() + l);
         loop {
@@ -148,12 +153,7 @@ impl AgentClient {
             }
             if crate::cancel::requested() {
                 self.forget(id);
-                // Its reply (Done) finds no waiter and is dropped.
-                let cancel = Envelope {
-                    id: self.shared.next_id.fetch_add(1, Ordering::Relaxed),
-                    body: AgentRequest::Cancel { request: id },
-                };
-                let _ = write_frame(&mut *lock(&self.shared.writer), &cancel);
+                let _ = self.exchange(AgentRequest::Cancel { request: id }, Some(Duration::from_secs(10)));
                 return Err(RecvTimeoutError::Disconnected);
             }
         }

@@ -65,15 +65,20 @@ fn running() -> std::sync::MutexGuard<'static, std::collections::BTreeMap<i32, u
     RUNNING.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// Kills the process group of the command request `id` runs, if it still runs; its
-/// collector then reports its end. A cancel that comes before the command started (a few
-/// microseconds after the request) finds nothing: that command runs to its end or timeout.
+/// Kills the process group of the command request `id` runs, if it still runs, and waits
+/// (a few seconds at most) until its collector has reaped it, so a request sent after the
+/// answer finds it gone. A cancel that comes before the command started (a few microseconds
+/// after the request) finds nothing: that command runs to its end or timeout.
 pub(crate) fn cancel(id: u64) {
     for (&pid, _) in running().iter().filter(|(_, &r)| r == id) {
         // SAFETY: kill(2) on a process group this agent created for a command. It is listed
         // until just after its collector reaps it, so in that instant the group may be gone
         // (ESRCH); a new process of the node taking its pid there and then is not a case.
         unsafe { libc::kill(-pid, libc::SIGKILL) };
+    }
+    let end = Instant::now() + Duration::from_secs(3);
+    while running().values().any(|&r| r == id) && Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(5));
     }
 }
 

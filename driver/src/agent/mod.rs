@@ -127,8 +127,8 @@ pub enum AgentRequest {
         session: u64,
     },
     /// Kill the command a `Run` request started (its whole process group): the driver no
-    /// longer waits for it (Ctrl-C in `--interactive`). Answered with `Done`, and the `Run`
-    /// with the command's end as usual.
+    /// longer waits for it (Ctrl-C in `--interactive`). Answered with `Done` once the command
+    /// is gone, and the `Run` with the command's end as usual.
     Cancel {
         /// The `Run` request's id.
         request: u64,

@@ -33,11 +33,6 @@ pub fn serve(stream: UnixStream) -> io::Result<()> {
             reply(&writer, id, pong())?;
             continue;
         }
-        if let AgentRequest::Cancel { request } = request {
-            exec::cancel(request);
-            reply(&writer, id, AgentReply::Done)?;
-            continue;
-        }
         let w = Arc::clone(&writer);
         let spawned = std::thread::Builder::new().name(format!("agent-req-{id}")).spawn(move || {
             let answer = handle(id, request);

@@ -102,12 +102,13 @@ class _Channel:
             slot[0].wait()
         except KeyboardInterrupt:
             # Ctrl-C (`hutch test --interactive`): stop waiting, and have the driver cancel
-            # the call (the command it runs in the node is killed); its late reply is dropped.
+            # the call (the command it runs in the node is killed) before the prompt comes
+            # back; its late reply is dropped.
             with self.lock:
                 self.waiting.pop(rid, None)
             if not self.gone:
-                with contextlib.suppress(OSError):
-                    self.post(None, "cancel", {"call": rid})
+                with contextlib.suppress(OSError, ConnectionError):
+                    self.call(None, "cancel", {"call": rid})
             raise
         msg = slot[1]
         if msg is None:

@@ -275,12 +275,10 @@ pub fn run_script(
             }
             (None, "subtest_start") => subtest_start(&state, &req),
             (None, "subtest_end") => subtest_end(&state, &req),
-            // Python stopped waiting for a call (Ctrl-C): no answer, nobody waits for one.
+            // Python stopped waiting for a call (Ctrl-C): answered once the call has ended.
             (None, "cancel") => {
-                let call = req.params.get("call").and_then(Value::as_u64);
-                if let Some(token) = call.and_then(|c| lock(&state.in_flight).get(&c).cloned()) {
-                    token.store(true, Ordering::SeqCst);
-                }
+                let s = Arc::clone(&state);
+                std::thread::spawn(move || cancel(&s, &req));
             }
             _ => {
                 let token = Arc::new(AtomicBool::new(false));
@@ -354,6 +352,20 @@ fn serve(state: &State, req: Request) {
         );
     }
     answer(state, req.id, r);
+}
+
+/// Cancels the call `call` names (`crate::cancel`) and answers once its serving thread has
+/// ended (a few seconds at most): the command it ran in a node is gone by then.
+fn cancel(state: &State, req: &Request) {
+    let call = req.params.get("call").and_then(Value::as_u64).unwrap_or(0);
+    if let Some(token) = lock(&state.in_flight).get(&call) {
+        token.store(true, Ordering::SeqCst);
+    }
+    let end = Instant::now() + Duration::from_secs(15);
+    while lock(&state.in_flight).contains_key(&call) && Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    answer(state, req.id, Ok(Value::Null));
 }
 
 fn record_failure(state: &State, p: &Map<String, Value>) {

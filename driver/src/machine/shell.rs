@@ -12,9 +12,13 @@ use super::{Machine, MachineError};
 use crate::agent::{AgentClient, ExitStatus};
 use crate::terminal::{self, Event, Keys};
 
-/// A line-by-line session's program: `cat` reads the pty (echo off) into a non-interactive
-/// `sh`, so there are no prompts and no line editor; both write to the pty.
-const LINE_SHELL: &str = "stty -echo -onlcr 2>/dev/null; cat | sh";
+/// A line-by-line session's program: a `read` loop takes the pty's lines (echo off) into a
+/// non-interactive `sh` (no prompts, no line editor), which writes to the pty. A shell loop,
+/// not `cat`: a `cat` may hold lines back until its buffer fills. It says
+/// `LINE_SHELL_READY` once the terminal is set: stty flushes what was typed before.
+const LINE_SHELL: &str = "stty -echo -onlcr 2>/dev/null; echo __hutch_ready; while IFS= read -r l; do printf '%s\\n' \"$l\"; done | sh";
+/// What `LINE_SHELL` prints when it takes input.
+const LINE_SHELL_READY: &str = "__hutch_ready";
 /// The most output one line may print before it is cut (the rest is still read and dropped).
 const LINE_OUTPUT_CAP: usize = 16 << 20;
 
@@ -43,7 +47,7 @@ impl Machine {
         let session = agent
             .pty_open(Vec::new(), terminal::term(), rows, cols)
             .map_err(|e| self.agent_err(e))?;
-        self.log("shell_interact: a login shell in the node; `exit` or Ctrl-D returns to the >>> prompt");
+        self.log("shell_interact: a login shell in the node; `exit` or Ctrl-D returns to the REPL");
         let keys = Arc::new(PtyKeys {
             agent: Arc::clone(&agent),
             session,
@@ -69,7 +73,39 @@ impl Machine {
     pub fn shell_open(&self) -> Result<u64, MachineError> {
         let agent = self.agent()?;
         let command = vec!["/bin/sh".into(), "-c".into(), LINE_SHELL.into()];
-        agent.pty_open(command, "dumb".into(), 24, 200).map_err(|e| self.agent_err(e))
+        let session = agent.pty_open(command, "dumb".into(), 24, 200).map_err(|e| self.agent_err(e))?;
+        self.read_until(&agent, session, LINE_SHELL_READY)?;
+        Ok(session)
+    }
+
+    /// Reads session `session`'s output until it has printed `end` and a newline after it;
+    /// returns all of it, `\r` removed. A cancelled call hangs the session up.
+    fn read_until(&self, agent: &AgentClient, session: u64, end: &str) -> Result<String, MachineError> {
+        let mut got: Vec<u8> = Vec::new();
+        loop {
+            if let Err(e) = self.aborted() {
+                let _ = agent.pty_close(session);
+                return Err(e);
+            }
+            let (data, ended) = agent.pty_output(session).map_err(|e| self.agent_err(e))?;
+            if got.len() < LINE_OUTPUT_CAP {
+                got.extend_from_slice(&data);
+            }
+            let text = String::from_utf8_lossy(&got).replace('\r', "");
+            if text.find(end).is_some_and(|at| text[at + end.len()..].contains('\n')) {
+                return Ok(text);
+            }
+            if let Some(status) = ended {
+                let how = match status {
+                    ExitStatus::Code(c) => format!("exit status {c}"),
+                    ExitStatus::Signal(s) => format!("signal {s}"),
+                };
+                return Err(MachineError::Invalid {
+                    node: self.name.clone(),
+                    message: format!("the shell session ended ({how}); {}", text.trim_end()),
+                });
+            }
+        }
     }
 
     /// Runs one line in session `session` (from `shell_open`): what it printed (stdout and
@@ -84,39 +120,15 @@ impl Machine {
         let input = format!("{line}\nprintf '\\n{marker} %d\\n' \"$?\"\n");
         agent.pty_input(session, input.into_bytes()).map_err(|e| self.agent_err(e))?;
         let end = format!("\n{marker} ");
-        let mut got: Vec<u8> = Vec::new();
-        loop {
-            if let Err(e) = self.aborted() {
-                let _ = agent.pty_close(session);
-                return Err(e);
-            }
-            let (data, ended) = agent.pty_output(session).map_err(|e| self.agent_err(e))?;
-            if got.len() < LINE_OUTPUT_CAP + end.len() + 32 {
-                got.extend_from_slice(&data);
-            }
-            let text = String::from_utf8_lossy(&got).replace('\r', "");
-            if let Some(at) = text.find(&end) {
-                let rest = &text[at + end.len()..];
-                if let Some(nl) = rest.find('\n') {
-                    let status = rest[..nl].trim().parse().unwrap_or(-1);
-                    let mut out: String = text[..at].chars().take(LINE_OUTPUT_CAP).collect();
-                    if !out.is_empty() && !out.ends_with('\n') {
-                        out.push('\n');
-                    }
-                    return Ok((out, status));
-                }
-            }
-            if let Some(status) = ended {
-                let how = match status {
-                    ExitStatus::Code(c) => format!("exit status {c}"),
-                    ExitStatus::Signal(s) => format!("signal {s}"),
-                };
-                return Err(MachineError::Invalid {
-                    node: self.name.clone(),
-                    message: format!("the shell session ended ({how}); {}", text.trim_end()),
-                });
-            }
+        let text = self.read_until(&agent, session, &end)?;
+        let at = text.find(&end).unwrap_or(0);
+        let rest = &text[at + end.len()..];
+        let status = rest.split('\n').next().unwrap_or("").trim().parse().unwrap_or(-1);
+        let mut out: String = text[..at].to_string();
+        if !out.is_empty() && !out.ends_with('\n') {
+            out.push('\n');
         }
+        Ok((out, status))
     }
 
     /// Ends a line-by-line session.
