@@ -46,8 +46,8 @@ impl Repl {
     }
 
     /// The shell command tmux runs: hutch as the user (in its delegated cgroup, as
-    /// `hutch_command` does), then its status and whether the terminal is back in canonical
-    /// mode, then a pause so the pane stays readable.
+    /// `hutch_command` does), then its status; after an Enter (`ended`), whether the terminal
+    /// is back in canonical mode; then a pause so the pane stays readable.
     fn command(&self) -> String {
         let who = match self.user {
             Some(uid) => {
@@ -61,7 +61,7 @@ impl Repl {
         };
         format!(
             "cd {dir}; {who}env HUTCH_CACHE={cache} {hutch} test {file} --interactive --output-dir {out}; \
-             echo HUTCH-RC=$? $(stty -a | grep -o -- '-*icanon'); sleep 600",
+             echo HUTCH-RC=$?; read -r _; echo TTY $(stty -a | grep -o -- '-*icanon'); sleep 600",
             dir = self.dir.0.display(),
             cache = cache().display(),
             hutch = hutch(),
@@ -97,6 +97,14 @@ fn running(pid: u32) -> bool {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     let state = stat.rfind(')').and_then(|at| stat[at + 1..].split_whitespace().next());
     state.is_some_and(|s| s != "Z" && s != "X")
+}
+
+/// Waits for hutch's status line, then has the terminal's mode printed; returns the
+/// history (`HUTCH-RC=N` and `TTY icanon` when the terminal was restored).
+fn ended(tmux: &Tmux) -> String {
+    tmux.wait_for_lines("HUTCH-RC=", 1, Duration::from_secs(60));
+    tmux.keys(&["Enter"]);
+    tmux.wait_for_lines("TTY ", 1, Duration::from_secs(30))
 }
 
 /// Types a line and waits for the `n`-th prompt.
@@ -164,10 +172,10 @@ fn session(user: Option<u32>) {
 
     // exit(): the clear word, status 0, the terminal sane, nothing left.
     tmux.keys(&["exit()", "Enter"]);
-    let all = tmux.wait_for_lines("HUTCH-RC=", 1, Duration::from_secs(60));
+    let all = ended(&tmux);
     assert!(all.contains("interactive session ended; nodes stopped"), "{all}");
     assert!(all.contains("interactive session ended (script not run)"), "{all}");
-    assert!(all.contains("HUTCH-RC=0 icanon"), "{all}");
+    assert!(all.contains("HUTCH-RC=0\n") && all.contains("TTY icanon"), "{all}");
     assert!(!all.contains("FAILED"), "{all}");
     assert_nothing_left(hutch_pid);
 }
@@ -184,9 +192,9 @@ fn endings(user: Option<u32>) {
     let t = Repl::new(&tag, user, "m.succeed(\"echo in-script; false\")");
     let (tmux, _) = t.start(&format!("{tag}-d"));
     tmux.keys(&["C-d"]);
-    let all = tmux.wait_for_lines("HUTCH-RC=", 1, Duration::from_secs(60));
+    let all = ended(&tmux);
     assert!(all.contains("interactive session ended (script not run)"), "{all}");
-    assert!(all.contains("HUTCH-RC=0 icanon"), "{all}");
+    assert!(all.contains("HUTCH-RC=0\n") && all.contains("TTY icanon"), "{all}");
     drop(tmux);
 
     let (tmux, _) = t.start(&format!("{tag}-f"));
@@ -194,10 +202,10 @@ fn endings(user: Option<u32>) {
     let all = line(&tmux, "test_script()", &mut prompts);
     assert!(all.contains("RequestedAssertionFailed"), "{all}");
     tmux.keys(&["exit()", "Enter"]);
-    let all = tmux.wait_for_lines("HUTCH-RC=", 1, Duration::from_secs(60));
+    let all = ended(&tmux);
     assert!(all.contains("test \"repl\" FAILED"), "{all}");
     assert!(all.contains("false"), "the failure does not name the command:\n{all}");
-    assert!(all.contains("HUTCH-RC=1 icanon"), "{all}");
+    assert!(all.contains("HUTCH-RC=1\n") && all.contains("TTY icanon"), "{all}");
     assert!(!all.contains("script not run"), "{all}");
 }
 
@@ -219,15 +227,17 @@ fn killed(user: Option<u32>) {
         .into_iter()
         .find(|&p| stat_of(p).is_some_and(|(comm, _)| comm == "python3"))
         .expect("no python3 under hutch");
+    // A line half typed: readline has the terminal.
     tmux.keys(&["m.su"]);
+    tmux.wait_for(">>> m.su");
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(hutch_pid as i32), nix::sys::signal::Signal::SIGKILL).unwrap();
-    let all = tmux.wait_for_lines("HUTCH-RC=", 1, Duration::from_secs(30));
-    assert!(all.contains("HUTCH-RC=137 icanon"), "{all}");
     let end = Instant::now() + Duration::from_secs(10);
     while running(python) && Instant::now() < end {
         std::thread::sleep(Duration::from_millis(20));
     }
     assert!(!running(python), "python3 ({python}) outlived the killed hutch");
+    let all = ended(&tmux);
+    assert!(all.contains("HUTCH-RC=137\n") && all.contains("TTY icanon"), "{all}");
     assert!(all.contains("the driver has ended"), "{all}");
     assert_nothing_left(hutch_pid);
     // Every process of the run (spawner, node PID 1, agent) is hutch's binary with the test
@@ -241,6 +251,32 @@ fn killed(user: Option<u32>) {
     }
     assert!(left.is_empty(), "the killed run left processes: {left:?}");
 }
+
+/// SIGTERM to hutch (what `hutch stop TEST` does too: an abort) during a call: the run is
+/// stopped as an interrupted test (status 143), the REPL ends, the terminal is sane.
+fn terminated(user: Option<u32>) {
+    let tag = format!("repl-term-{}", user.unwrap_or(0));
+    let t = Repl::new(&tag, user, "start_all()");
+    let (tmux, hutch_pid) = t.start(&tag);
+    let python = children(hutch_pid)
+        .into_iter()
+        .find(|&p| stat_of(p).is_some_and(|(comm, _)| comm == "python3"))
+        .expect("no python3 under hutch");
+    tmux.keys(&["m.succeed(\"sleep 100\")", "Enter"]);
+    tmux.wait_for_lines("m: must succeed: sleep 100", 1, Duration::from_secs(30));
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(hutch_pid as i32), nix::sys::signal::Signal::SIGTERM).unwrap();
+    let all = ended(&tmux);
+    assert!(all.contains("aborted: interrupted by SIGTERM"), "{all}");
+    assert!(all.contains("HUTCH-RC=143\n") && all.contains("TTY icanon"), "{all}");
+    assert!(!running(python), "python3 ({python}) outlived hutch");
+    assert_nothing_left(hutch_pid);
+}
+
+root_and_rootless!(
+    sigterm_stops_an_interactive_run,
+    sigterm_stops_a_rootless_interactive_run,
+    terminated
+);
 
 /// Live processes of hutch's binary whose command line names `file`.
 fn of_run(file: &str) -> Vec<String> {

@@ -76,8 +76,13 @@ class _Channel:
                 slot[0].set()
             self.waiting.clear()
         # Python never outlives the driver: the main thread may sit at the REPL's prompt,
-        # where only a signal reaches it (main() turns SIGTERM into a clean exit).
-        os.kill(os.getpid(), signal.SIGTERM)
+        # where only a signal reaches it (the REPL turns SIGTERM into a clean exit). Sent to
+        # that thread, and again until the process ends: readline looks at signals only when
+        # one interrupts its wait for a key, so one that lands while it handles a key is
+        # seen no sooner than the next key.
+        while True:
+            signal.pthread_kill(threading.main_thread().ident, signal.SIGTERM)
+            time.sleep(0.2)
 
     def _send(self, node, method, params, slot):
         with self.lock:
