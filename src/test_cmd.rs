@@ -35,8 +35,9 @@ pub struct TestArgs {
     #[arg(long)]
     keep_disks: bool,
     /// When the test fails, keep its nodes running (get in with `hutch shell NODE`) until
-    /// Ctrl-C or `hutch stop TEST`.
-    #[arg(long)]
+    /// Ctrl-C or `hutch stop TEST`. Not with --interactive, whose nodes run until the REPL
+    /// ends (and Ctrl-C belongs to the REPL).
+    #[arg(long, conflicts_with = "interactive")]
     keep_nodes_on_failure: bool,
     /// Publish a node's TCP port on the host's 127.0.0.1 for the length of the test
     /// (NODE:HOST_PORT:PORT, e.g. server:8080:80; repeatable).

@@ -335,3 +335,16 @@ fn shell_interact_from_a_pipe_is_one_shell() {
     assert_nothing_left(pid);
     assert!(Path::new(&out).join("log.txt").exists());
 }
+
+/// --keep-nodes-on-failure waits for a Ctrl-C that belongs to the REPL here: refused, naming
+/// both flags, before anything starts.
+#[test]
+fn keep_nodes_on_failure_is_refused_with_interactive() {
+    let out = std::process::Command::new(hutch())
+        .args(["test", "t.toml", "--interactive", "--keep-nodes-on-failure"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("--interactive") && err.contains("--keep-nodes-on-failure"), "{err}");
+}
