@@ -154,8 +154,12 @@ fn session(user: Option<u32>) {
     // shell_interact(): one login shell on a pty in the node.
     tmux.keys(&["m.shell_interact()", "Enter"]);
     tmux.wait_for_lines("~ #", 1, Duration::from_secs(30));
+    // One line at a time, each after the shell's prompt (keys typed ahead are echoed among
+    // the output).
     tmux.keys(&["cd /tmp; export X=1", "Enter"]);
+    tmux.wait_for_lines("/tmp #", 1, Duration::from_secs(30));
     tmux.keys(&["pwd; echo X=$X; tty", "Enter"]);
+    tmux.wait_for_lines("/tmp #", 2, Duration::from_secs(30));
     tmux.keys(&["ls /nonexistent; echo rc=$?", "Enter"]);
     let all = tmux.wait_for_lines("rc=", 1, Duration::from_secs(30));
     assert!(
