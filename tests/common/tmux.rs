@@ -53,16 +53,19 @@ impl Tmux {
     /// Waits (at most `limit`) until `count` lines of the pane's whole history start with
     /// `prefix` (tmux trims the spaces that end a line); returns the history.
     pub fn wait_for_lines(&self, prefix: &str, count: usize, limit: Duration) -> String {
+        let what = format!("{count} lines starting with {prefix:?}");
+        self.wait_until(&what, limit, |all| all.lines().filter(|l| l.starts_with(prefix)).count() >= count)
+    }
+
+    /// Waits (at most `limit`) until the pane's whole history satisfies `done`; returns it.
+    pub fn wait_until(&self, what: &str, limit: Duration, done: impl Fn(&str) -> bool) -> String {
         let end = Instant::now() + limit;
         loop {
             let all = self.history();
-            if all.lines().filter(|l| l.starts_with(prefix)).count() >= count {
+            if done(&all) {
                 return all;
             }
-            assert!(
-                Instant::now() < end,
-                "the pane never showed {count} lines starting with {prefix:?} within {limit:?}:\n{all}"
-            );
+            assert!(Instant::now() < end, "the pane never showed {what} within {limit:?}:\n{all}");
             std::thread::sleep(Duration::from_millis(50));
         }
     }
