@@ -162,7 +162,13 @@ fn session(user: Option<u32>) {
     tmux.keys(&["pwd; echo X=$X; tty", "Enter"]);
     tmux.wait_for_lines("/tmp #", 2, Duration::from_secs(30));
     tmux.keys(&["ls /nonexistent; echo rc=$?", "Enter"]);
-    let all = tmux.wait_for_lines("rc=", 1, Duration::from_secs(30));
+    tmux.wait_for_lines("rc=", 1, Duration::from_secs(30));
+    // Ctrl-C here is the node shell's: it ends the command, not the session.
+    tmux.keys(&["sleep 100", "Enter"]);
+    std::thread::sleep(Duration::from_millis(300));
+    tmux.keys(&["C-c"]);
+    tmux.keys(&["echo still-$((1+1))", "Enter"]);
+    let all = tmux.wait_for_lines("still-2", 1, Duration::from_secs(10));
     assert!(
         all.contains("\n/tmp\nX=1\n/dev/pts/"),
         "cd/export did not carry over, or no pty:\n{all}"
@@ -313,12 +319,17 @@ fn shell_interact_from_a_pipe_is_one_shell() {
     }
     let t = Repl::new("repl-pipe", None, "start_all()");
     let (file, out) = (t.file.display().to_string(), t.out().display().to_string());
-    let mut child = hutch_command(None, &["test", &file, "--interactive", "--output-dir", &out])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let junit = t.dir.0.join("junit.xml");
+    let junit_s = junit.display().to_string();
+    let mut child = hutch_command(
+        None,
+        &["test", &file, "--interactive", "--output-dir", &out, "--junit-xml", &junit_s],
+    )
+    .stdin(Stdio::piped())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
     let pid = child.id();
     let input = "m.shell_interact()\ncd /etc\nexport X=1\npwd; echo X=$X\nls /nonexistent\nexit\nprint('BACK', m.succeed('pwd').strip())\n";
     child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
@@ -337,6 +348,13 @@ fn shell_interact_from_a_pipe_is_one_shell() {
     // The shell's cd was its own: a command starts where the agent's commands do.
     assert!(stdout.contains("BACK /tmp"), "{stdout}\n{stderr}");
     assert!(stderr.contains("interactive session ended; nodes stopped"), "{stderr}");
+    // The report says the script did not run: neither passed nor failed.
+    let xml = std::fs::read_to_string(&junit).unwrap();
+    assert!(xml.contains("failures=\"0\""), "{xml}");
+    assert!(
+        xml.contains("<skipped message=\"interactive session ended (script not run)\"/>"),
+        "{xml}"
+    );
     assert_nothing_left(pid);
     assert!(Path::new(&out).join("log.txt").exists());
 }
