@@ -141,6 +141,20 @@ fn session(user: Option<u32>) {
     assert!(!ps.contains("sleep 100"), "the interrupted command still runs in the node: {ps}");
     assert_eq!(all.matches("m: starting").count(), 1, "the node was restarted:\n{all}");
 
+    // Ctrl-C in a wait: the driver stops retrying (the node sees no more attempts).
+    tmux.keys(&["m.wait_until_succeeds(\"echo x >> /tmp/attempts; false\")", "Enter"]);
+    tmux.wait_for_lines("m: waiting for success", 1, Duration::from_secs(30));
+    std::thread::sleep(Duration::from_millis(1500));
+    tmux.keys(&["C-c"]);
+    prompts += 1;
+    tmux.wait_for_lines(">>>", prompts, Duration::from_secs(10));
+    let count = "a = m.succeed('wc -l < /tmp/attempts'); m.sleep(2); \
+                 print('ATTEMPTS', a.strip(), m.succeed('wc -l < /tmp/attempts').strip())";
+    let all = line(&tmux, count, &mut prompts);
+    let counts = all.lines().rfind(|l| l.starts_with("ATTEMPTS ")).unwrap_or_else(|| panic!("{all}"));
+    let n: Vec<u32> = counts.split_whitespace().skip(1).map(|n| n.parse().unwrap()).collect();
+    assert!(n[0] > 0 && n[0] == n[1], "the wait went on after Ctrl-C: {counts}");
+
     // Ctrl-C at an empty prompt: a new prompt, as Python's REPL does.
     tmux.keys(&["C-c"]);
     prompts += 1;
