@@ -173,19 +173,24 @@ pub fn run_script(
         .env("out", &opts.output_dir)
         .current_dir(&opts.base_dir);
     let parent = std::process::id() as libc::pid_t;
+    let interactive = opts.interactive;
     // SAFETY: between fork and exec the closure only calls fcntl(2), prctl(2), getppid(2),
-    // sigemptyset(3) and pthread_sigmask(3), which are async-signal-safe: Python inherits its
-    // end of the socketpair, and gets SIGTERM when the thread that started it (the one that
-    // waits for it below) ends, i.e. when hutch dies; if hutch already died before the prctl,
-    // Python does not start. hutch blocks SIGINT and SIGTERM for its watcher thread (and exec
-    // keeps a blocked mask): Python gets them unblocked, Ctrl-C is its KeyboardInterrupt.
+    // sigemptyset(3), sigaddset(3) and pthread_sigmask(3), which are async-signal-safe: Python
+    // inherits its end of the socketpair, and gets SIGTERM when the thread that started it
+    // (the one that waits for it below) ends, i.e. when hutch dies; if hutch already died
+    // before the prctl, Python does not start. hutch blocks SIGINT and SIGTERM for its watcher
+    // thread (and exec keeps a blocked mask): Python gets SIGTERM unblocked, and SIGINT too
+    // in a REPL (Ctrl-C is its KeyboardInterrupt); a script's Ctrl-C is hutch's (an abort).
     unsafe {
         cmd.pre_exec(move || {
-            let mut none: libc::sigset_t = std::mem::zeroed();
-            libc::sigemptyset(&mut none);
+            let mut mask: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut mask);
+            if !interactive {
+                libc::sigaddset(&mut mask, libc::SIGINT);
+            }
             if libc::fcntl(fd, libc::F_SETFD, 0) < 0
                 || libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) < 0
-                || libc::pthread_sigmask(libc::SIG_SETMASK, &none, std::ptr::null_mut()) != 0
+                || libc::pthread_sigmask(libc::SIG_SETMASK, &mask, std::ptr::null_mut()) != 0
             {
                 return Err(std::io::Error::last_os_error());
             }
