@@ -239,7 +239,8 @@ fn exec(stream: &mut UnixStream, nodes: &[Reachable], node: &str, argv: Vec<Stri
             },
         );
     };
-    let ran = n.machine.exec_argv(argv, stdin, &mut output, &gone);
+    // The user going away (Ctrl-C on `hutch exec`) cancels the call: the agent kills it.
+    let ran = hutch_driver::cancel::scope(Arc::clone(&gone), || n.machine.exec_argv(argv, stdin, &mut output));
     // The watcher reads end-of-file now and ends.
     let _ = stream.shutdown(std::net::Shutdown::Read);
     if let Some(w) = watcher {

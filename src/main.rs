@@ -14,7 +14,6 @@ mod run;
 mod run_relay;
 mod shell_cmd;
 mod spawner;
-mod terminal;
 mod test_cmd;
 mod userns;
 

@@ -169,7 +169,7 @@ fn spec(args: &RunArgs) -> Result<NodeSpec> {
     };
     let mut spec = request.node_spec()?;
     if args.tty {
-        spec.terminal = Some(crate::terminal::window_size().unwrap_or((24, 80)));
+        spec.terminal = Some(hutch_driver::terminal::window_size().unwrap_or((24, 80)));
     }
     spec.binds = args.binds.iter().map(|b| b.parse::<Bind>()).collect::<Result<_, _>>()?;
     if !(args.stop_timeout.is_finite() && args.stop_timeout >= 0.0) {
@@ -228,7 +228,7 @@ fn run(args: RunArgs) -> Result<i32> {
             eprintln!(
                 "hutch: {}: this terminal is its console; {}",
                 spec.name,
-                crate::terminal::Escape::HINT
+                hutch_driver::terminal::Escape::HINT
             );
         }
         if interactive && session.is_none() {

@@ -6,11 +6,11 @@ use std::fs::File;
 use std::io::{IsTerminal, Write};
 use std::os::fd::{AsFd, BorrowedFd};
 
+use anyhow::Context;
 use hutch_driver::machine::LineSplitter;
+use hutch_driver::terminal::{window_size, Escape, Saved};
 use nix::errno::Errno;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-
-use crate::terminal::{window_size, Escape, RawMode};
 
 /// The console on its way out: split into lines (cut at 64 KiB), each made safe for stdout
 /// (`hutch_driver::safe_text`: escapes shown, colour only on a terminal without `NO_COLOR`)
@@ -104,7 +104,7 @@ impl<'a> Relay<'a> {
 /// window's size follows theirs, and Ctrl-] three times within a second asks to stop the node.
 pub struct Session {
     /// The user's terminal in raw mode, when stdin is one.
-    raw: Option<RawMode>,
+    raw: Option<Saved>,
     escape: Escape,
     /// Stdin has not ended.
     pub stdin_open: bool,
@@ -124,7 +124,7 @@ impl Session {
     /// Starts a session: the user's terminal (if stdin is one) in raw mode until it is dropped.
     pub fn start() -> anyhow::Result<Session> {
         let raw = match std::io::stdin().is_terminal() {
-            true => Some(RawMode::enter()?),
+            true => Some(Saved::raw().context("putting the terminal in raw mode")?),
             false => None,
         };
         Ok(Session {

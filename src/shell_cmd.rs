@@ -1,19 +1,18 @@
 //! `hutch shell NODE [-- CMD]`: a login shell (or a command) on a fresh pty in a node of a
 //! running test, through the test's control socket and the node's agent (`agent::pty`).
-//! The user's terminal is put in raw mode for the session and restored after it, like ssh.
+//! The user's terminal is put in raw mode for the session and restored after it, like ssh
+//! (`hutch_driver::terminal`, which `shell_interact()` shares).
 
-use std::io::{IsTerminal, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::Args;
 use hutch_driver::agent::{read_frame, write_frame, AgentClient};
+use hutch_driver::terminal::{self, Event, Keys};
 
 use crate::attach_cmd::{finish, run_with_node, Select};
 use crate::control::{open, ControlReply, ControlRequest, ShellEvent, ShellInput};
-use crate::terminal::{window_size, RawMode};
 
 /// Options of `hutch shell`.
 #[derive(Args, Debug)]
@@ -31,16 +30,11 @@ pub struct ShellArgs {
 pub fn main(args: ShellArgs) -> i32 {
     finish((|| {
         let run = run_with_node(&args.select, &args.node)?;
-        let tty = std::io::stdin().is_terminal();
-        let (rows, cols) = window_size().unwrap_or((24, 80));
-        let term = std::env::var("TERM")
-            .ok()
-            .filter(|t| !t.is_empty())
-            .unwrap_or_else(|| "vt100".into());
+        let (rows, cols) = terminal::window_size().unwrap_or((24, 80));
         let req = ControlRequest::Shell {
             node: args.node.clone(),
             command: args.command.clone(),
-            term,
+            term: terminal::term(),
             rows,
             cols,
         };
@@ -50,70 +44,36 @@ pub fn main(args: ShellArgs) -> i32 {
             ControlReply::Error { message } => bail!("{message}"),
             other => bail!("unexpected reply: {other:?}"),
         }
-        let raw = if tty { Some(RawMode::enter()?) } else { None };
-        let up = Arc::new(Mutex::new(stream.try_clone().context("cloning the connection")?));
-        send_keys(Arc::clone(&up), tty);
-        if tty {
-            send_resizes(up, (rows, cols));
+        let up = Arc::new(Upstream(Mutex::new(stream.try_clone().context("cloning the connection")?)));
+        let ended = terminal::relay(up, || match read_frame(&mut stream) {
+            Ok(Some(frame)) => match serde_json::from_slice::<ShellEvent>(&frame) {
+                Ok(ShellEvent::Output { data }) => Ok(Some(Event::Output(data))),
+                Ok(ShellEvent::Exited { status }) => Ok(Some(Event::Exited(status))),
+                Err(e) => Err(std::io::Error::other(format!("a bad message from the test: {e}"))),
+            },
+            Ok(None) | Err(_) => Ok(None),
+        })?;
+        match ended {
+            Some(status) => Ok(status.code()),
+            None => bail!("the session ended without a status (the test or the node stopped)"),
         }
-        let mut out = std::io::stdout();
-        while let Ok(Some(frame)) = read_frame(&mut stream) {
-            match serde_json::from_slice::<ShellEvent>(&frame) {
-                Ok(ShellEvent::Output { data }) => {
-                    let _ = out.write_all(&data);
-                    let _ = out.flush();
-                }
-                Ok(ShellEvent::Exited { status }) => {
-                    drop(raw);
-                    return Ok(status.code());
-                }
-                Err(e) => bail!("a bad message from the test: {e}"),
-            }
-        }
-        drop(raw);
-        bail!("the session ended without a status (the test or the node stopped)")
     })())
 }
 
-/// Sends what the user types until standard input ends. The end of a pipe or file is then
-/// typed as Ctrl-D, every half second until the session ends: one typed ahead of a shell that
-/// has not set up its line editor yet can be lost, and a shell fed from a pipe must end when
-/// its input does.
-fn send_keys(up: Arc<Mutex<UnixStream>>, tty: bool) {
-    let _ = std::thread::Builder::new().name("keys".into()).spawn(move || {
-        let mut buf = vec![0u8; 4096];
-        let mut stdin = std::io::stdin();
-        let send = |data: Vec<u8>| write_frame(&mut *up.lock().unwrap_or_else(|p| p.into_inner()), &ShellInput::Data { data }).is_ok();
-        while let Ok(n @ 1..) = stdin.read(&mut buf) {
-            if !send(buf[..n].to_vec()) {
-                return;
-            }
-        }
-        if tty {
-            return;
-        }
-        loop {
-            std::thread::sleep(Duration::from_millis(500));
-            if !send(vec![0x04]) {
-                return;
-            }
-        }
-    });
-}
+/// The connection to the running test, carrying keystrokes and window sizes up.
+struct Upstream(Mutex<UnixStream>);
 
-/// Sends the window's size whenever it changes (looked at four times a second).
-fn send_resizes(up: Arc<Mutex<UnixStream>>, mut last: (u16, u16)) {
-    let _ = std::thread::Builder::new().name("resize".into()).spawn(move || loop {
-        std::thread::sleep(Duration::from_millis(250));
-        let Some(now) = window_size() else { continue };
-        if now != last {
-            last = now;
-            let msg = ShellInput::Resize { rows: now.0, cols: now.1 };
-            if write_frame(&mut *up.lock().unwrap_or_else(|p| p.into_inner()), &msg).is_err() {
-                break;
-            }
-        }
-    });
+impl Keys for Upstream {
+    fn input(&self, data: Vec<u8>) -> bool {
+        write_frame(&mut *self.0.lock().unwrap_or_else(|p| p.into_inner()), &ShellInput::Data { data }).is_ok()
+    }
+    fn resize(&self, rows: u16, cols: u16) -> bool {
+        write_frame(
+            &mut *self.0.lock().unwrap_or_else(|p| p.into_inner()),
+            &ShellInput::Resize { rows, cols },
+        )
+        .is_ok()
+    }
 }
 
 /// The test's side of a shell session: starts it through the node's agent, then relays the

@@ -35,8 +35,9 @@ pub struct TestArgs {
     #[arg(long)]
     keep_disks: bool,
     /// When the test fails, keep its nodes running (get in with `hutch shell NODE`) until
-    /// Ctrl-C or `hutch stop TEST`.
-    #[arg(long)]
+    /// Ctrl-C or `hutch stop TEST`. Not with --interactive, whose nodes run until the REPL
+    /// ends (and Ctrl-C belongs to the REPL).
+    #[arg(long, conflicts_with = "interactive")]
     keep_nodes_on_failure: bool,
     /// Publish a node's TCP port on the host's 127.0.0.1 for the length of the test
     /// (NODE:HOST_PORT:PORT, e.g. server:8080:80; repeatable).
@@ -96,14 +97,21 @@ pub fn main(args: TestArgs) -> i32 {
         eprintln!("hutch: {e:#}");
         return crate::run::EXIT_HUTCH;
     }
-    // Ctrl-C and SIGTERM become an orderly abort (see `watch_signals`): blocked here, before
-    // any thread exists, so every thread inherits the mask and only the watcher takes them.
+    // Who gets Ctrl-C: the terminal sends SIGINT to its foreground process group, which holds
+    // hutch, the spawner and the Python child (nodes lead sessions of their own). So SIGINT
+    // and SIGTERM are blocked here, before any thread or child exists: every thread and the
+    // spawner inherit the mask and only the watcher (`watch_signals`) takes them, while
+    // Python gets a clean mask at exec.
+    // - A test run: the first Ctrl-C or SIGTERM is an orderly abort, the second ends hutch.
+    // - `--interactive`: Ctrl-C belongs to the REPL (Python's KeyboardInterrupt interrupts the
+    //   running call, whose driver side is then cancelled), so the watcher drops SIGINT;
+    //   SIGTERM (or `hutch stop TEST`) still aborts, which ends Python. Python never outlives
+    //   hutch: it gets SIGTERM as its parent-death signal and when the bridge socket closes
+    //   (bridge::run_script), and hutch restores the terminal's settings after it.
     let mut signals = nix::sys::signal::SigSet::empty();
     signals.add(nix::sys::signal::Signal::SIGINT);
     signals.add(nix::sys::signal::Signal::SIGTERM);
-    if !args.interactive {
-        let _ = signals.thread_block();
-    }
+    let _ = signals.thread_block();
     // The spawner must exist before any thread (the network hub and the driver start some).
     let spawner = match Spawner::fork() {
         Ok(s) => Arc::new(s),
@@ -182,9 +190,7 @@ fn run(args: &TestArgs, plan: &TestPlan, spawner: Arc<Spawner>, runtime: Option<
         .map(|(name, node)| (name.clone(), Box::new(Shared(Arc::clone(node))) as Box<dyn NodeControl>))
         .collect();
     let session = Session::new(plan, controls, opts)?;
-    if !args.interactive {
-        watch_signals(session.abort_handle());
-    }
+    watch_signals(session.abort_handle(), args.interactive);
     let registration = runtime.and_then(|dir| register(dir, plan, &output_dir, &nodes, &topology, &session));
     let report = session.run();
     drop(registration);
@@ -382,17 +388,25 @@ fn check_script(plan: &TestPlan) -> Result<(), String> {
 }
 
 /// Turns the first SIGINT/SIGTERM into an abort of the run (nodes stopped, report written);
-/// a second one ends hutch at once (the spawner and every node die with it).
-fn watch_signals(abort: hutch_driver::session::AbortHandle) {
+/// a second one ends hutch at once (the spawner and every node die with it). `interactive`:
+/// SIGINT is the REPL's (Ctrl-C at the prompt or in a call) and is dropped here.
+fn watch_signals(abort: hutch_driver::session::AbortHandle, interactive: bool) {
+    use nix::sys::signal::Signal;
     let _ = std::thread::Builder::new().name("signals".into()).spawn(move || {
         let mut set = nix::sys::signal::SigSet::empty();
-        set.add(nix::sys::signal::Signal::SIGINT);
-        set.add(nix::sys::signal::Signal::SIGTERM);
-        if let Ok(sig) = set.wait() {
+        set.add(Signal::SIGINT);
+        set.add(Signal::SIGTERM);
+        let next = || loop {
+            match set.wait() {
+                Ok(Signal::SIGINT) if interactive => {}
+                other => return other,
+            }
+        };
+        if let Ok(sig) = next() {
             eprintln!("hutch: {sig}: stopping the test");
             abort.abort(&format!("{INTERRUPTED_BY}{sig}"));
         }
-        if set.wait().is_ok() {
+        if next().is_ok() {
             std::process::exit(130);
         }
     });

@@ -27,7 +27,9 @@ fn a_long_console_wait_says_it_is_still_waiting_and_what_it_saw() {
     let image = busybox_image().display().to_string();
     let script = "machine.start()\nmachine.execute('echo just-printed > /dev/console')\n\
                   machine.wait_for_console_text('never-printed', timeout=12)\n";
-    let TestRun { passed, all, .. } = run("console", &image, "[nodes.machine]\n", script);
+    // busybox init, kept up (the fixture powers off after boot otherwise).
+    let node = "[nodes.machine]\nenv = { HUTCH_STAY_UP = \"1\" }\n";
+    let TestRun { passed, all, .. } = run("console", &image, node, script);
     assert!(!passed, "the wait must time out: {all}");
     let still = all
         .lines()

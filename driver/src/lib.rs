@@ -20,8 +20,10 @@
 
 pub mod agent;
 pub mod bridge;
+pub mod cancel;
 pub mod log;
 pub mod machine;
 pub mod plan;
 pub mod safe_text;
 pub mod session;
+pub mod terminal;

@@ -112,9 +112,11 @@ impl Log {
     /// kept raw in the node's file, made safe for log.txt and the terminal, all in one write
     /// per sink. Past the node's cap, lines are dropped and one note says so.
     pub fn console(&self, node: &str, lines: &[Vec<u8>]) {
-        let show = self.serial_stdout.load(Ordering::Relaxed) && self.terminal;
         let t = self.start.elapsed().as_secs_f64();
         let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        // Read under the lock, and the terminal written under it too: once the console is
+        // turned off and a message logged after that, no console line follows that message.
+        let show = self.serial_stdout.load(Ordering::Relaxed) && self.terminal;
         let used = g.console_bytes.get(node).copied().unwrap_or(0);
         if used > self.console_cap {
             return;
@@ -152,10 +154,10 @@ impl Log {
         if let Some(f) = g.main.as_mut() {
             let _ = f.write_all(main.as_bytes());
         }
-        drop(g);
         if !term.is_empty() {
             let _ = io::stderr().lock().write_all(term.as_bytes());
         }
+        drop(g);
         if take < lines.len() {
             self.node(
                 node,
@@ -187,7 +189,6 @@ impl Log {
             });
             let _ = f.write_all(text.as_bytes());
         }
-        drop(g);
         if !(show && self.terminal) {
             return;
         }
@@ -201,7 +202,9 @@ impl Log {
                 (None, _, false) => writeln!(out, "{line}"),
             }
         });
+        // Still under the lock: the terminal shows messages and console lines in log order.
         let _ = io::stderr().lock().write_all(text.as_bytes());
+        drop(g);
     }
 }
 

@@ -326,3 +326,45 @@ fn commands_inherit_no_stray_descriptors() {
     // stdio and the one ls opened to list the directory.
     assert_eq!(fds.split_whitespace().collect::<Vec<_>>(), ["0", "1", "2", "3"], "{fds}");
 }
+
+/// A cancelled script call (Ctrl-C in `--interactive`): its command is killed in the node and
+/// the request ends at once with `Cancelled`, instead of waiting for the command's end; the
+/// next request finds the command gone.
+#[test]
+fn a_cancelled_call_kills_its_command() {
+    let a = Agent::start();
+    let dir = std::env::temp_dir().join(format!("hutch-cancel-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let pidfile = dir.join("pid");
+    let token = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let t = Instant::now();
+    let got = std::thread::scope(|s| {
+        let setter = std::sync::Arc::clone(&token);
+        let file = pidfile.clone();
+        s.spawn(move || {
+            while !file.exists() {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            setter.store(true, std::sync::atomic::Ordering::SeqCst);
+        });
+        hutch_driver::cancel::scope(token, || {
+            a.client().run(RunRequest {
+                command: Command::Shell(format!("echo $$ > {}; exec sleep 100", pidfile.display())),
+                env: BTreeMap::new(),
+                stdin: Vec::new(),
+                timeout_ms: Some(200_000),
+                cwd: None,
+            })
+        })
+    });
+    assert!(matches!(got, Err(AgentError::Cancelled)), "{got:?}");
+    assert!(t.elapsed() < Duration::from_secs(5), "the cancel took {:?}", t.elapsed());
+    let pid = std::fs::read_to_string(&pidfile).unwrap().trim().to_string();
+    assert!(
+        !std::path::Path::new(&format!("/proc/{pid}")).exists(),
+        "the command (pid {pid}) still runs"
+    );
+    // The connection is fine afterwards.
+    assert_eq!(a.sh("echo after").stdout, b"after\n");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -41,15 +41,17 @@ fn run(script: &str) -> Report {
 }
 
 fn passed(r: &Report) {
-    if let Outcome::Failed(f) = &r.outcome {
-        panic!("the script failed: {}", f.details());
+    match &r.outcome {
+        Outcome::Failed(f) => panic!("the script failed: {}", f.details()),
+        Outcome::SessionEnded => panic!("the script did not run"),
+        Outcome::Passed => {}
     }
 }
 
 fn failure(r: &Report) -> &hutch_driver::session::Failure {
     match &r.outcome {
         Outcome::Failed(f) => f,
-        Outcome::Passed => panic!("the script passed but should have failed"),
+        Outcome::Passed | Outcome::SessionEnded => panic!("the script passed but should have failed"),
     }
 }
 

@@ -191,6 +191,9 @@ fn minimal_init(agent_alive: Option<OwnedFd>) -> ! {
     let alive = agent_alive.as_ref().map_or(-1, |fd| fd.as_raw_fd());
     crate::fds::close_all_but(&[alive]);
     crate::fds::stdio_to_null();
+    // Out of the user's terminal session: the Ctrl-C of `hutch test --interactive` (sent to
+    // the terminal's foreground process group, where hutch started us) is not a stop signal.
+    let _ = nix::unistd::setsid();
     // It only reaps and exits: no capability is needed for either.
     for set in [caps::CapSet::Effective, caps::CapSet::Permitted, caps::CapSet::Inheritable] {
         let _ = caps::clear(None, set);

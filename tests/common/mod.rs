@@ -12,10 +12,9 @@ use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
 
 mod shared_dir;
+mod tmux;
 #[allow(unused_imports)]
 pub use shared_dir::SharedDir;
-
-mod tmux;
 #[allow(unused_imports)]
 pub use tmux::Tmux;
 

@@ -1,5 +1,5 @@
-//! A terminal for tests that drive hutch as a user at a keyboard: a tmux server of the
-//! test's own, keys sent to it, its screen read back.
+//! A real terminal for tests that drive hutch as a user at a keyboard would: a tmux server of
+//! its own (its own socket), keys sent by name, the screen read back.
 
 use std::time::{Duration, Instant};
 
@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 pub struct Tmux(String);
 
 impl Tmux {
-    /// Starts `command` in a new session of a server of its own, `size` = (rows, columns).
+    /// A detached session of `size` (rows, columns) running `command` (through the shell).
     pub fn new(tag: &str, size: (u16, u16), command: &str) -> Tmux {
         let t = Tmux(format!("hutch-{tag}-{}", std::process::id()));
         let (w, h) = (size.1.to_string(), size.0.to_string());
@@ -25,7 +25,7 @@ impl Tmux {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
-    /// Types `keys` (tmux key names, e.g. `Enter`, `C-c`).
+    /// Types `keys` (tmux key names: `Enter`, `C-c`, `Tab`, or text).
     pub fn keys(&self, keys: &[&str]) {
         let mut args = vec!["send-keys"];
         args.extend_from_slice(keys);
@@ -39,15 +39,8 @@ impl Tmux {
 
     /// Waits until the pane (with what scrolled out of it) shows `text` `n` times; returns it.
     pub fn wait_for_times(&self, text: &str, n: usize) -> String {
-        let end = Instant::now() + Duration::from_secs(30);
-        loop {
-            let pane = self.run(&["capture-pane", "-p", "-S", "-"]);
-            if pane.matches(text).count() >= n {
-                return pane;
-            }
-            assert!(Instant::now() < end, "the pane never showed {text:?} {n} times:\n{pane}");
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        let what = format!("{text:?} {n} times");
+        self.wait_until(&what, Duration::from_secs(30), |all| all.matches(text).count() >= n)
     }
 
     /// Drives a shell at its prompt in a session started at 30 rows and 100 columns, as a
@@ -76,6 +69,39 @@ impl Tmux {
             "not status 3, or the terminal not restored:\n{pane}"
         );
         first
+    }
+
+    /// Everything the pane printed, its scrollback included.
+    pub fn history(&self) -> String {
+        self.run(&["capture-pane", "-p", "-S", "-"])
+    }
+
+    /// Waits (at most `limit`) until `count` lines of the pane's whole history start with
+    /// `prefix` (tmux trims the spaces that end a line); returns the history.
+    pub fn wait_for_lines(&self, prefix: &str, count: usize, limit: Duration) -> String {
+        let what = format!("{count} lines starting with {prefix:?}");
+        self.wait_until(&what, limit, |all| all.lines().filter(|l| l.starts_with(prefix)).count() >= count)
+    }
+
+    /// Waits (at most `limit`) until the pane's whole history satisfies `done`; returns it.
+    pub fn wait_until(&self, what: &str, limit: Duration, done: impl Fn(&str) -> bool) -> String {
+        let end = Instant::now() + limit;
+        loop {
+            let all = self.history();
+            if done(&all) {
+                return all;
+            }
+            assert!(Instant::now() < end, "the pane never showed {what} within {limit:?}:\n{all}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The pid of the program the session started (its shell).
+    pub fn pane_pid(&self) -> u32 {
+        self.run(&["list-panes", "-F", "#{pane_pid}"])
+            .trim()
+            .parse()
+            .expect("tmux pane pid")
     }
 }
 

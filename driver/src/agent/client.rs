@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::io::{self, BufReader};
 use std::net::Shutdown;
 use std::os::unix::net::UnixStream;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -32,6 +32,10 @@ pub enum AgentError {
     /// The agent carried out the request and reports that it failed.
     #[error("{0}")]
     Remote(String),
+    /// The script call this request served was cancelled (Ctrl-C in `--interactive`, see
+    /// `crate::cancel`); a command it started was killed.
+    #[error("cancelled (interrupted from the script)")]
+    Cancelled,
     /// The agent answered with a reply of the wrong kind.
     #[error("the agent answered {got} to a {asked} request; driver and agent disagree on the protocol")]
     Protocol {
@@ -42,10 +46,10 @@ pub enum AgentError {
     },
 }
 
-/// How often a cancellable call looks whether it was cancelled.
-const CANCEL_CHECK: Duration = Duration::from_millis(200);
-
 type Waiters = HashMap<u64, mpsc::Sender<AgentReply>>;
+
+/// How often a waiting request looks whether its script call was cancelled.
+const CANCEL_CHECK: Duration = Duration::from_millis(100);
 
 struct Shared {
     writer: Mutex<UnixStream>,
@@ -91,19 +95,25 @@ impl AgentClient {
 
     /// Send a request and wait for its reply (at most `limit`, when given).
     pub fn call(&self, body: AgentRequest, limit: Option<Duration>) -> Result<AgentReply, AgentError> {
-        self.call_with(body, limit, &mut |_| {}, None)
+        self.call_with(body, limit, &mut |_| {})
     }
 
     /// Send a request, hand each partial reply (`AgentReply::is_partial`) to `partial` as it
-    /// comes, and return the last one (all within `limit`, when given). Once `cancel` is set,
-    /// the agent is asked (once) to cancel the request, which it then answers.
+    /// comes, and return the last one (all within `limit`, when given).
     fn call_with(
         &self,
         body: AgentRequest,
         limit: Option<Duration>,
         partial: &mut dyn FnMut(AgentReply),
-        cancel: Option<&AtomicBool>,
     ) -> Result<AgentReply, AgentError> {
+        if crate::cancel::requested() {
+            return Err(AgentError::Cancelled);
+        }
+        self.exchange(body, limit, partial)
+    }
+
+    /// `call_with` without the cancellation check at the start (the cancel itself uses it).
+    fn exchange(&self, body: AgentRequest, limit: Option<Duration>, partial: &mut dyn FnMut(AgentReply)) -> Result<AgentReply, AgentError> {
         let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::channel();
         match &mut *lock(&self.shared.pending) {
@@ -118,48 +128,59 @@ impl AgentClient {
             mark_gone(&self.shared, reason.clone());
             return Err(AgentError::Gone { reason });
         }
-        let deadline = limit.map(|l| Instant::now() + l);
-        let mut cancel_sent = false;
+        let got = self.wait_reply(id, &rx, limit, partial);
+        match got {
+            Ok(reply) => Ok(reply),
+            Err(RecvTimeoutError::Timeout) => {
+                self.forget(id);
+                Err(AgentError::NoReply {
+                    after: limit.unwrap_or_default(),
+                })
+            }
+            Err(RecvTimeoutError::Disconnected) if crate::cancel::requested() => Err(AgentError::Cancelled),
+            Err(RecvTimeoutError::Disconnected) => Err(AgentError::Gone {
+                reason: lock(&self.shared.pending)
+                    .as_ref()
+                    .err()
+                    .cloned()
+                    .unwrap_or_else(|| "connection closed".into()),
+            }),
+        }
+    }
+
+    /// Waits for request `id`'s reply (at most `limit`). Once this thread's script call is
+    /// cancelled, it asks the agent to kill the request's command (and waits until it is
+    /// gone), stops waiting, and reports the wait as disconnected.
+    fn wait_reply(
+        &self,
+        id: u64,
+        rx: &mpsc::Receiver<AgentReply>,
+        limit: Option<Duration>,
+        partial: &mut dyn FnMut(AgentReply),
+    ) -> Result<AgentReply, RecvTimeoutError> {
+        let end = limit.map(|l| Instant::now() + l);
         loop {
-            if !cancel_sent && cancel.is_some_and(|c| c.load(Ordering::Relaxed)) {
-                cancel_sent = true;
-                // Its own reply goes unread: the cancelled request's answer is what counts.
-                let cancel_id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
-                let body = AgentRequest::Cancel { request: id };
-                let _ = write_frame(&mut *lock(&self.shared.writer), &Envelope { id: cancel_id, body });
-            }
-            // Waiting to cancel: look at the flag now and then.
-            let watch = cancel.filter(|_| !cancel_sent).map(|_| Instant::now() + CANCEL_CHECK);
-            let wake = match (deadline, watch) {
-                (Some(d), Some(w)) => Some(d.min(w)),
-                (d, w) => d.or(w),
+            let step = match end {
+                Some(end) => end.saturating_duration_since(Instant::now()).min(CANCEL_CHECK),
+                None => CANCEL_CHECK,
             };
-            let got = match wake {
-                Some(t) => rx.recv_timeout(t.saturating_duration_since(Instant::now())),
-                None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
-            };
-            match got {
+            match rx.recv_timeout(step) {
                 Ok(reply) if reply.is_partial() => partial(reply),
-                Ok(reply) => return Ok(reply),
-                Err(RecvTimeoutError::Timeout) if deadline.is_none_or(|d| Instant::now() < d) => {}
-                Err(RecvTimeoutError::Timeout) => {
-                    if let Ok(w) = &mut *lock(&self.shared.pending) {
-                        w.remove(&id);
-                    }
-                    return Err(AgentError::NoReply {
-                        after: limit.unwrap_or_default(),
-                    });
-                }
-                Err(RecvTimeoutError::Disconnected) => {
-                    return Err(AgentError::Gone {
-                        reason: lock(&self.shared.pending)
-                            .as_ref()
-                            .err()
-                            .cloned()
-                            .unwrap_or_else(|| "connection closed".into()),
-                    })
-                }
+                Err(RecvTimeoutError::Timeout) if end.is_none_or(|e| Instant::now() < e) => {}
+                other => return other,
             }
+            if crate::cancel::requested() {
+                self.forget(id);
+                let _ = self.exchange(AgentRequest::Cancel { request: id }, Some(Duration::from_secs(10)), &mut |_| {});
+                return Err(RecvTimeoutError::Disconnected);
+            }
+        }
+    }
+
+    /// Stops waiting for request `id`: a late reply is dropped.
+    fn forget(&self, id: u64) {
+        if let Ok(w) = &mut *lock(&self.shared.pending) {
+            w.remove(&id);
         }
     }
 
@@ -183,20 +204,15 @@ impl AgentClient {
     }
 
     /// Run a command as [`AgentClient::run`] does, handing its output to `output` as it
-    /// comes (the result keeps none of it); once `cancel` is set, the command is killed.
-    pub fn run_streamed(
-        &self,
-        req: RunRequest,
-        output: &mut dyn FnMut(Stream, &[u8]),
-        cancel: &AtomicBool,
-    ) -> Result<RunResult, AgentError> {
+    /// comes (the result keeps none of it); a cancelled call (`crate::cancel`) kills it.
+    pub fn run_streamed(&self, req: RunRequest, output: &mut dyn FnMut(Stream, &[u8])) -> Result<RunResult, AgentError> {
         let limit = req.timeout_ms.map(|ms| Duration::from_millis(ms) + Duration::from_secs(30));
         let mut partial = |reply: AgentReply| {
             if let AgentReply::Output { stream, data } = reply {
                 output(stream, &data);
             }
         };
-        match self.call_with(AgentRequest::RunStreamed(req), limit, &mut partial, Some(cancel))? {
+        match self.call_with(AgentRequest::RunStreamed(req), limit, &mut partial)? {
             AgentReply::Ran(r) => Ok(r),
             other => Err(unexpected("run_streamed", other)),
         }

@@ -5,8 +5,6 @@ use std::io::{ErrorKind, Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::process::ExitStatusExt;
 use std::process::{Child, ChildStderr, ChildStdout};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::command::command;
@@ -20,38 +18,10 @@ const MAX_AFTER_EXIT: Duration = Duration::from_secs(2);
 /// Where a streamed command's output goes as it comes (instead of being kept).
 pub(crate) type Sink<'a> = &'a mut dyn FnMut(Stream, &[u8]);
 
-/// How often a streamed command looks whether it was cancelled.
-const CANCEL_CHECK: Duration = Duration::from_millis(200);
-
-/// The streamed commands that run now, by request id: set to cancel one.
-fn cancels() -> std::sync::MutexGuard<'static, std::collections::BTreeMap<u64, Arc<AtomicBool>>> {
-    static CANCELS: std::sync::Mutex<std::collections::BTreeMap<u64, Arc<AtomicBool>>> =
-        std::sync::Mutex::new(std::collections::BTreeMap::new());
-    CANCELS.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-/// Runs request `id` with its output streamed to `sink`, until it ends or [`cancel`] kills it.
-pub(crate) fn run_streamed(req: &RunRequest, id: u64, sink: Sink) -> RunResult {
-    let cancelled = Arc::new(AtomicBool::new(false));
-    cancels().insert(id, Arc::clone(&cancelled));
-    let result = run(req, Some((sink, &cancelled)));
-    cancels().remove(&id);
-    result
-}
-
-/// Kills the process group of streamed request `request` (its user went away); nothing if
-/// it has ended.
-pub(crate) fn cancel(request: u64) {
-    if let Some(flag) = cancels().get(&request) {
-        flag.store(true, Ordering::Relaxed);
-    }
-}
-
-/// Run a request to its end and describe it; streamed (`live`), its output goes to the sink as
-/// it comes, the result keeps none, and the flag, once set, kills it. Never panics on a bad
-/// request: a command that cannot start reports exit code 127 and why, as a shell would.
-pub(crate) fn run<'a>(req: &RunRequest, live: Option<(Sink<'a>, &'a AtomicBool)>) -> RunResult {
-    let (sink, cancelled) = live.unzip();
+/// Run request `id` to its end and describe it; streamed (a `sink`), its output goes there as
+/// it comes and the result keeps none. [`cancel`] kills it. Never panics on a bad request: a
+/// command that cannot start reports exit code 127 and why, as a shell would.
+pub(crate) fn run(id: u64, req: &RunRequest, sink: Option<Sink>) -> RunResult {
     let start = Instant::now();
     // Threads first: once in the node's pid namespace for its children, this thread may not
     // make any (see pidns.rs).
@@ -91,16 +61,34 @@ pub(crate) fn run<'a>(req: &RunRequest, live: Option<(Sink<'a>, &'a AtomicBool)>
     }
     let timeout = req.timeout_ms.map(Duration::from_millis);
     let pid = child.id() as i32;
-    running().insert(pid);
-    let result = Collector::new(child, start, timeout, sink, cancelled).collect();
+    running().insert(pid, id);
+    let result = Collector::new(child, start, timeout, sink).collect();
     running().remove(&pid);
     result
 }
 
-/// The commands that run now (each its own process group), by pid.
-fn running() -> std::sync::MutexGuard<'static, std::collections::BTreeSet<i32>> {
-    static RUNNING: std::sync::Mutex<std::collections::BTreeSet<i32>> = std::sync::Mutex::new(std::collections::BTreeSet::new());
+/// The commands that run now (each its own process group): pid, and the request that
+/// started it.
+fn running() -> std::sync::MutexGuard<'static, std::collections::BTreeMap<i32, u64>> {
+    static RUNNING: std::sync::Mutex<std::collections::BTreeMap<i32, u64>> = std::sync::Mutex::new(std::collections::BTreeMap::new());
     RUNNING.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Kills the process group of the command request `id` runs, if it still runs, and waits
+/// (a few seconds at most) until its collector has reaped it, so a request sent after the
+/// answer finds it gone. A cancel that comes before the command started (a few microseconds
+/// after the request) finds nothing: that command runs to its end or timeout.
+pub(crate) fn cancel(id: u64) {
+    for (&pid, _) in running().iter().filter(|(_, &r)| r == id) {
+        // SAFETY: kill(2) on a process group this agent created for a command. It is listed
+        // until just after its collector reaps it, so in that instant the group may be gone
+        // (ESRCH); a new process of the node taking its pid there and then is not a case.
+        unsafe { libc::kill(-pid, libc::SIGKILL) };
+    }
+    let end = Instant::now() + Duration::from_secs(3);
+    while running().values().any(|&r| r == id) && Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(5));
+    }
 }
 
 /// Kills every running command's process group and reaps the commands, before the agent
@@ -108,7 +96,7 @@ fn running() -> std::sync::MutexGuard<'static, std::collections::BTreeSet<i32>> 
 /// and an agent that left them would hand them to the host's init, whose reaping the node's
 /// teardown would wait for (the kernel ends a pid namespace once all its processes are reaped).
 pub(crate) fn end_all() {
-    let pids: Vec<i32> = running().iter().copied().collect();
+    let pids: Vec<i32> = running().keys().copied().collect();
     for &pid in &pids {
         // SAFETY: kill(2) on a process group this agent created for a command.
         unsafe { libc::kill(-pid, libc::SIGKILL) };
@@ -173,10 +161,8 @@ struct Collector<'a> {
     err: Option<ChildStderr>,
     stdout: Capture,
     stderr: Capture,
-    /// Streamed: the output goes here, not into the captures...
+    /// Streamed: the output goes here, not into the captures.
     sink: Option<Sink<'a>>,
-    /// ...and the command is killed once this is set.
-    cancelled: Option<&'a AtomicBool>,
     start: Instant,
     deadline: Option<Instant>,
 }
@@ -216,7 +202,7 @@ fn drain<R: Read>(pipe: &mut R, got: &mut Vec<u8>, buf: &mut [u8]) -> bool {
 }
 
 impl<'a> Collector<'a> {
-    fn new(mut child: Child, start: Instant, timeout: Option<Duration>, sink: Option<Sink<'a>>, cancelled: Option<&'a AtomicBool>) -> Self {
+    fn new(mut child: Child, start: Instant, timeout: Option<Duration>, sink: Option<Sink<'a>>) -> Self {
         let pid = child.id() as i32;
         let out = child.stdout.take();
         let err = child.stderr.take();
@@ -236,7 +222,6 @@ impl<'a> Collector<'a> {
             stdout: Capture::default(),
             stderr: Capture::default(),
             sink,
-            cancelled,
             start,
             deadline: timeout.map(|t| start + t),
         }
@@ -246,7 +231,6 @@ impl<'a> Collector<'a> {
         let mut buf = vec![0u8; 64 << 10];
         let mut status = None;
         let mut timed_out = false;
-        let mut killed = false;
         let mut exited_at: Option<Instant> = None;
         let mut last_data = Instant::now();
         let mut left_open = false;
@@ -268,17 +252,14 @@ impl<'a> Collector<'a> {
                     break;
                 }
             }
-            let cancelled = self.cancelled.is_some_and(|c| c.load(Ordering::Relaxed));
-            if status.is_none() && !killed && (cancelled || self.deadline.is_some_and(|d| now >= d)) {
+            if status.is_none() && !timed_out && self.deadline.is_some_and(|d| now >= d) {
                 // SAFETY: kill(2) on the process group we created for this command.
                 unsafe { libc::kill(-self.pid, libc::SIGKILL) };
-                killed = true;
-                timed_out = !cancelled;
+                timed_out = true;
             }
             let wake = match exited_at {
                 Some(t) => (t + MAX_AFTER_EXIT).min(last_data + IDLE_AFTER_EXIT),
-                None if killed => now + Duration::from_millis(10),
-                None if self.cancelled.is_some() => self.deadline.map_or(now + CANCEL_CHECK, |d| d.min(now + CANCEL_CHECK)),
+                None if timed_out => now + Duration::from_millis(10),
                 None => self.deadline.unwrap_or(now + Duration::from_secs(3600)),
             };
             // Without a pidfd, look at the child at least every 10 ms.

@@ -46,12 +46,6 @@ pub enum AgentRequest {
     /// Run a command as `Run` does, its output sent as it comes: zero or more `Output`
     /// replies, then `Ran` (whose stdout and stderr are empty: nothing is kept).
     RunStreamed(RunRequest),
-    /// Kill the command of `RunStreamed` request `request` (whoever wanted its output went
-    /// away); answered with `Done`, and that request with `Ran`.
-    Cancel {
-        /// The id of the `RunStreamed` request.
-        request: u64,
-    },
     /// Read a whole file; answered with `File`.
     ReadFile {
         /// Absolute path in the node.
@@ -134,6 +128,14 @@ pub enum AgentRequest {
     PtyClose {
         /// From `PtyOpened`.
         session: u64,
+    },
+    /// Kill the command a `Run` or `RunStreamed` request started (its whole process group):
+    /// the driver no longer waits for it (Ctrl-C in `--interactive`, a `hutch exec` whose user
+    /// went away). Answered with `Done` once the command is gone, and the request with the
+    /// command's end as usual.
+    Cancel {
+        /// The request's id.
+        request: u64,
     },
 }
 

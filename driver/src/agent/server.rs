@@ -37,17 +37,21 @@ pub fn serve(stream: UnixStream) -> io::Result<()> {
         let spawned = std::thread::Builder::new().name(format!("agent-req-{id}")).spawn(move || {
             let answer = match request {
                 // Its output goes out as it comes, in replies to the same id.
-                AgentRequest::RunStreamed(r) => AgentReply::Ran(exec::run_streamed(&r, id, &mut |stream, data: &[u8]| {
-                    let _ = reply(
-                        &w,
-                        id,
-                        AgentReply::Output {
-                            stream,
-                            data: data.to_vec(),
-                        },
-                    );
-                })),
-                other => handle(other),
+                AgentRequest::RunStreamed(r) => AgentReply::Ran(exec::run(
+                    id,
+                    &r,
+                    Some(&mut |stream, data: &[u8]| {
+                        let _ = reply(
+                            &w,
+                            id,
+                            AgentReply::Output {
+                                stream,
+                                data: data.to_vec(),
+                            },
+                        );
+                    }),
+                )),
+                other => handle(id, other),
             };
             let _ = reply(&w, id, answer);
         });
@@ -160,11 +164,15 @@ fn reply(w: &Mutex<UnixStream>, id: u64, body: AgentReply) -> io::Result<()> {
     write_frame(&mut *s, &Envelope { id, body })
 }
 
-/// Carry out one request (on its own thread).
-fn handle(request: AgentRequest) -> AgentReply {
+/// Carry out request `id` (on its own thread).
+fn handle(id: u64, request: AgentRequest) -> AgentReply {
     match request {
         AgentRequest::Ping => pong(),
-        AgentRequest::Run(r) | AgentRequest::RunStreamed(r) => AgentReply::Ran(exec::run(&r, None)),
+        AgentRequest::Cancel { request } => {
+            exec::cancel(request);
+            AgentReply::Done
+        }
+        AgentRequest::Run(r) | AgentRequest::RunStreamed(r) => AgentReply::Ran(exec::run(id, &r, None)),
         AgentRequest::ReadFile { path } => files::read_file(&path),
         AgentRequest::WriteFile {
             path,
@@ -176,10 +184,6 @@ fn handle(request: AgentRequest) -> AgentReply {
         AgentRequest::WriteTree { path, entries } => files::write_tree(&path, &entries),
         AgentRequest::ProbeTcp { host, port } => probe::tcp(&host, port),
         AgentRequest::ProbeUnix { path, datagram } => probe::unix(&path, datagram),
-        AgentRequest::Cancel { request } => {
-            exec::cancel(request);
-            AgentReply::Done
-        }
         AgentRequest::PtyOpen { command, term, rows, cols } => pty::open(&command, &term, rows, cols),
         AgentRequest::PtyInput { session, data } => pty::input(session, &data),
         AgentRequest::PtyOutput { session } => pty::output(session),

@@ -147,6 +147,13 @@ pub(crate) fn machine(state: &State, m: &Machine, method: &str, p: &Params) -> R
             Ok(Value::Null)
         }
         "send_console" => null(m.send_console(p.str("chars")?)),
+        "shell_interact" => Ok(json!(m.shell_interact()?)),
+        "shell_open" => Ok(json!(m.shell_open()?)),
+        "shell_line" => {
+            let (out, status) = m.shell_line(p.u64("session")?, p.str("line")?)?;
+            Ok(json!([out, status]))
+        }
+        "shell_close" => null(m.shell_close(p.u64("session")?)),
         "release" => null(m.terminate()),
         "pid" => Ok(json!(m.pid())),
         "cleanup_statedir" => null(m.cleanup_statedir()),

@@ -1,7 +1,6 @@
 
 # --- VLANs, the `driver`, the globals, main (after hutch_machine.py: one module) ---
 
-import signal
 import types
 
 
@@ -57,6 +56,8 @@ class Driver:
         self.debug = debug
         self.symbols = {}
         self.compiled = None
+        # In --interactive: None until test_script() ran, then "passed" or its failure.
+        self.script_outcome = None
 
     @property
     def machines(self):
@@ -76,8 +77,18 @@ class Driver:
         return self.symbols
 
     def test_script(self):
-        """Run the test script (the REPL of `hutch test --interactive` has this)."""
-        exec(self.compiled, self.symbols)
+        """Run the test script (the REPL of `hutch test --interactive` has this); the last
+        run's outcome is the session's (`_interact`)."""
+        self.script_outcome = None
+        try:
+            exec(self.compiled, self.symbols)
+        except KeyboardInterrupt:
+            raise
+        except BaseException as e:
+            if not (isinstance(e, SystemExit) and e.code in (None, 0)):
+                self.script_outcome = _failure(e, self.compiled.co_filename)
+                raise
+        self.script_outcome = "passed"
 
     def run_tests(self):
         self.test_script()
@@ -208,6 +219,81 @@ def _failure(exc, filename):
     }
 
 
+class _DriverGone(SystemExit):
+    """SIGTERM or SIGHUP in the REPL: hutch was stopped or killed, or the terminal closed."""
+
+
+def _driver_gone(signum, _frame):
+    # An exception, not a plain exit: readline, interrupted at the prompt, gives the terminal
+    # its settings back as the exception leaves input(). The signal comes twice (parent-death
+    # signal and the bridge socket's end): the second one must not interrupt the exit.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    raise _DriverGone(128 + signum)
+
+
+def _completion(g):
+    """Tab completes names, machine names and methods (rlcompleter); the history is kept
+    in $HUTCH_HISTORY when that is set."""
+    try:
+        import readline
+        import rlcompleter
+    except ImportError:
+        return
+    readline.set_completer(rlcompleter.Completer(g).complete)
+    if "libedit" in (readline.__doc__ or ""):
+        readline.parse_and_bind("bind ^I rl_complete")
+    else:
+        readline.parse_and_bind("tab: complete")
+    history = os.environ.get("HUTCH_HISTORY")
+    if history:
+        import atexit
+        with contextlib.suppress(OSError):
+            readline.read_history_file(history)
+        atexit.register(_save_history, readline, history)
+
+
+def _save_history(readline, path):
+    with contextlib.suppress(OSError):
+        readline.write_history_file(path)
+
+
+def _interact(g):
+    """The REPL of `hutch test --interactive`: ptpython when it is installed, else Python's
+    own with tab completion. Ctrl-C interrupts the running call (the driver cancels it) and
+    gives a new prompt; exit(), quit() and Ctrl-D end the session. Its outcome is the last
+    test_script()'s, or "session ended, script not run"."""
+    signal.signal(signal.SIGTERM, _driver_gone)
+    signal.signal(signal.SIGHUP, _driver_gone)
+    banner = ("hutch: the test's globals are defined; test_script() runs the script; "
+              "exit() or Ctrl-D ends the session and stops the nodes")
+    try:
+        from ptpython.repl import embed
+    except ImportError:
+        embed = None
+    try:
+        if embed is None:
+            import code
+            _completion(g)
+            code.interact(banner=banner, local=g, exitmsg="")
+        else:
+            print(banner)
+            embed(globals=g, locals=g)
+    except _DriverGone:
+        print("\nhutch: the driver has ended (stopped or killed); so does this REPL",
+              file=sys.stderr)
+        raise
+    except SystemExit:
+        pass
+    outcome = g["driver"].script_outcome
+    if outcome is None:
+        _call(None, "session_ended")
+    elif outcome == "passed":
+        _call(None, "script_done")
+    else:
+        _call(None, "script_failed", **outcome)
+
+
 def main():
     global _chan
     _chan = _Channel(int(os.environ["HUTCH_BRIDGE_FD"]))
@@ -221,11 +307,7 @@ def main():
         sys.exit(1)
     g["driver"].compiled = compiled
     if hello.get("interactive"):
-        import code
-        code.interact(
-            banner="hutch: the test's globals are defined; test_script() runs the script",
-            local=g, exitmsg="")
-        _call(None, "script_done")
+        _interact(g)
         return
     try:
         exec(compiled, g)

@@ -277,19 +277,32 @@ class Machine(NspawnMachine):
                 "under `hutch test --interactive`")
 
     def shell_interact(self, address=None):
-        print(f"{self.name}: shell commands run in the node; an empty line or Ctrl-D leaves",
-              file=sys.stderr)
-        while True:
-            try:
-                line = input(f"{self.name}$ ")
-            except EOFError:
-                break
-            if not line.strip():
-                break
-            status, out = self.execute(line, timeout=None)
-            sys.stdout.write(out)
-            if status:
-                print(f"[exit code {status}]", file=sys.stderr)
+        """A shell in the node for the user at the terminal: root's login shell on a fresh
+        pty (`exit` or Ctrl-D comes back); from a pipe, one `sh` fed line by line. `cd` and
+        `export` carry over; stderr shows; a failing line's status is printed."""
+        if sys.stdin.isatty():
+            sys.stdout.flush()
+            self._c("shell_interact")
+            return
+        session = self._c("shell_open")
+        try:
+            while True:
+                try:
+                    line = input(f"{self.name}$ ")
+                except EOFError:
+                    break
+                if line.strip() in ("exit", "logout"):
+                    break
+                if not line.strip():
+                    continue
+                out, status = self._c("shell_line", session=session, line=line)
+                sys.stdout.write(out)
+                sys.stdout.flush()
+                if status:
+                    print(f"[{self.name}: exit status {status}]", file=sys.stderr)
+        finally:
+            with contextlib.suppress(Exception):
+                self._c("shell_close", session=session)
 
     # What only a VM has: refused, naming the method and the reason.
     def screenshot(self, filename):

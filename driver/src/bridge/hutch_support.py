@@ -12,6 +12,7 @@ import datetime
 import json
 import os
 import re
+import signal
 import socket
 import sys
 import threading
@@ -74,6 +75,14 @@ class _Channel:
             for slot in self.waiting.values():
                 slot[0].set()
             self.waiting.clear()
+        # Python never outlives the driver: the main thread may sit at the REPL's prompt,
+        # where only a signal reaches it (the REPL turns SIGTERM into a clean exit). Sent to
+        # that thread, and again until the process ends: readline looks at signals only when
+        # one interrupts its wait for a key, so one that lands while it handles a key is
+        # seen no sooner than the next key.
+        while True:
+            signal.pthread_kill(threading.main_thread().ident, signal.SIGTERM)
+            time.sleep(0.2)
 
     def _send(self, node, method, params, slot):
         with self.lock:
@@ -94,7 +103,18 @@ class _Channel:
     def call(self, node, method, params):
         slot = [threading.Event(), None]
         rid = self._send(node, method, params, slot)
-        slot[0].wait()
+        try:
+            slot[0].wait()
+        except KeyboardInterrupt:
+            # Ctrl-C (`hutch test --interactive`): stop waiting, and have the driver cancel
+            # the call (the command it runs in the node is killed) before the prompt comes
+            # back; its late reply is dropped.
+            with self.lock:
+                self.waiting.pop(rid, None)
+            if not self.gone:
+                with contextlib.suppress(OSError, ConnectionError):
+                    self.call(None, "cancel", {"call": rid})
+            raise
         msg = slot[1]
         if msg is None:
             raise ConnectionError(self.gone)

@@ -65,6 +65,8 @@ pub struct ScriptReport {
     pub subtests: Vec<SubtestRecord>,
     /// How long the script ran.
     pub duration: Duration,
+    /// An `--interactive` session ended without running the script (`test_script()`).
+    pub script_not_run: bool,
 }
 
 /// A failed script: the Python exception, where, and the driver call behind it.
@@ -135,6 +137,8 @@ pub(crate) struct State {
     open_subtests: Mutex<HashMap<String, Instant>>,
     report: Mutex<ScriptReport>,
     keep_going: bool,
+    /// The calls being served, by request id: set to cancel one (`crate::cancel`).
+    in_flight: Mutex<HashMap<u64, Arc<AtomicBool>>>,
 }
 
 #[derive(Deserialize)]
@@ -168,16 +172,37 @@ pub fn run_script(
         .env("HUTCH_BRIDGE_FD", fd.to_string())
         .env("out", &opts.output_dir)
         .current_dir(&opts.base_dir);
-    // SAFETY: between fork and exec the closure only calls fcntl(2), which is async-signal-safe,
-    // to let Python inherit its end of the socketpair.
+    let parent = std::process::id() as libc::pid_t;
+    let interactive = opts.interactive;
+    // SAFETY: between fork and exec the closure only calls fcntl(2), prctl(2), getppid(2),
+    // sigemptyset(3), sigaddset(3) and pthread_sigmask(3), which are async-signal-safe: Python
+    // inherits its end of the socketpair, and gets SIGTERM when the thread that started it
+    // (the one that waits for it below) ends, i.e. when hutch dies; if hutch already died
+    // before the prctl, Python does not start. hutch blocks SIGINT and SIGTERM for its watcher
+    // thread (and exec keeps a blocked mask): Python gets SIGTERM unblocked, and SIGINT too
+    // in a REPL (Ctrl-C is its KeyboardInterrupt); a script's Ctrl-C is hutch's (an abort).
     unsafe {
         cmd.pre_exec(move || {
-            if libc::fcntl(fd, libc::F_SETFD, 0) < 0 {
+            let mut mask: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut mask);
+            if !interactive {
+                libc::sigaddset(&mut mask, libc::SIGINT);
+            }
+            if libc::fcntl(fd, libc::F_SETFD, 0) < 0
+                || libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) < 0
+                || libc::pthread_sigmask(libc::SIG_SETMASK, &mask, std::ptr::null_mut()) != 0
+            {
                 return Err(std::io::Error::last_os_error());
+            }
+            if libc::getppid() != parent {
+                return Err(std::io::Error::other("hutch ended before the script started"));
             }
             Ok(())
         });
     }
+    // The REPL's line editor changes the terminal's settings; Python killed at the prompt
+    // (an abort) cannot give them back, so hutch does.
+    let terminal = if opts.interactive { crate::terminal::Saved::stdin() } else { None };
     let mut child = cmd.spawn().map_err(|source| BridgeError::Spawn {
         python: opts.python.display().to_string(),
         source,
@@ -195,6 +220,7 @@ pub fn run_script(
         open_subtests: Mutex::new(HashMap::new()),
         report: Mutex::new(ScriptReport::default()),
         keep_going: opts.keep_going,
+        in_flight: Mutex::new(HashMap::new()),
     });
     let hello = json!({
         "nodes": nodes.iter().map(|n| json!({
@@ -242,6 +268,11 @@ pub fn run_script(
                 done = true;
                 answer(&state, req.id, Ok(Value::Null));
             }
+            (None, "session_ended") => {
+                lock(&state.report).script_not_run = true;
+                done = true;
+                answer(&state, req.id, Ok(Value::Null));
+            }
             (None, "script_failed") => {
                 record_failure(&state, &req.params);
                 done = true;
@@ -249,13 +280,25 @@ pub fn run_script(
             }
             (None, "subtest_start") => subtest_start(&state, &req),
             (None, "subtest_end") => subtest_end(&state, &req),
-            _ => {
+            // Python stopped waiting for a call (Ctrl-C): answered once the call has ended.
+            (None, "cancel") => {
                 let s = Arc::clone(&state);
-                std::thread::spawn(move || serve(&s, req));
+                std::thread::spawn(move || cancel(&s, &req));
+            }
+            _ => {
+                let token = Arc::new(AtomicBool::new(false));
+                lock(&state.in_flight).insert(req.id, Arc::clone(&token));
+                let s = Arc::clone(&state);
+                std::thread::spawn(move || {
+                    let id = req.id;
+                    crate::cancel::scope(token, || serve(&s, req));
+                    lock(&s.in_flight).remove(&id);
+                });
             }
         }
     }
     let status = child.wait();
+    drop(terminal);
     drop(stop);
     let _ = watcher.join();
     let mut report = lock(&state.report).clone();
@@ -314,6 +357,20 @@ fn serve(state: &State, req: Request) {
         );
     }
     answer(state, req.id, r);
+}
+
+/// Cancels the call `call` names (`crate::cancel`) and answers once its serving thread has
+/// ended (a few seconds at most): the command it ran in a node is gone by then.
+fn cancel(state: &State, req: &Request) {
+    let call = req.params.get("call").and_then(Value::as_u64).unwrap_or(0);
+    if let Some(token) = lock(&state.in_flight).get(&call) {
+        token.store(true, Ordering::SeqCst);
+    }
+    let end = Instant::now() + Duration::from_secs(15);
+    while lock(&state.in_flight).contains_key(&call) && Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    answer(state, req.id, Ok(Value::Null));
 }
 
 fn record_failure(state: &State, p: &Map<String, Value>) {

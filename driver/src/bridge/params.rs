@@ -58,6 +58,12 @@ impl Params<'_> {
             .collect()
     }
 
+    pub fn u64(&self, name: &str) -> Result<u64, CallError> {
+        self.get(name)
+            .and_then(Value::as_u64)
+            .ok_or_else(|| self.wrong(name, "a whole number"))
+    }
+
     pub fn bool_or(&self, name: &str, default: bool) -> Result<bool, CallError> {
         match self.get(name) {
             None => Ok(default),

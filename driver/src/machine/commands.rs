@@ -65,14 +65,8 @@ impl Machine {
 
     /// Run a program (found through the login PATH) with `stdin` fed to it, for `hutch exec`
     /// from another terminal: its raw output goes to `output` as it comes, and its status is
-    /// returned (the command line is logged); once `cancel` is set, the program is killed.
-    pub fn exec_argv(
-        &self,
-        argv: Vec<String>,
-        stdin: Vec<u8>,
-        output: &mut dyn FnMut(Stream, &[u8]),
-        cancel: &std::sync::atomic::AtomicBool,
-    ) -> Result<RunResult, MachineError> {
+    /// returned (the command line is logged); a cancelled call (`crate::cancel`) kills it.
+    pub fn exec_argv(&self, argv: Vec<String>, stdin: Vec<u8>, output: &mut dyn FnMut(Stream, &[u8])) -> Result<RunResult, MachineError> {
         self.log(&format!("hutch exec: {}", argv.join(" ")));
         let req = RunRequest {
             command: Command::Argv(argv),
@@ -82,7 +76,7 @@ impl Machine {
             cwd: None,
         };
         let agent = self.agent()?;
-        self.crash_checked(agent.run_streamed(req, output, cancel))
+        self.crash_checked(agent.run_streamed(req, output))
     }
 
     /// Send one command to the agent (starting the node when it is down); a node that died

@@ -7,6 +7,7 @@ mod copy_out;
 mod error;
 mod host;
 mod progress;
+mod shell;
 mod systemd;
 mod waits;
 
@@ -140,7 +141,8 @@ impl Machine {
     }
 
     fn aborted(&self) -> Result<(), MachineError> {
-        if self.ctx.abort.load(Ordering::Relaxed) {
+        // A cancelled script call (crate::cancel) ends its waits and sleeps the same way.
+        if self.ctx.abort.load(Ordering::Relaxed) || crate::cancel::requested() {
             return Err(MachineError::Aborted { node: self.name.clone() });
         }
         Ok(())

@@ -72,7 +72,9 @@ impl Machine {
         let end = Instant::now() + timeout;
         let mut progress = super::progress::Progress::new();
         loop {
-            if let Some(at) = console.wait_for(&re, from, end.min(progress.due()), &self.ctx.abort) {
+            // In slices of a second at most: a cancelled call (crate::cancel) ends it too.
+            let slice = end.min(progress.due()).min(Instant::now() + Duration::from_secs(1));
+            if let Some(at) = console.wait_for(&re, from, slice, &self.ctx.abort) {
                 *super::lock(&self.console_cursor) = at;
                 return Ok(());
             }

@@ -59,6 +59,13 @@ pub fn render(r: &Report) -> String {
     );
     match &r.outcome {
         Outcome::Passed => cases.push_str("/>\n"),
+        Outcome::SessionEnded => {
+            let _ = write!(
+                cases,
+                ">\n      <skipped message=\"{}\"/>\n    </testcase>\n",
+                esc(super::report::SESSION_ENDED)
+            );
+        }
         Outcome::Failed(f) => {
             failures += 1;
             let _ = write!(

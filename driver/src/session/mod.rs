@@ -16,7 +16,7 @@ use crate::machine::{Machine, MachineContext, MachineError, NodeControl};
 use crate::plan::TestPlan;
 
 pub use junit::render as junit_xml;
-pub use report::{Failure, NodeSummary, Outcome, Report, EXIT_BAD_TEST, EXIT_FAILED, EXIT_PASSED};
+pub use report::{Failure, NodeSummary, Outcome, Report, EXIT_BAD_TEST, EXIT_FAILED, EXIT_PASSED, SESSION_ENDED};
 
 /// How a run is done and where its results go.
 #[derive(Debug, Clone)]
@@ -251,6 +251,7 @@ impl Session {
                 failure,
                 subtests: Vec::new(),
                 duration: t.elapsed(),
+                script_not_run: false,
             }
         })
     }
@@ -292,6 +293,9 @@ impl Session {
             *self.abort.reason.lock().unwrap_or_else(|p| p.into_inner()) = None;
         }
         self.stop_all();
+        if self.opts.interactive && self.abort.reason().is_none() {
+            self.log.info("interactive session ended; nodes stopped");
+        }
         let report = report::build(&self, script, start.elapsed());
         report::finish(&self, &report);
         report

@@ -13,6 +13,9 @@ pub const EXIT_FAILED: i32 = 1;
 /// `hutch test` exit code: the test file is invalid (`PlanError`).
 pub const EXIT_BAD_TEST: i32 = 2;
 
+/// How the report names an `--interactive` session that never ran the script.
+pub const SESSION_ENDED: &str = "interactive session ended (script not run)";
+
 /// Everything a run produced.
 #[derive(Debug, Clone)]
 pub struct Report {
@@ -35,6 +38,8 @@ pub struct Report {
 pub enum Outcome {
     /// The script ran to its end.
     Passed,
+    /// An `--interactive` session ended (exit(), Ctrl-D) without running the script.
+    SessionEnded,
     /// It did not.
     Failed(Failure),
 }
@@ -92,10 +97,11 @@ pub struct NodeSummary {
 }
 
 impl Report {
-    /// 0 when passed, 1 when failed.
+    /// 0 when passed (or an interactive session ended without running the script), 1 when
+    /// failed.
     pub fn exit_code(&self) -> i32 {
         match self.outcome {
-            Outcome::Passed => EXIT_PASSED,
+            Outcome::Passed | Outcome::SessionEnded => EXIT_PASSED,
             Outcome::Failed(_) => EXIT_FAILED,
         }
     }
@@ -168,6 +174,7 @@ pub(super) fn build(s: &Session, script: ScriptReport, duration: Duration) -> Re
             message: format!("subtest {:?} failed: {}", t.name, t.error.clone().unwrap_or_default()),
             traceback: t.traceback.clone().unwrap_or_default(),
         }),
+        (None, None, None) if script.script_not_run => Outcome::SessionEnded,
         (None, None, None) => Outcome::Passed,
     };
     Report {
@@ -204,6 +211,11 @@ pub(super) fn finish(s: &Session, r: &Report) {
     }
     match &r.outcome {
         Outcome::Passed => log.info(&format!("test {:?} passed in {:.3}s", r.test, r.duration.as_secs_f64())),
+        Outcome::SessionEnded => log.info(&format!(
+            "test {:?}: {SESSION_ENDED} after {:.3}s",
+            r.test,
+            r.duration.as_secs_f64()
+        )),
         Outcome::Failed(f) => {
             log.info(&format!("test {:?} FAILED after {:.3}s", r.test, r.duration.as_secs_f64()));
             for line in f.details().lines() {
