@@ -472,7 +472,11 @@ impl Pending {
             cplan,
             t0,
         } = self;
-        sync::send_child(parent_sock.as_fd(), ToChild::Go(None)).map_err(Error::sys("starting the node"))?;
+        match sync::send_child(parent_sock.as_fd(), ToChild::Go(None)) {
+            // The node's processes are gone (a step failed): why is queued for us, read below.
+            Ok(()) | Err(Errno::EPIPE | Errno::ECONNRESET) => {}
+            Err(e) => return Err(Error::sys("starting the node")(e)),
+        }
         let mut stamps = None;
         let result = loop {
             match sync::recv_parent(parent_sock.as_fd()) {

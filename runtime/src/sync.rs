@@ -96,7 +96,13 @@ pub(crate) fn send_parent(fd: BorrowedFd, msg: &ToParent) -> Result<(), Errno> {
 /// Receives the next message from the child; `None` at end-of-file (the child exec'd or died).
 pub(crate) fn recv_parent(fd: BorrowedFd) -> Result<Option<ToParent>, Errno> {
     let mut buf = [0u8; 1 + 8 * STAMPS];
-    let (len, passed) = recv_packet(fd, &mut buf)?;
+    let (len, passed) = match recv_packet(fd, &mut buf) {
+        // The node's processes ended with our go-ahead unread (a step failed before PID 1 read
+        // it). The kernel reports that reset before what they sent us, and clears it as it
+        // does: what they said (which step failed) is read next.
+        Err(Errno::ECONNRESET) => recv_packet(fd, &mut buf)?,
+        other => other?,
+    };
     if len == 0 {
         return Ok(None);
     }
