@@ -350,7 +350,7 @@ fn images(who: &Who, cache: &Path) -> Vec<Check> {
                     State::Warn,
                     "shifted image",
                     format!(
-                        "{n} has no copy for uid {}: a node of yours would see its files owned by nobody (su, logins fail)",
+                        "{n} has no copy for uid {}: a test naming it is refused (your nodes would see its files owned by nobody)",
                         who.uid
                     ),
                     Some(hutch_driver::plan::shift_fix(cache, &n, Some(&who.name))),

@@ -153,7 +153,7 @@ pub fn check_node(spec: &crate::NodeSpec) -> Result<(), crate::Error> {
             "node {}: systemd needs a cgroup2 subtree it can write, and this user has none",
             spec.name
         ),
-        fix: cgroup_fix(),
+        fix: format!("{}; `hutch doctor` checks the result", cgroup_fix()),
     })
 }
 
@@ -180,7 +180,7 @@ pub fn cgroup_fix() -> String {
         "this host has no systemd to delegate one; as root, make a cgroup for {user} and start {user}'s shell in it: \
          `mkdir {d} && chown {user} {d} {d}/cgroup.procs {d}/cgroup.subtree_control && \
          echo $$ > {d}/cgroup.procs && exec su {user}` (chowning is not enough: only a process already inside may \
-         make and fill cgroups there); `hutch doctor` checks it"
+         make and fill cgroups there)"
     )
 }
 
