@@ -177,7 +177,8 @@ fn cases() -> Vec<Case> {
         ),
         run_case(
             "--toplevel without init",
-            &["run", "--toplevel", "{IMG}"],
+            // An explicit store: a fresh host with nix-bin has no /nix/store until Nix first runs.
+            &["run", "--toplevel", "{IMG}", "--store", "{IMG}"],
             &["has no executable init"],
             None,
         ),
