@@ -25,7 +25,9 @@ fn a_long_console_wait_says_it_is_still_waiting_and_what_it_saw() {
         return;
     }
     let image = busybox_image().display().to_string();
-    let script = "machine.start()\nmachine.execute('echo just-printed > /dev/console')\n\
+    // The fixture's last boot line comes first, so the echo is the console's last line.
+    let script = "machine.start()\nmachine.wait_for_console_text('staying up')\n\
+                  machine.execute('echo just-printed > /dev/console')\n\
                   machine.wait_for_console_text('never-printed', timeout=12)\n";
     // busybox init, kept up (the fixture powers off after boot otherwise).
     let node = "[nodes.machine]\nenv = { HUTCH_STAY_UP = \"1\" }\n";
