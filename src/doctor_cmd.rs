@@ -295,7 +295,29 @@ fn cgroup(who: &Who) -> Check {
     if lacking.is_empty() {
         return check(State::Ok, "cgroup", detail, None);
     }
-    let parent = probe.parent().unwrap_or(mount).display().to_string();
+    // A controller the cgroup2 root does not offer is bound to a v1 hierarchy (a hybrid host):
+    // no subtree_control write enables it, only a boot that leaves it to cgroup2.
+    let offered = std::fs::read_to_string(mount.join("cgroup.controllers")).unwrap_or_default();
+    let in_v1: Vec<&str> = lacking
+        .iter()
+        .copied()
+        .filter(|c| !offered.split_whitespace().any(|o| o == *c))
+        .collect();
+    let fix = if in_v1.is_empty() {
+        let parent = probe.parent().unwrap_or(mount).display().to_string();
+        format!(
+            "enable them for the subtree (as its parent's owner): echo '{}' > {parent}/cgroup.subtree_control",
+            lacking.iter().map(|c| format!("+{c}")).collect::<Vec<_>>().join(" ")
+        )
+    } else {
+        format!(
+            "{} {} bound to cgroup v1 on this host, and no user can be given a v1 controller: boot with \
+             `cgroup_no_v1={}` (or `systemd.unified_cgroup_hierarchy=1` where systemd runs) on the kernel command line",
+            in_v1.join(" and "),
+            if in_v1.len() == 1 { "is" } else { "are" },
+            in_v1.join(","),
+        )
+    };
     check(
         State::Warn,
         "cgroup",
@@ -303,10 +325,7 @@ fn cgroup(who: &Who) -> Check {
             "{detail}; without {} the node's `memory`/`pids_max` are not enforced",
             lacking.join(", ")
         ),
-        Some(format!(
-            "enable them for the subtree (as its parent's owner): echo '{}' > {parent}/cgroup.subtree_control",
-            lacking.iter().map(|c| format!("+{c}")).collect::<Vec<_>>().join(" ")
-        )),
+        Some(fix),
     )
 }
 

@@ -70,6 +70,23 @@ fn a_user_without_a_cgroup_is_told_how_to_get_one() {
         let r = run_as(Some(65534), &["doctor"]);
         assert_eq!(r.code, 0, "{}", r.stdout);
         assert!(line(&r.stdout, "cgroup").contains("hutch-user-65534 writable"), "{}", r.stdout);
+        // On a hybrid host (this machine) memory and pids are v1's: no echo into
+        // cgroup.subtree_control gives them, only the kernel command line.
+        let offered = std::fs::read_to_string("/sys/fs/cgroup/unified/cgroup.controllers").unwrap_or_default();
+        if std::path::Path::new("/sys/fs/cgroup/memory").is_dir() && !offered.contains("memory") {
+            let cg = r
+                .stdout
+                .lines()
+                .skip_while(|l| !l.contains(" cgroup:"))
+                .take(2)
+                .collect::<Vec<_>>()
+                .join("\n");
+            assert!(
+                cg.contains("cgroup_no_v1=memory,pids") && !cg.contains("subtree_control"),
+                "{}",
+                r.stdout
+            );
+        }
     }
 }
 
