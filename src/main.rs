@@ -93,9 +93,9 @@ fn usage_error(e: clap::Error) -> i32 {
         .lines()
         .filter_map(|l| l.trim().strip_prefix("tip: "))
         .find(|t| t.contains("similar"))
-        .map(|t| format!("; did you mean {}?", t.rsplit(": ").next().unwrap_or(t).trim()))
-        .unwrap_or_default();
-    eprintln!("hutch: {first}{tip}; see hutch --help");
+        .map(|t| format!("; did you mean {}? See hutch --help", t.rsplit(": ").next().unwrap_or(t).trim()))
+        .unwrap_or_else(|| "; see hutch --help".into());
+    eprintln!("hutch: {first}{tip}");
     if std::env::args().nth(1).as_deref() == Some("run") {
         run::EXIT_HUTCH
     } else {
