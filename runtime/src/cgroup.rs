@@ -65,6 +65,8 @@ pub(crate) struct NodeCgroup {
     v1_node: Option<Cgroup>,
     /// The unified directory is shared by every command node and outlives them.
     shared: bool,
+    /// The agent's cgroup below `unified` ([`AGENT_CGROUP`]), when the request asked for one.
+    pub agent: Option<PathBuf>,
 }
 
 /// What a node asks of its cgroups.
@@ -116,6 +118,7 @@ impl NodeCgroup {
                                 v1: None,
                                 v1_node: None,
                                 shared: true,
+                                agent: None,
                             }),
                             warnings,
                         ))
@@ -129,6 +132,7 @@ impl NodeCgroup {
             v1: None,
             v1_node: None,
             shared: false,
+            agent: None,
         };
         if wants_limits {
             match (&mode, &cg.unified, req.root) {
@@ -183,18 +187,14 @@ impl NodeCgroup {
                 std::fs::write(&max, DEFAULT_PIDS_MAX.to_string()).map_err(Error::io("setting the default pids limit", &max))?;
             }
         }
-        if let (Some(dir), true, false) = (&cg.unified, req.agent, cg.shared) {
+        if let (Some(dir), true) = (&cg.unified, req.agent) {
             let agent = dir.join(AGENT_CGROUP);
             std::fs::create_dir(&agent).map_err(Error::io("creating the agent's cgroup", &agent))?;
+            cg.agent = Some(agent);
         }
         // The node's root owns its delegated subtree (systemd makes its own cgroups there).
-        if let (Some(dir), Some(uid)) = (&cg.unified, idmap.host_uid(0)) {
-            if uid != nix::unistd::Uid::effective().as_raw() {
-                chown_tree(dir, uid);
-                if req.agent && !cg.shared {
-                    chown_tree(&dir.join(AGENT_CGROUP), uid);
-                }
-            }
+        if let Some(uid) = idmap.host_uid(0).filter(|u| *u != nix::unistd::Uid::effective().as_raw()) {
+            cg.unified.iter().chain(&cg.agent).for_each(|dir| chown_tree(dir, uid));
         }
         if cg.unified.is_none() && cg.v1.is_none() {
             return Ok((None, warnings));

@@ -167,11 +167,8 @@ impl Container {
             Some(dir) => Some(File::open(dir).map_err(Error::io("opening cgroup", dir))?),
             None => None,
         };
-        let agent_cgroup = match cgroup.as_ref().and_then(|c| c.unified.as_ref()).filter(|_| req.agent) {
-            Some(dir) => {
-                let dir = dir.join(crate::cgroup::AGENT_CGROUP);
-                Some(File::open(&dir).map_err(Error::io("opening cgroup", dir))?)
-            }
+        let agent_cgroup = match cgroup.as_ref().and_then(|c| c.agent.as_ref()) {
+            Some(dir) => Some(File::open(dir).map_err(Error::io("opening cgroup", dir))?),
             None => None,
         };
         cplan.agent_cgroup = agent_cgroup.as_ref().map(|f| f.as_raw_fd());

@@ -70,12 +70,12 @@ pub(crate) fn send_parent(fd: BorrowedFd, msg: &ToParent) -> Result<(), Errno> {
             buf.push(STAMPS_TAG);
             stamps.iter().for_each(|s| buf.extend_from_slice(&s.to_le_bytes()));
         }
-        ToParent::NotifySocket(fd) | ToParent::Terminal(fd) => {
-            buf.push(if matches!(msg, ToParent::NotifySocket(_)) {
-                NOTIFY
-            } else {
-                TERMINAL
-            });
+        ToParent::NotifySocket(fd) => {
+            buf.push(NOTIFY);
+            fds.push(fd.as_raw_fd());
+        }
+        ToParent::Terminal(fd) => {
+            buf.push(TERMINAL);
             fds.push(fd.as_raw_fd());
         }
         ToParent::NetReady => buf.push(NET_READY),

@@ -35,24 +35,7 @@ pub fn serve(stream: UnixStream) -> io::Result<()> {
         }
         let w = Arc::clone(&writer);
         let spawned = std::thread::Builder::new().name(format!("agent-req-{id}")).spawn(move || {
-            let answer = match request {
-                // Its output goes out as it comes, in replies to the same id.
-                AgentRequest::RunStreamed(r) => AgentReply::Ran(exec::run(
-                    id,
-                    &r,
-                    Some(&mut |stream, data: &[u8]| {
-                        let _ = reply(
-                            &w,
-                            id,
-                            AgentReply::Output {
-                                stream,
-                                data: data.to_vec(),
-                            },
-                        );
-                    }),
-                )),
-                other => handle(id, other),
-            };
+            let answer = handle(&w, id, request);
             let _ = reply(&w, id, answer);
         });
         if let Err(e) = spawned {
@@ -164,15 +147,29 @@ fn reply(w: &Mutex<UnixStream>, id: u64, body: AgentReply) -> io::Result<()> {
     write_frame(&mut *s, &Envelope { id, body })
 }
 
-/// Carry out request `id` (on its own thread).
-fn handle(id: u64, request: AgentRequest) -> AgentReply {
+/// Carry out request `id` (on its own thread); a streamed command's output goes out through
+/// `w` as it comes, in replies to the same id.
+fn handle(w: &Mutex<UnixStream>, id: u64, request: AgentRequest) -> AgentReply {
     match request {
         AgentRequest::Ping => pong(),
         AgentRequest::Cancel { request } => {
             exec::cancel(request);
             AgentReply::Done
         }
-        AgentRequest::Run(r) | AgentRequest::RunStreamed(r) => AgentReply::Ran(exec::run(id, &r, None)),
+        AgentRequest::Run(r) => AgentReply::Ran(exec::run(id, &r, None)),
+        AgentRequest::RunStreamed(r) => {
+            let mut send = |stream, data: &[u8]| {
+                let _ = reply(
+                    w,
+                    id,
+                    AgentReply::Output {
+                        stream,
+                        data: data.to_vec(),
+                    },
+                );
+            };
+            AgentReply::Ran(exec::run(id, &r, Some(&mut send)))
+        }
         AgentRequest::ReadFile { path } => files::read_file(&path),
         AgentRequest::WriteFile {
             path,
