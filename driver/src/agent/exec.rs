@@ -188,15 +188,17 @@ fn pidfd_open(pid: i32) -> Option<OwnedFd> {
     Some(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
 }
 
-/// Read what is there without blocking into `got`; false once the stream reached end of file.
-fn drain<R: Read>(pipe: &mut R, got: &mut Vec<u8>, buf: &mut [u8]) -> bool {
+/// Reads what is there without blocking, one buffer at most (a command that writes faster
+/// than we read then cannot grow anything but its captures, which are capped); how many
+/// bytes (0: nothing now), or `None` once the stream reached end of file.
+fn read_some<R: Read>(pipe: &mut R, buf: &mut [u8]) -> Option<usize> {
     loop {
         match pipe.read(buf) {
-            Ok(0) => return false,
-            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Ok(0) => return None,
+            Ok(n) => return Some(n),
             Err(e) if e.kind() == ErrorKind::Interrupted => {}
-            Err(e) if e.kind() == ErrorKind::WouldBlock => return true,
-            Err(_) => return false,
+            Err(e) if e.kind() == ErrorKind::WouldBlock => return Some(0),
+            Err(_) => return None,
         }
     }
 }
@@ -269,24 +271,19 @@ impl<'a> Collector<'a> {
                 wake
             };
             let ready = self.poll(wake.saturating_duration_since(now), status.is_none());
-            let mut got = Vec::new();
             if ready.0 {
                 last_data = Instant::now();
-                if let Some(o) = self.out.as_mut() {
-                    if !drain(o, &mut got, &mut buf) {
-                        self.out = None;
-                    }
+                match self.out.as_mut().and_then(|o| read_some(o, &mut buf)) {
+                    Some(n) => self.take(Stream::Stdout, &buf[..n]),
+                    None => self.out = None,
                 }
-                self.take(Stream::Stdout, &mut got);
             }
             if ready.1 {
                 last_data = Instant::now();
-                if let Some(e) = self.err.as_mut() {
-                    if !drain(e, &mut got, &mut buf) {
-                        self.err = None;
-                    }
+                match self.err.as_mut().and_then(|e| read_some(e, &mut buf)) {
+                    Some(n) => self.take(Stream::Stderr, &buf[..n]),
+                    None => self.err = None,
                 }
-                self.take(Stream::Stderr, &mut got);
             }
         }
         let status = status.or_else(|| self.child.wait().ok());
@@ -310,8 +307,8 @@ impl<'a> Collector<'a> {
         }
     }
 
-    /// Keeps (or streams) what was read from `stream`, and empties `got`.
-    fn take(&mut self, stream: Stream, got: &mut Vec<u8>) {
+    /// Keeps (or streams) what was read from `stream`.
+    fn take(&mut self, stream: Stream, got: &[u8]) {
         if got.is_empty() {
             return;
         }
@@ -320,7 +317,6 @@ impl<'a> Collector<'a> {
             (None, Stream::Stdout) => self.stdout.push(got),
             (None, Stream::Stderr) => self.stderr.push(got),
         }
-        got.clear();
     }
 
     /// poll(2) the open pipes (and the pidfd while the command runs); (stdout, stderr) readable.
