@@ -44,6 +44,27 @@ impl Repl {
         self.dir.0.join("out")
     }
 
+    /// Where `run_from_pipe` has the JUnit report written.
+    fn junit(&self) -> PathBuf {
+        self.dir.0.join("junit.xml")
+    }
+
+    /// Runs the test `--interactive` as root with `input` on a pipe (no terminal): its output
+    /// and hutch's pid.
+    fn run_from_pipe(&self, input: &str) -> (std::process::Output, u32) {
+        let (file, out, junit) = (self.file.display().to_string(), self.out().display().to_string(), self.junit());
+        let junit = junit.display().to_string();
+        let mut child = hutch_command(None, &["test", &file, "--interactive", "--output-dir", &out, "--junit-xml", &junit])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+        (child.wait_with_output().unwrap(), pid)
+    }
+
     /// The shell command tmux runs: hutch as the user (in its delegated cgroup, as
     /// `hutch_command` does), then its status; after an Enter (`ended`), whether the terminal
     /// is back in canonical mode; then a pause so the pane stays readable.
@@ -337,22 +358,9 @@ fn shell_interact_from_a_pipe_is_one_shell() {
         return;
     }
     let t = Repl::new("repl-pipe", None, "start_all()");
-    let (file, out) = (t.file.display().to_string(), t.out().display().to_string());
-    let junit = t.dir.0.join("junit.xml");
-    let junit_s = junit.display().to_string();
-    let mut child = hutch_command(
-        None,
-        &["test", &file, "--interactive", "--output-dir", &out, "--junit-xml", &junit_s],
-    )
-    .stdin(Stdio::piped())
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped())
-    .spawn()
-    .unwrap();
-    let pid = child.id();
     let input = "m.shell_interact()\ncd /etc\nexport X=1\npwd; echo X=$X\nls /nonexistent\nexit\nprint('BACK', m.succeed('pwd').strip())\n";
-    child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
-    let output = child.wait_with_output().unwrap();
+    let (output, pid) = t.run_from_pipe(input);
+    let (out, junit) = (t.out().display().to_string(), t.junit());
     let (stdout, stderr) = (String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
     assert_eq!(output.status.code(), Some(0), "{stdout}\n{stderr}");
     assert!(stdout.contains("/etc\nX=1\n"), "cd/export did not carry over:\n{stdout}\n{stderr}");
@@ -376,6 +384,26 @@ fn shell_interact_from_a_pipe_is_one_shell() {
     );
     assert_nothing_left(pid);
     assert!(Path::new(&out).join("log.txt").exists());
+}
+
+/// A line that prints more than shell_interact() keeps (16 MiB) is cut, and the session goes
+/// on: the end of its output is still found.
+#[test]
+fn a_flooding_shell_line_is_cut_and_the_session_goes_on() {
+    if skip_unless_root("a_flooding_shell_line_is_cut_and_the_session_goes_on") {
+        return;
+    }
+    let t = Repl::new("repl-flood", None, "start_all()");
+    let input = "m.shell_interact()\nhead -c 17000000 /dev/zero | tr '\\0' x; echo\necho still-here\nexit\n";
+    let (output, pid) = t.run_from_pipe(input);
+    let stdout = &output.stdout;
+    let xs = stdout.iter().filter(|b| **b == b'x').count();
+    let tail = String::from_utf8_lossy(&stdout[stdout.len().saturating_sub(2000)..]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(0), "{tail}\n{stderr}");
+    assert_eq!(xs, 16 << 20, "not cut at 16 MiB:\n{tail}\n{stderr}");
+    assert!(tail.contains("$ still-here\n"), "the session did not go on:\n{tail}\n{stderr}");
+    assert_nothing_left(pid);
 }
 
 /// --keep-nodes-on-failure waits for a Ctrl-C that belongs to the REPL here: refused, naming

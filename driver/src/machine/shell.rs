@@ -79,30 +79,44 @@ impl Machine {
     }
 
     /// Reads session `session`'s output until it has printed `end` and a newline after it;
-    /// returns all of it, `\r` removed. A cancelled call hangs the session up.
-    fn read_until(&self, agent: &AgentClient, session: u64, end: &str) -> Result<String, MachineError> {
-        let mut got: Vec<u8> = Vec::new();
+    /// returns what came before `end` (its first `LINE_OUTPUT_CAP` bytes, `\r` removed) and
+    /// the line after it. A cancelled call hangs the session up.
+    fn read_until(&self, agent: &AgentClient, session: u64, end: &str) -> Result<(String, String), MachineError> {
+        let mut kept: Vec<u8> = Vec::new();
+        // The bytes not yet known to be output: where `end` and its line are looked for. It
+        // stays short, so a flood costs no more than reading it.
+        let mut window: Vec<u8> = Vec::new();
         loop {
             if let Err(e) = self.aborted() {
                 let _ = agent.pty_close(session);
                 return Err(e);
             }
             let (data, ended) = agent.pty_output(session).map_err(|e| self.agent_err(e))?;
-            if got.len() < LINE_OUTPUT_CAP {
-                got.extend_from_slice(&data);
+            window.extend_from_slice(&data);
+            let at = find(&window, end.as_bytes());
+            if let Some(at) = at {
+                let rest = &window[at + end.len()..];
+                if let Some(nl) = rest.iter().position(|b| *b == b'\n') {
+                    keep(&mut kept, &window[..at]);
+                    return Ok((text(&kept), String::from_utf8_lossy(&rest[..nl]).into_owned()));
+                }
             }
-            let text = String::from_utf8_lossy(&got).replace('\r', "");
-            if text.find(end).is_some_and(|at| text[at + end.len()..].contains('\n')) {
-                return Ok(text);
-            }
+            // All but what could be the start of `end` is output.
+            let known = match at {
+                Some(at) => at,
+                None => window.len().saturating_sub(end.len()),
+            };
+            keep(&mut kept, &window[..known]);
+            window.drain(..known);
             if let Some(status) = ended {
                 let how = match status {
                     ExitStatus::Code(c) => format!("exit status {c}"),
                     ExitStatus::Signal(s) => format!("signal {s}"),
                 };
+                keep(&mut kept, &window);
                 return Err(MachineError::Invalid {
                     node: self.name.clone(),
-                    message: format!("the shell session ended ({how}); {}", text.trim_end()),
+                    message: format!("the shell session ended ({how}); {}", text(&kept).trim_end()),
                 });
             }
         }
@@ -120,11 +134,8 @@ impl Machine {
         let input = format!("{line}\nprintf '\\n{marker} %d\\n' \"$?\"\n");
         agent.pty_input(session, input.into_bytes()).map_err(|e| self.agent_err(e))?;
         let end = format!("\n{marker} ");
-        let text = self.read_until(&agent, session, &end)?;
-        let at = text.find(&end).unwrap_or(0);
-        let rest = &text[at + end.len()..];
-        let status = rest.split('\n').next().unwrap_or("").trim().parse().unwrap_or(-1);
-        let mut out: String = text[..at].to_string();
+        let (mut out, after) = self.read_until(&agent, session, &end)?;
+        let status = after.trim().parse().unwrap_or(-1);
         if !out.is_empty() && !out.ends_with('\n') {
             out.push('\n');
         }
@@ -136,4 +147,20 @@ impl Machine {
         let agent = self.agent()?;
         agent.pty_close(session).map_err(|e| self.agent_err(e))
     }
+}
+
+/// Adds `more` to a line's output, up to `LINE_OUTPUT_CAP` (the rest is dropped).
+fn keep(kept: &mut Vec<u8>, more: &[u8]) {
+    let room = LINE_OUTPUT_CAP.saturating_sub(kept.len());
+    kept.extend_from_slice(&more[..more.len().min(room)]);
+}
+
+/// A session's output as text, without the pty's `\r`.
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).replace('\r', "")
+}
+
+/// Where `needle` first occurs in `hay`.
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
 }
