@@ -30,6 +30,12 @@ fn line<'a>(out: &'a str, what: &str) -> &'a str {
         .unwrap_or_else(|| panic!("no {what} line:\n{out}"))
 }
 
+/// The `what` line with the fix line under it.
+fn with_fix(out: &str, what: &str) -> String {
+    let at = format!(" {what}:");
+    out.lines().skip_while(|l| !l.contains(&at)).take(2).collect::<Vec<_>>().join("\n")
+}
+
 #[test]
 fn root_has_what_hutch_needs() {
     if skip_unless_root("doctor_root") {
@@ -55,12 +61,7 @@ fn a_user_without_a_cgroup_is_told_how_to_get_one() {
     assert_eq!(code, 1, "{out}");
     assert!(line(&out, "subordinate ids").contains("ok"), "{out}");
     assert!(line(&out, "newuidmap/newgidmap").contains("ok"), "{out}");
-    let cg = out
-        .lines()
-        .skip_while(|l| !l.contains(" cgroup:"))
-        .take(2)
-        .collect::<Vec<_>>()
-        .join("\n");
+    let cg = with_fix(&out, "cgroup");
     assert!(
         cg.contains("MISSING") && cg.contains("chown nobody") && cg.contains("exec su nobody"),
         "{out}"
@@ -74,13 +75,7 @@ fn a_user_without_a_cgroup_is_told_how_to_get_one() {
         // cgroup.subtree_control gives them, only the kernel command line.
         let offered = std::fs::read_to_string("/sys/fs/cgroup/unified/cgroup.controllers").unwrap_or_default();
         if std::path::Path::new("/sys/fs/cgroup/memory").is_dir() && !offered.contains("memory") {
-            let cg = r
-                .stdout
-                .lines()
-                .skip_while(|l| !l.contains(" cgroup:"))
-                .take(2)
-                .collect::<Vec<_>>()
-                .join("\n");
+            let cg = with_fix(&r.stdout, "cgroup");
             assert!(
                 cg.contains("cgroup_no_v1=memory,pids") && !cg.contains("subtree_control"),
                 "{}",
@@ -98,12 +93,7 @@ fn a_user_without_subordinate_ids_gets_the_usermod_line() {
     // No account, no /etc/subuid line, no shifted image.
     let (code, out) = doctor_as(4242);
     assert_eq!(code, 1, "{out}");
-    let sub = out
-        .lines()
-        .skip_while(|l| !l.contains(" subordinate ids:"))
-        .take(2)
-        .collect::<Vec<_>>()
-        .join("\n");
+    let sub = with_fix(&out, "subordinate ids");
     assert!(
         sub.contains("MISSING") && sub.contains("usermod --add-subuids") && sub.contains("4242"),
         "{out}"
