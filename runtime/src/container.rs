@@ -132,7 +132,7 @@ impl Container {
             boot: spec.boot,
             agent: spec.agent.is_some() && init == InitKind::Systemd,
         };
-        crate::placement::check_node(spec)?;
+        crate::placement::check_init(&spec.name, init)?;
         let (upper, scratch) = crate::upper::prepare(spec, idmap)?;
         let (cgroup, warnings) = NodeCgroup::create(&req, idmap)?;
         let cx = Context {

@@ -145,14 +145,16 @@ fn decide() -> Placement {
 /// its own (a user without a writable or delegated cgroup, a cgroup v1 host): systemd exits at
 /// once without one. Decides the placement if it is not decided yet.
 pub fn check_node(spec: &crate::NodeSpec) -> Result<(), crate::Error> {
-    if crate::InitKind::of(spec) != crate::InitKind::Systemd || get().parent.is_some() {
+    check_init(&spec.name, crate::InitKind::of(spec))
+}
+
+/// [`check_node`] for a node whose init is known already (a start works it out once).
+pub(crate) fn check_init(node: &str, init: crate::InitKind) -> Result<(), crate::Error> {
+    if init != crate::InitKind::Systemd || get().parent.is_some() {
         return Ok(());
     }
     Err(crate::Error::Host {
-        problem: format!(
-            "node {}: systemd needs a cgroup2 subtree it can write, and this user has none",
-            spec.name
-        ),
+        problem: format!("node {node}: systemd needs a cgroup2 subtree it can write, and this user has none"),
         fix: format!("{}; `hutch doctor` checks the result", cgroup_fix()),
     })
 }
